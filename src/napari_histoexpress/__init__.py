@@ -1,0 +1,24 @@
+"""napari-histoexpress: spatial gene expression from H&E whole-slide images.
+
+The package is a plain Python library (``io``, ``models``, ``training``,
+``inference``) with a CLI (``histoexpress``) and a thin napari plugin surface
+(``_reader``, ``_sample_data``, ``widgets``). Compute modules never import Qt or
+napari.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("napari-histoexpress")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__", "set_microns_per_pixel"]
+
+
+def __getattr__(name: str):  # lazy: keep `import napari_histoexpress` light
+    if name == "set_microns_per_pixel":
+        from ._layers import set_microns_per_pixel
+
+        return set_microns_per_pixel
+    raise AttributeError(name)

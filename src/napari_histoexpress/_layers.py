@@ -1,0 +1,168 @@
+"""napari layer-data tuples for slides and spots, built from the Qt-free ``io`` layer.
+
+Nothing here imports napari or Qt: the functions return ``(data, kwargs, layer_type)``
+tuples that napari's reader and sample-data hooks accept, so they can be tested and reused
+without a viewer.
+
+World units: when a slide's µm/px is known every layer gets ``scale = (mpp, mpp)``, so the
+viewer's coordinates, scale bar and drawn spot sizes are in **µm**. When it is unknown the
+scale stays 1 (pixels) and the layer metadata says so (``microns_per_pixel: None``,
+``mpp_source: "unknown"``); a warning names the file. :func:`set_microns_per_pixel` fixes it
+later for every layer of that slide.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .io import spatial
+
+LayerDataTuple = tuple[Any, dict[str, Any], str]
+
+#: Genes whose measured values are copied into the spots layer's ``features`` table (the
+#: highest-mean genes). All genes stay reachable through ``metadata["adata"]``; copying all
+#: ~15k genes of a her2st section into napari's features table makes adding or moving a
+#: point slow (every column is touched), so the table is capped.
+MAX_FEATURE_GENES = 500
+
+
+def _scale(mpp: float | None) -> tuple[float, float]:
+    return (float(mpp), float(mpp)) if mpp else (1.0, 1.0)
+
+
+def slide_layer_data(slide: Any, name: str | None = None) -> LayerDataTuple:
+    """One multiscale RGB image layer for an opened :class:`~napari_histoexpress.io.slides.Slide`."""
+    path = Path(slide.path)
+    if slide.mpp is None:
+        warnings.warn(
+            f"{path}: the slide's µm/px is unknown (no resolution metadata); it is shown in "
+            "pixels. Set it with napari_histoexpress.set_microns_per_pixel(layer, mpp) or "
+            "open it with `histoexpress` commands that take --mpp.",
+            stacklevel=2,
+        )
+    levels = list(slide.levels)
+    kwargs: dict[str, Any] = {
+        "name": name or path.name,
+        "rgb": True,
+        "multiscale": len(levels) > 1,
+        "scale": _scale(slide.mpp),
+        "metadata": {
+            "histoexpress": "slide",
+            "path": str(path),
+            "microns_per_pixel": slide.mpp,
+            "mpp_source": slide.mpp_source,
+            "shape": tuple(int(s) for s in slide.shape),
+            "downsamples": list(slide.downsamples),
+        },
+    }
+    data = levels if len(levels) > 1 else levels[0]
+    return (data, kwargs, "image")
+
+
+def _spot_features(adata: Any, max_genes: int = MAX_FEATURE_GENES) -> pd.DataFrame:
+    """Per-spot table: library size plus log1p(counts per 10k) of the top genes by mean count."""
+    import scipy.sparse as sp
+
+    x = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    x = sp.csr_matrix(x, dtype=np.float64) if sp.issparse(x) else np.asarray(x, dtype=np.float64)
+    totals = np.asarray(x.sum(axis=1)).ravel()
+    means = np.asarray(x.mean(axis=0)).ravel()
+    top = np.argsort(-means, kind="stable")[: min(max_genes, x.shape[1])]
+    sub = x[:, top]
+    sub = sub.toarray() if sp.issparse(sub) else sub
+    scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
+    norm = np.log1p(sub * scale[:, None]).astype(np.float32)
+    features = pd.DataFrame(norm, columns=[str(g) for g in adata.var_names[top]])
+    features.insert(0, "total_counts", totals.astype(np.float32))
+    features.insert(0, "spot", [str(s) for s in adata.obs_names])
+    return features
+
+
+def spots_layer_data(
+    adata: Any,
+    *,
+    name: str | None = None,
+    library_id: str | None = None,
+    color_by: str | None = None,
+) -> LayerDataTuple:
+    """A Points layer with one point per spot at its true diameter.
+
+    ``features`` holds ``spot``, ``total_counts`` and log1p(counts per 10k) of the top
+    :data:`MAX_FEATURE_GENES` genes, so any of them can colour the points
+    (``layer.face_color = "ERBB2"``); the full AnnData is in ``metadata["adata"]``.
+    """
+    lib_id, lib = spatial.library(adata, library_id)
+    mpp = spatial.microns_per_pixel(adata, lib_id)
+    xy = spatial.spot_centres_px(adata)
+    diameter = spatial.spot_diameter_px(adata, lib_id)
+    features = _spot_features(adata)
+    colour = color_by if color_by in features.columns else "total_counts"
+    kwargs: dict[str, Any] = {
+        "name": name or f"{lib_id} spots",
+        "size": diameter,
+        "scale": _scale(mpp),
+        "features": features,
+        "face_color": colour,
+        "face_colormap": "viridis",
+        "border_width": 0.05,
+        "border_color": "white",
+        "opacity": 0.8,
+        "metadata": {
+            "histoexpress": "spots",
+            "library_id": lib_id,
+            "microns_per_pixel": mpp,
+            "spot_diameter_px": diameter,
+            "spot_diameter_um": diameter * mpp if mpp else None,
+            "adata": adata,
+        },
+    }
+    return (xy[:, ::-1].copy(), kwargs, "points")
+
+
+def st_layers(adata: Any, source: str | Path | None = None) -> list[LayerDataTuple]:
+    """Slide (full-resolution source image, else the hires thumbnail) plus the spots layer."""
+    from .io.slides import open_slide
+
+    lib_id, lib = spatial.library(adata)
+    mpp = spatial.microns_per_pixel(adata, lib_id)
+    layers: list[LayerDataTuple] = []
+    image_path = spatial.source_image_path(adata, lib_id, relative_to=source)
+    if image_path is not None and Path(image_path).exists():
+        slide = open_slide(image_path, mpp=mpp)
+        layers.append(slide_layer_data(slide, name=f"{lib_id} H&E"))
+    elif "hires" in lib.get("images", {}):
+        scalef = float(lib["scalefactors"]["tissue_hires_scalef"])
+        full = mpp / scalef if mpp else 1.0 / scalef
+        layers.append(
+            (
+                np.asarray(lib["images"]["hires"]),
+                {
+                    "name": f"{lib_id} H&E (hires thumbnail)",
+                    "rgb": True,
+                    "scale": (full, full),
+                    "metadata": {"histoexpress": "slide", "microns_per_pixel": mpp},
+                },
+                "image",
+            )
+        )
+        if image_path is not None:
+            warnings.warn(
+                f"{image_path}: full-resolution image not found; showing the hires thumbnail",
+                stacklevel=2,
+            )
+    layers.append(spots_layer_data(adata, library_id=lib_id))
+    return layers
+
+
+def set_microns_per_pixel(layer: Any, mpp: float) -> None:
+    """Set the µm/px of a slide or spots layer made by this plugin (updates scale + metadata)."""
+    if not mpp or mpp <= 0 or not np.isfinite(mpp):
+        raise ValueError(f"µm/px must be a positive number, got {mpp!r}")
+    layer.scale = (float(mpp), float(mpp))
+    layer.metadata["microns_per_pixel"] = float(mpp)
+    layer.metadata["mpp_source"] = "user"

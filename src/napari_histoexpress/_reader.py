@@ -1,0 +1,57 @@
+"""napari reader contribution: slides (one multiscale RGB layer) and ST data (slide + spots).
+
+Dispatch only; the reading is done by :mod:`napari_histoexpress.io`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._layers import LayerDataTuple, slide_layer_data, st_layers
+
+ReaderFunction = Callable[[Any], list[LayerDataTuple]]
+
+
+def _is_spaceranger_folder(path: Path) -> bool:
+    return path.is_dir() and (
+        (path / "spatial").is_dir()
+        or any((path / n).exists() for n in ("filtered_feature_bc_matrix.h5", "raw_feature_bc_matrix.h5"))
+    )
+
+
+def _kind(path: Path) -> str | None:
+    from .io.slides import is_slide_path
+
+    if _is_spaceranger_folder(path):
+        return "st"
+    if path.suffix.lower() == ".h5ad":
+        return "st"
+    if path.is_file() and is_slide_path(path):
+        return "slide"
+    return None
+
+
+def get_reader(path: str | Sequence[str]) -> ReaderFunction | None:
+    """Return a reader when every given path is something this plugin opens, else ``None``."""
+    paths = [path] if isinstance(path, str | Path) else list(path)
+    if not paths or any(_kind(Path(p)) is None for p in paths):
+        return None
+    return read
+
+
+def read(path: str | Sequence[str]) -> list[LayerDataTuple]:
+    """Open slides and ST datasets as napari layer-data tuples."""
+    paths = [path] if isinstance(path, str | Path) else list(path)
+    layers: list[LayerDataTuple] = []
+    for p in map(Path, paths):
+        if _kind(p) == "slide":
+            from .io.slides import open_slide
+
+            layers.append(slide_layer_data(open_slide(p)))
+        else:
+            from .io.st_datasets import read_st_dataset
+
+            layers.extend(st_layers(read_st_dataset(p), source=p))
+    return layers

@@ -1,0 +1,1 @@
+"""Inference: tiled whole-slide prediction, the dense-map store and circle aggregation."""

@@ -1,0 +1,590 @@
+"""Whole-slide dense inference, tile by tile, into a resumable :class:`DenseMapStore`.
+
+:func:`predict_slide` runs a dense feature model (any object following
+:class:`DenseFeatureModel`, e.g. PixNet) over a whole slide at the model's working resolution
+and streams the *features* (not the gene maps: see :mod:`.map_store`) to a zarr store.
+
+Choices made here (and why):
+
+- **Bounded memory.** Tiles are read one batch at a time through
+  :func:`napari_histoexpress.io.slides.read_region_at_mpp` (which decodes only the touched
+  file tiles) and each tile's core is written to disk at once; neither the slide nor the map
+  is ever materialised. One batch is read ahead in a background thread while the model runs
+  (I/O overlaps compute; at most two batches are in memory).
+- **Exact tile geometry.** Each window's top-left corner is placed at an exact multiple of
+  the working pixel size in level-0 coordinates, so every working pixel has the same source
+  footprint whichever tile reads it, and windows sit on the model's stride grid
+  (:mod:`.tiling`): with a halo of at least half the receptive field the tiled map equals the
+  whole-image map (tested).
+- **Halo default**: half the model's ``receptive_field_px`` when it declares one, else
+  :data:`DEFAULT_HALO_PX` (rounded up to the alignment). A ResNet U-Net's theoretical receptive
+  field is several hundred pixels but its effective one is far smaller; 64 px of context on
+  each side of a 512 px core costs 1.56x the pixels of the core alone.
+- **Background tiles are skipped** (:mod:`.tissue` on the coarsest level): never read, never
+  computed; their chunks keep the fill value and ``coverage`` marks them 2.
+- **Resumable.** ``done`` is persisted after each tile's features; a re-run with
+  ``resume=True`` recomputes only the missing tiles (after checking the store was made with
+  the same geometry and head). ``should_stop`` is polled before each batch: a cancelled run
+  leaves a valid store with ``status='partial'``. The store is ``'complete'`` only once every
+  tile is done and the pyramid is built.
+- **Precision.** ``torch.inference_mode``; on CUDA, autocast in bfloat16 (float16 where bf16 is
+  not supported) unless ``amp=False``; CPU/MPS run float32. Features are stored float16 by
+  default (``dtype``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.metadata
+import logging
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, is_dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import dask.array as da
+import numpy as np
+import torch
+
+from napari_histoexpress.errors import InputFileError, MissingResolutionError
+from napari_histoexpress.inference.map_store import DenseMapStore
+from napari_histoexpress.inference.tiling import Tile, grid_shape, plan_tiles
+from napari_histoexpress.inference.tissue import tissue_in_box, tissue_mask
+from napari_histoexpress.io.slides import Slide, open_slide, read_region, read_region_at_mpp
+
+__all__ = [
+    "DEFAULT_HALO_PX",
+    "DenseFeatureModel",
+    "PredictionReport",
+    "default_halo_px",
+    "predict_slide",
+    "resolve_device",
+]
+
+log = logging.getLogger(__name__)
+
+#: Halo (working px per side) when the model does not declare a receptive field.
+DEFAULT_HALO_PX = 64
+#: Longest side of the thumbnail used for tissue detection.
+TISSUE_THUMBNAIL_SIDE = 1024
+#: Thumbnail pixels per tile core side used for tissue detection.
+TISSUE_PX_PER_TILE = 16
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@runtime_checkable
+class DenseFeatureModel(Protocol):
+    """What :func:`predict_slide` needs from a dense model.
+
+    Optional attributes, used when present: ``input_multiple`` (the grid tile windows must sit
+    on, e.g. 32 for a ResNet U-Net; default ``feature_stride``), ``receptive_field_px``
+    (sets the default halo), ``genes`` (names of the head's outputs), ``input_mean`` /
+    ``input_std`` (RGB normalisation of 0..1 inputs; default ImageNet), ``config``.
+    """
+
+    feature_stride: int
+    feature_dim: int
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, h, w)`` normalised float -> ``(B, C, h / s, w / s)``."""
+        ...
+
+    def head_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """``W (C, G)`` and ``b (G,)`` of the linear gene head."""
+        ...
+
+
+@dataclass(frozen=True)
+class PredictionReport:
+    """What one :func:`predict_slide` call did."""
+
+    n_tiles: int
+    n_skipped_background: int
+    n_computed: int
+    n_already_done: int
+    seconds: float
+    tiles_per_s: float
+    out_path: Path
+    status: str
+
+    def summary(self) -> str:
+        return (
+            f"{self.n_computed} tiles computed in {self.seconds:.1f} s "
+            f"({self.tiles_per_s:.2f} tiles/s); {self.n_skipped_background} background, "
+            f"{self.n_already_done} already done, {self.n_tiles} in all; "
+            f"store {self.status}: {self.out_path}"
+        )
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``'auto'`` picks CUDA, then MPS, then CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def default_halo_px(model: Any, align: int) -> int:
+    """Half the model's ``receptive_field_px`` (or :data:`DEFAULT_HALO_PX`), rounded up to
+    a multiple of ``align``."""
+    rf = getattr(model, "receptive_field_px", None)
+    half = math.ceil(float(rf) / 2) if rf else DEFAULT_HALO_PX
+    return int(math.ceil(half / align) * align)
+
+
+def predict_slide(
+    model: DenseFeatureModel,
+    slide: str | os.PathLike[str] | Slide | np.ndarray,
+    out_path: str | os.PathLike[str],
+    *,
+    model_mpp: float | None,
+    slide_mpp: float | None = None,
+    tile_px: int = 512,
+    halo_px: int | None = None,
+    device: str | torch.device = "auto",
+    batch_size: int = 4,
+    progress: Callable[[int, int], None] | Any | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume: bool = True,
+    skip_background: bool = True,
+    genes: Sequence[str] | None = None,
+    dtype: str = "float16",
+    amp: bool = True,
+    build_pyramid: bool = True,
+    provenance: Mapping[str, Any] | None = None,
+) -> PredictionReport:
+    """Predict the dense feature map of a whole slide into a zarr store at ``out_path``.
+
+    Args:
+        model: a :class:`DenseFeatureModel` (torch module or any object with the protocol).
+        slide: a path (opened with :func:`~napari_histoexpress.io.slides.open_slide`), an
+            open :class:`Slide`, or an ``(H, W, 3)`` uint8 array (an in-memory slide).
+        out_path: the store's directory.
+        model_mpp: working resolution of the model (µm/px); ``None`` runs at the slide's own
+            level-0 resolution.
+        slide_mpp: overrides the slide's µm/px (needed when the file does not say).
+        tile_px: tile core side in working pixels; halo_px: context per side (default
+            :func:`default_halo_px`). Both multiples of the model's alignment.
+        device: ``'auto'``, ``'cpu'``, ``'cuda'``, ``'mps'`` or a ``torch.device``.
+        batch_size: tiles per forward pass.
+        progress: ``callable(done, total)`` called after each tile (done counts finished
+            tiles, background and resumed ones included), or a tqdm-like object with
+            ``update``/``total``, or ``True`` for a tqdm bar.
+        should_stop: polled before each batch; returning True stops cleanly (partial store).
+        resume: keep the finished tiles of an existing compatible store; ``False`` replaces
+            any store at ``out_path``.
+        skip_background: detect tissue and skip tiles without it.
+        genes: names of the head outputs (default ``model.genes`` or ``gene_0``...).
+        dtype: stored feature dtype (``'float16'`` or ``'float32'``).
+        amp: autocast on CUDA.
+        build_pyramid: build the pooled levels once all tiles are done.
+        provenance: extra provenance (e.g. ``run_dir``, checkpoint) stored in the attrs.
+    """
+    t_start = time.perf_counter()
+    out_path = Path(out_path)
+    slide_obj, own_slide = _as_slide(slide, slide_mpp)
+    try:
+        return _predict(
+            model,
+            slide_obj,
+            out_path,
+            model_mpp=model_mpp,
+            tile_px=tile_px,
+            halo_px=halo_px,
+            device=resolve_device(device),
+            batch_size=max(1, int(batch_size)),
+            progress=progress,
+            should_stop=should_stop,
+            resume=resume,
+            skip_background=skip_background,
+            genes=genes,
+            dtype=dtype,
+            amp=amp,
+            build_pyramid=build_pyramid,
+            provenance=provenance,
+            t_start=t_start,
+        )
+    finally:
+        if own_slide:
+            slide_obj.close()
+
+
+# ------------------------------------------------------------------------------------ internals
+
+
+def _as_slide(
+    slide: str | os.PathLike[str] | Slide | np.ndarray, slide_mpp: float | None
+) -> tuple[Slide, bool]:
+    if isinstance(slide, Slide):
+        if slide_mpp is not None:
+            slide = dataclasses.replace(slide, mpp=float(slide_mpp), mpp_source="user")
+        return slide, False
+    if isinstance(slide, np.ndarray):
+        if slide.ndim != 3 or slide.shape[2] != 3 or slide.dtype != np.uint8:
+            raise ValueError(f"an in-memory slide must be (H, W, 3) uint8, got {slide.shape}")
+        level0 = da.from_array(slide, chunks=(2048, 2048, 3))
+        mpp = None if slide_mpp is None else float(slide_mpp)
+        source = "user" if mpp else "unknown"
+        return Slide(path=Path("<array>"), levels=[level0], mpp=mpp, mpp_source=source), False
+    return open_slide(slide, mpp=slide_mpp), True
+
+
+def _working_geometry(
+    slide: Slide, model_mpp: float | None
+) -> tuple[float, tuple[int, int], float | None]:
+    """``(f, (H_work, W_work), working mpp)``: f = level-0 px per working px."""
+    h0, w0 = slide.shape
+    if model_mpp is None:
+        return 1.0, (h0, w0), slide.mpp
+    if slide.mpp is None:
+        raise MissingResolutionError(
+            slide.path,
+            f"µm per pixel unknown, needed to run the model at {model_mpp} µm/px; "
+            "pass slide_mpp= (e.g. 0.5)",
+        )
+    f = float(model_mpp) / float(slide.mpp)
+    return f, (max(1, round(h0 / f)), max(1, round(w0 / f))), float(model_mpp)
+
+
+def _read_window(slide: Slide, f: float, work_mpp: float | None, tile: Tile) -> np.ndarray:
+    """The tile's input window, ``(n, n, 3)`` uint8, white outside the slide."""
+    n = tile.in_size
+    if f == 1.0:
+        return read_region(slide, 0, tile.in_x0, tile.in_y0, n, n)
+    # top-left corner exactly at in_x0 * f level-0 px: the same footprint for every tile
+    centre = ((tile.in_x0 + n / 2) * f, (tile.in_y0 + n / 2) * f)
+    assert work_mpp is not None
+    return read_region_at_mpp(slide, centre, (n, n), work_mpp)
+
+
+def _thumbnail(slide: Slide, tile_level0_px: float) -> tuple[np.ndarray, float]:
+    """A small RGB image of the slide and its downsample (level-0 px per thumbnail px).
+
+    Resolution: :data:`TISSUE_PX_PER_TILE` thumbnail pixels per tile side (enough to decide
+    whether a tile holds tissue), but never more than :data:`TISSUE_THUMBNAIL_SIDE` pixels on
+    the long side, so its cost does not grow with the slide. Taken from the coarsest level
+    *stored in the file*, subsampled with a stride: computed levels would decode the whole of
+    level 0, plain striding reads only what it keeps (aliasing does not matter here).
+    """
+    level = max(0, int(getattr(slide, "n_stored_levels", len(slide.levels))) - 1)
+    arr = slide.levels[level]
+    h0, w0 = slide.shape
+    level_ds = h0 / arr.shape[0]
+    want = max(max(h0, w0) / TISSUE_THUMBNAIL_SIDE, tile_level0_px / TISSUE_PX_PER_TILE)
+    step = max(1, math.floor(want / level_ds))
+    thumb = np.asarray(arr[::step, ::step].compute(scheduler="synchronous"), dtype=np.uint8)
+    return thumb, h0 / thumb.shape[0]
+
+
+def _provenance(model: Any, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    config = getattr(model, "config", None)
+    if is_dataclass(config) and not isinstance(config, type):
+        config = asdict(config)
+    elif config is not None and not isinstance(config, Mapping):
+        config = str(config)
+    try:
+        version = importlib.metadata.version("napari-histoexpress")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    prov: dict[str, Any] = {
+        "model_name": str(getattr(model, "name", type(model).__name__)),
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "model_config": config,
+        "package_version": version,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    prov.update(dict(extra or {}))
+    return prov
+
+
+_RESUME_KEYS = ("map_shape", "feature_dim", "genes", "stride", "model_mpp", "tile_px", "halo_px")
+
+
+def _open_or_create(
+    out_path: Path,
+    resume: bool,
+    expected: dict[str, Any],
+    head: tuple[np.ndarray, np.ndarray],
+    create_kwargs: dict[str, Any],
+) -> tuple[DenseMapStore, bool]:
+    """Open a compatible store to resume, or create a new one; returns (store, resumed)."""
+    if resume and out_path.exists():
+        try:
+            store = DenseMapStore.open(out_path, mode="r+")
+        except InputFileError as exc:
+            raise InputFileError(
+                out_path, f"cannot resume: {exc.problem}; pass resume=False to replace it"
+            ) from exc
+        attrs = store.attrs
+        stored = {k: attrs.get(k) for k in _RESUME_KEYS}
+        stored["slide_shape"] = attrs.get("slide", {}).get("shape")
+        want = dict(expected)
+        diff = [k for k in want if _norm(stored.get(k)) != _norm(want[k])]
+        W, b = store.head
+        if not diff and not (
+            W.shape == head[0].shape
+            and np.allclose(W, head[0], atol=1e-6)
+            and np.allclose(b, head[1], atol=1e-6)
+        ):
+            diff.append("head weights")
+        if diff:
+            raise InputFileError(
+                out_path,
+                f"cannot resume: the existing store differs in {', '.join(diff)}; "
+                "pass resume=False to replace it or choose another output path",
+            )
+        return store, True
+    store = DenseMapStore.create(out_path, overwrite=True, **create_kwargs)
+    return store, False
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_norm(v) for v in value]
+    if isinstance(value, float):
+        return round(value, 9)
+    return value
+
+
+class _Progress:
+    def __init__(self, progress: Any, total: int) -> None:
+        self._cb: Callable[[int, int], None] | None = None
+        self._bar: Any = None
+        self._own = False
+        self.total = total
+        if progress is True:
+            from tqdm.auto import tqdm
+
+            self._bar, self._own = tqdm(total=total, unit="tile"), True
+        elif progress is not None and hasattr(progress, "update"):
+            self._bar = progress
+            with contextlib.suppress(Exception):
+                progress.total = total
+        elif callable(progress):
+            self._cb = progress
+
+    def __call__(self, done: int, delta: int) -> None:
+        if self._cb is not None:
+            self._cb(done, self.total)
+        if self._bar is not None and delta:
+            self._bar.update(delta)
+
+    def close(self) -> None:
+        if self._own:
+            self._bar.close()
+
+
+def _batches(tiles: list[Tile], size: int) -> Iterator[list[Tile]]:
+    for i in range(0, len(tiles), size):
+        yield tiles[i : i + size]
+
+
+def _predict(
+    model: Any,
+    slide: Slide,
+    out_path: Path,
+    *,
+    model_mpp: float | None,
+    tile_px: int,
+    halo_px: int | None,
+    device: torch.device,
+    batch_size: int,
+    progress: Any,
+    should_stop: Callable[[], bool] | None,
+    resume: bool,
+    skip_background: bool,
+    genes: Sequence[str] | None,
+    dtype: str,
+    amp: bool,
+    build_pyramid: bool,
+    provenance: Mapping[str, Any] | None,
+    t_start: float,
+) -> PredictionReport:
+    stride = int(model.feature_stride)
+    feature_dim = int(model.feature_dim)
+    align = int(getattr(model, "input_multiple", None) or stride)
+    if align % stride:
+        align = math.lcm(align, stride)
+    halo = default_halo_px(model, align) if halo_px is None else int(halo_px)
+
+    f, (h_work, w_work), work_mpp = _working_geometry(slide, model_mpp)
+    map_shape = (math.ceil(h_work / stride), math.ceil(w_work / stride))
+    tiles = plan_tiles(map_shape, tile_px, halo, stride, align=align)
+    rows, cols = grid_shape(map_shape, tile_px, stride)
+
+    W, b = (np.asarray(a, dtype=np.float32) for a in model.head_weights())
+    b = b.reshape(-1)
+    gene_names = list(
+        genes or getattr(model, "genes", None) or [f"gene_{i}" for i in range(len(b))]
+    )
+    if W.shape != (feature_dim, len(gene_names)):
+        raise ValueError(
+            f"model head W {W.shape} does not match feature_dim={feature_dim} "
+            f"and {len(gene_names)} genes"
+        )
+    map_mpp = None if work_mpp is None else work_mpp * stride
+    slide_info = {"path": str(slide.path), "shape": list(slide.shape), "mpp": slide.mpp}
+    expected = {
+        "map_shape": list(map_shape),
+        "feature_dim": feature_dim,
+        "genes": gene_names,
+        "stride": stride,
+        "model_mpp": None if model_mpp is None else float(model_mpp),
+        "tile_px": int(tile_px),
+        "halo_px": halo,
+        "slide_shape": list(slide.shape),
+    }
+    attrs = {k: v for k, v in expected.items() if k not in ("slide_shape",)}
+    attrs.update(
+        working_shape=[h_work, w_work],
+        input_multiple=align,
+        slide=slide_info,
+        provenance=_provenance(model, provenance),
+    )
+    store, resumed = _open_or_create(
+        out_path,
+        resume,
+        expected,
+        (W, b),
+        dict(
+            map_shape=map_shape,
+            feature_dim=feature_dim,
+            genes=gene_names,
+            head_W=W,
+            head_b=b,
+            map_mpp=map_mpp,
+            attrs=attrs,
+            chunk=tile_px // stride,
+            dtype=dtype,
+        ),
+    )
+    done = store.done_mask
+    n_already = int(done.sum())
+
+    # ---------------------------------------------------------------- tissue
+    if skip_background and not done.all():
+        thumb, downsample = _thumbnail(slide, tile_px * f)
+        mask = tissue_mask(thumb)
+        store.set_tissue(mask, downsample=downsample)
+        scale = (f * stride / downsample,) * 2  # map px -> thumbnail px
+        background = np.zeros((rows, cols), dtype=bool)
+        for t in tiles:
+            if not done[t.row, t.col]:
+                box = (t.map_y0, t.map_x0, t.map_y1, t.map_x1)
+                background[t.row, t.col] = not tissue_in_box(mask, scale, box)
+        if background.any():
+            store.mark_background(background)
+    coverage = store.coverage
+    n_background = int((coverage == 2).sum())
+    done = store.done_mask
+    todo = [t for t in tiles if not done[t.row, t.col]]
+    n_done = int(done.sum())
+
+    # ---------------------------------------------------------------- model
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+        model.to(device)
+    mean = torch.tensor(getattr(model, "input_mean", _IMAGENET_MEAN), dtype=torch.float32)
+    std = torch.tensor(getattr(model, "input_std", _IMAGENET_STD), dtype=torch.float32)
+    mean, std = (t.view(1, 3, 1, 1).to(device) for t in (mean, std))
+    if device.type == "cuda" and amp:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        autocast: Any = torch.autocast("cuda", dtype=amp_dtype)
+    else:
+        autocast = contextlib.nullcontext()
+
+    def load(batch: list[Tile]) -> np.ndarray:
+        return np.stack([_read_window(slide, f, work_mpp, t) for t in batch])
+
+    bar = _Progress(progress, len(tiles))
+    bar(n_done, n_done)
+    n_computed = 0
+    stopped = False
+    t_compute = time.perf_counter()
+    batches = list(_batches(todo, batch_size))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="histoexpress-read") as pool:
+        pending: Future[np.ndarray] | None = pool.submit(load, batches[0]) if batches else None
+        try:
+            for i, batch in enumerate(batches):
+                if should_stop is not None and should_stop():
+                    stopped = True
+                    break
+                assert pending is not None
+                pixels = pending.result()
+                pending = pool.submit(load, batches[i + 1]) if i + 1 < len(batches) else None
+                feats = _forward(model, pixels, mean, std, device, autocast, stride, feature_dim)
+                for t, tile_feats in zip(batch, feats, strict=True):
+                    mh, mw = t.map_shape
+                    core = tile_feats[:, t.crop : t.crop + mh, t.crop : t.crop + mw]
+                    store.write_tile(t, np.moveaxis(core, 0, -1))
+                    store.mark_done(t, computed=True)
+                    n_computed += 1
+                    n_done += 1
+                    bar(n_done, 1)
+        finally:
+            if pending is not None:
+                pending.cancel()
+            bar.close()
+    compute_s = time.perf_counter() - t_compute
+
+    complete = not stopped and bool(store.done_mask.all())
+    if complete:
+        if build_pyramid:
+            store.build_pyramid()
+        store.set_status("complete")
+    seconds = time.perf_counter() - t_start
+    report = PredictionReport(
+        n_tiles=len(tiles),
+        n_skipped_background=n_background,
+        n_computed=n_computed,
+        n_already_done=n_already,
+        seconds=seconds,
+        tiles_per_s=n_computed / compute_s if compute_s > 0 else 0.0,
+        out_path=out_path,
+        status=store.status,
+    )
+    log.info(report.summary())
+    if resumed:
+        log.debug("resumed %s with %d tiles already done", out_path, n_already)
+    return report
+
+
+def _forward(
+    model: Any,
+    pixels: np.ndarray,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    device: torch.device,
+    autocast: Any,
+    stride: int,
+    feature_dim: int,
+) -> np.ndarray:
+    """uint8 ``(B, n, n, 3)`` -> float32 features ``(B, C, n/s, n/s)`` on the CPU."""
+    x = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    x = (x - mean) / std
+    with torch.inference_mode(), autocast:
+        y = model.features(x)
+    n = pixels.shape[1]
+    expected = (pixels.shape[0], feature_dim, n // stride, n // stride)
+    if tuple(y.shape) != expected:
+        raise ValueError(
+            f"model.features returned shape {tuple(y.shape)} for input {tuple(x.shape)}; "
+            f"expected {expected} (feature_dim={feature_dim}, feature_stride={stride})"
+        )
+    return y.float().cpu().numpy()

@@ -1,0 +1,1 @@
+"""Reading slides and spatial-transcriptomics data, writing results (no Qt, no napari)."""

@@ -1,0 +1,1 @@
+"""Models: backbones, PixNet and the registry that maps model names to classes."""

@@ -1,0 +1,409 @@
+"""HEST-Benchmark-style baseline: frozen backbone features -> PCA -> ridge regression.
+
+For every spot, a square patch of ``patch_um`` µm centred on the spot is resampled to
+``input_px`` × ``input_px`` pixels, encoded by a frozen timm CNN (random init by
+default, or local pretrained weights), each stage's feature map is global-average
+pooled and the pooled vectors are concatenated. Then ``StandardScaler -> PCA(256) ->
+Ridge`` maps features to the normalised expression of the chosen genes
+(:func:`napari_histoexpress.training.genes.expression_matrix`).
+
+Choices (the reference protocol of ``../shared/data/README.md``, expressed in µm so it
+works at any resolution):
+
+* ``patch_um = 448 × 0.74 ≈ 331.5`` µm and ``input_px = 224``: her2st's 448-px crop at
+  0.74 µm/px resized to 224 px (≈1.48 µm/px at the network input).
+* Backbone ``resnet18``, random init with a fixed ``seed`` and ``zero_init_last=False``
+  (with timm's zero-init the residual branches of a *frozen random* net do nothing;
+  the reference measured 0.252 with it and 0.263 without). All stages are pooled.
+* ``alpha`` is chosen among ``alphas`` (log-spaced) by section-grouped cross-validation
+  (``GroupKFold`` over the training sections, so no section is both fitted and scored):
+  scaler and PCA are refitted inside each inner fold, and the score is the mean
+  per-gene Pearson correlation on the held-out sections (``cv_metric='pcc'``, the
+  evaluation metric), or minus the MSE (``'mse'``). With a single training section,
+  spots are split with a shuffled ``KFold`` instead (optimistic: neighbouring spots
+  are correlated) — documented in ``cv_scheme`` after fitting.
+* Saving: the project's checkpoint folder (:mod:`napari_histoexpress.models.checkpoint`:
+  ``weights.safetensors`` with the fitted arrays *and* the backbone weights, so a
+  random-init model is restored exactly, + ``config.json`` with the config, genes, alpha
+  and CV results). Never pickle.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_histoexpress.errors import InputFileError
+from napari_histoexpress.models.registry import register_model
+from napari_histoexpress.training.genes import expression_matrix
+from napari_histoexpress.training.metrics import pearson_per_gene
+
+__all__ = ["RidgeBaseline", "RidgeConfig"]
+
+_ARRAY_KEYS = (
+    "scaler_mean",
+    "scaler_scale",
+    "pca_mean",
+    "pca_components",
+    "ridge_coef",
+    "ridge_intercept",
+)
+
+
+@dataclass
+class RidgeConfig:
+    """Settings of :class:`RidgeBaseline` (see the module docstring for the choices)."""
+
+    backbone: str = "resnet18"
+    pretrained: str | None = None
+    zero_init_last: bool = False
+    out_indices: tuple[int, ...] | None = None
+    patch_um: float = 448 * 0.74
+    input_px: int = 224
+    n_components: int = 256
+    alphas: tuple[float, ...] = field(
+        default_factory=lambda: tuple(float(a) for a in np.logspace(-1, 5, 13))
+    )
+    cv_folds: int = 5
+    cv_metric: str = "pcc"
+    target_sum: float = 1e4
+    batch_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.alphas = tuple(float(a) for a in self.alphas)
+        if self.out_indices is not None:
+            self.out_indices = tuple(int(i) for i in self.out_indices)
+        if self.cv_metric not in ("pcc", "mse"):
+            raise ValueError(f"cv_metric must be 'pcc' or 'mse', got {self.cv_metric!r}")
+        if self.patch_um <= 0 or self.input_px <= 0 or self.n_components <= 0:
+            raise ValueError(f"invalid ridge settings {self}")
+
+    @property
+    def input_mpp(self) -> float:
+        """µm per pixel at the network input."""
+        return self.patch_um / self.input_px
+
+
+def _as_section(section: Any) -> tuple[Any, Any]:
+    """``(adata, slide)``: accepts the pair, or an AnnData whose source image is opened."""
+    if isinstance(section, tuple | list) and len(section) == 2:
+        return section[0], section[1]
+    from napari_histoexpress.io.slides import open_slide
+    from napari_histoexpress.io.spatial import microns_per_pixel, source_image_path
+
+    path = source_image_path(section)
+    if path is None:
+        raise ValueError("section has no source image path; pass (adata, slide) instead")
+    return section, open_slide(path, mpp=microns_per_pixel(section))
+
+
+def _pipeline_fit(
+    F: np.ndarray, n_components: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """StandardScaler + PCA on ``F``; returns ``(mu, scale, pca_mean, components)``."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(F)
+    Z = scaler.transform(F)
+    k = min(n_components, Z.shape[0], Z.shape[1])
+    pca = PCA(n_components=k, random_state=seed).fit(Z)
+    return scaler.mean_, scaler.scale_, pca.mean_, pca.components_
+
+
+def _pipeline_apply(F: np.ndarray, mu, scale, pca_mean, comps) -> np.ndarray:
+    return ((np.asarray(F, dtype=np.float64) - mu) / scale - pca_mean) @ comps.T
+
+
+class RidgeBaseline:
+    """Frozen-feature ridge baseline; ``fit(sections, genes)``, ``predict(section)``.
+
+    Sections are ``(adata, slide)`` pairs (or AnnData with a recorded source image);
+    ``adata`` follows :mod:`napari_histoexpress.io.spatial`. For cross-validation
+    without re-encoding, use :meth:`extract_features` once per section and
+    :meth:`fit_features` / :meth:`predict_features`.
+    """
+
+    def __init__(self, config: RidgeConfig | None = None) -> None:
+        self.config = config or RidgeConfig()
+        self.genes: list[str] = []
+        self.alpha: float | None = None
+        self.cv_scores: dict[str, float] = {}
+        self.cv_scheme: str = ""
+        self._arrays: dict[str, np.ndarray] = {}
+        self._backbone: torch.nn.Module | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | None = None) -> RidgeBaseline:
+        """Build from a plain dict of :class:`RidgeConfig` fields (unknown keys raise)."""
+        config = dict(config or {})
+        known = {f.name for f in fields(RidgeConfig)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"unknown ridge config keys {unknown}; known: {sorted(known)}")
+        return cls(RidgeConfig(**config))
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        """The frozen encoder (created on first use, deterministic given ``seed``)."""
+        if self._backbone is None:
+            from napari_histoexpress.models.backbones import create_backbone
+
+            cfg = self.config
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)
+                net = create_backbone(
+                    cfg.backbone,
+                    pretrained=cfg.pretrained,
+                    out_indices=cfg.out_indices,
+                    zero_init_last=cfg.zero_init_last,
+                )
+            net.eval().requires_grad_(False)
+            self._backbone = net
+        return self._backbone
+
+    # ------------------------------------------------------------------ features
+    def spot_patches(self, section: Any, indices: Iterable[int] | None = None) -> Iterable:
+        """Yield ``(input_px, input_px, 3)`` uint8 patches centred on the spots."""
+        from napari_histoexpress.io.slides import read_region_at_mpp
+        from napari_histoexpress.io.spatial import spot_centres_px
+
+        adata, slide = _as_section(section)
+        xy = spot_centres_px(adata)
+        idx = range(len(xy)) if indices is None else indices
+        for i in idx:
+            x, y = xy[i]
+            yield np.asarray(
+                read_region_at_mpp(
+                    slide,
+                    (float(x), float(y)),
+                    (self.config.input_px, self.config.input_px),
+                    self.config.input_mpp,
+                )
+            )
+
+    @torch.inference_mode()
+    def encode_patches(self, patches: np.ndarray) -> np.ndarray:
+        """``(n, h, w, 3)`` uint8 -> ``(n, d)`` float32 pooled, concatenated stage features."""
+        from napari_histoexpress.models.backbones import backbone_transform_stats
+
+        mean, std = backbone_transform_stats(self.config.backbone)
+        m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        x = torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2).float() / 255.0
+        maps = self.backbone((x - m) / s)
+        return torch.cat([f.mean(dim=(2, 3)) for f in maps], dim=1).numpy().astype(np.float32)
+
+    def extract_features(self, section: Any) -> np.ndarray:
+        """``(n_spots, d)`` features of all spots of a section, in ``adata`` order."""
+        bs = self.config.batch_size
+        out: list[np.ndarray] = []
+        batch: list[np.ndarray] = []
+        for patch in self.spot_patches(section):
+            batch.append(patch)
+            if len(batch) == bs:
+                out.append(self.encode_patches(np.stack(batch)))
+                batch = []
+        if batch:
+            out.append(self.encode_patches(np.stack(batch)))
+        if not out:
+            raise ValueError("section has no spots")
+        return np.concatenate(out)
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, sections: Sequence[Any], genes: Sequence[str]) -> RidgeBaseline:
+        """Encode the sections, choose ``alpha`` by grouped CV and fit on all of them."""
+        pairs = [_as_section(s) for s in sections]
+        feats = [self.extract_features(p) for p in pairs]
+        targets = [expression_matrix(a, genes, self.config.target_sum) for a, _ in pairs]
+        return self.fit_features(feats, targets, genes)
+
+    def fit_features(
+        self,
+        features: Sequence[np.ndarray],
+        targets: Sequence[np.ndarray],
+        genes: Sequence[str],
+    ) -> RidgeBaseline:
+        """Fit from precomputed per-section features and targets (one array per section)."""
+        if len(features) != len(targets) or not features:
+            raise ValueError("need as many feature arrays as target arrays (at least one)")
+        F = np.concatenate([np.asarray(f, dtype=np.float64) for f in features])
+        Y = np.concatenate([np.asarray(t, dtype=np.float64) for t in targets])
+        if Y.shape[1] != len(genes) or F.shape[0] != Y.shape[0]:
+            raise ValueError(f"features {F.shape}, targets {Y.shape} and {len(genes)} genes differ")
+        groups = np.concatenate([np.full(len(f), i) for i, f in enumerate(features)])
+        self.genes = [str(g) for g in genes]
+        self.alpha, self.cv_scores, self.cv_scheme = self._choose_alpha(F, Y, groups)
+        self._fit_final(F, Y, self.alpha)
+        return self
+
+    def _splits(self, n: int, groups: np.ndarray) -> tuple[list, str]:
+        from sklearn.model_selection import GroupKFold, KFold
+
+        n_groups = len(np.unique(groups))
+        if n_groups >= 2:
+            k = min(self.config.cv_folds, n_groups)
+            splits = list(GroupKFold(n_splits=k).split(np.zeros(n), groups=groups))
+            return splits, f"GroupKFold({k}) over {n_groups} sections"
+        k = min(self.config.cv_folds, n)
+        kf = KFold(n_splits=k, shuffle=True, random_state=self.config.seed)
+        return list(kf.split(np.zeros(n))), f"KFold({k}) over spots (single section)"
+
+    def _choose_alpha(
+        self, F: np.ndarray, Y: np.ndarray, groups: np.ndarray
+    ) -> tuple[float, dict[str, float], str]:
+        from sklearn.linear_model import Ridge
+
+        alphas = self.config.alphas
+        if len(alphas) == 1:
+            return alphas[0], {}, "none (single alpha)"
+        splits, scheme = self._splits(len(F), groups)
+        scores = np.zeros((len(splits), len(alphas)))
+        for j, (tr, va) in enumerate(splits):
+            params = _pipeline_fit(F[tr], self.config.n_components, self.config.seed)
+            Ztr, Zva = _pipeline_apply(F[tr], *params), _pipeline_apply(F[va], *params)
+            for a, alpha in enumerate(alphas):
+                pred = Ridge(alpha=alpha).fit(Ztr, Y[tr]).predict(Zva)
+                if self.config.cv_metric == "pcc":
+                    r = pearson_per_gene(pred, Y[va])
+                    scores[j, a] = float(np.nanmean(r)) if np.isfinite(r).any() else -1.0
+                else:
+                    scores[j, a] = -float(np.mean((pred - Y[va]) ** 2))
+        mean_scores = scores.mean(axis=0)
+        best = int(np.argmax(mean_scores))
+        return (
+            float(alphas[best]),
+            {repr(a): float(s) for a, s in zip(alphas, mean_scores, strict=True)},
+            scheme,
+        )
+
+    def _fit_final(self, F: np.ndarray, Y: np.ndarray, alpha: float) -> None:
+        from sklearn.linear_model import Ridge
+
+        mu, scale, pca_mean, comps = _pipeline_fit(F, self.config.n_components, self.config.seed)
+        ridge = Ridge(alpha=alpha).fit(_pipeline_apply(F, mu, scale, pca_mean, comps), Y)
+        self._arrays = {
+            "scaler_mean": np.asarray(mu, dtype=np.float64),
+            "scaler_scale": np.asarray(scale, dtype=np.float64),
+            "pca_mean": np.asarray(pca_mean, dtype=np.float64),
+            "pca_components": np.asarray(comps, dtype=np.float64),
+            "ridge_coef": np.asarray(ridge.coef_, dtype=np.float64).reshape(len(self.genes), -1),
+            "ridge_intercept": np.asarray(ridge.intercept_, dtype=np.float64).reshape(-1),
+        }
+
+    # ------------------------------------------------------------------ prediction
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self._arrays)
+
+    def predict_features(self, features: np.ndarray) -> np.ndarray:
+        """``(n, d)`` features -> ``(n, n_genes)`` float32 predictions."""
+        if not self.is_fitted:
+            raise RuntimeError("RidgeBaseline is not fitted")
+        a = self._arrays
+        Z = _pipeline_apply(
+            features, a["scaler_mean"], a["scaler_scale"], a["pca_mean"], a["pca_components"]
+        )
+        return (Z @ a["ridge_coef"].T + a["ridge_intercept"]).astype(np.float32)
+
+    def predict(self, section: Any) -> np.ndarray:
+        """``(n_spots, n_genes)`` predicted normalised expression (log1p counts per 10k)."""
+        if not self.is_fitted:
+            raise RuntimeError("RidgeBaseline is not fitted")
+        return self.predict_features(self.extract_features(section))
+
+    # ------------------------------------------------------------------ persistence
+    @property
+    def n_genes(self) -> int:
+        return len(self.genes)
+
+    def config_dict(self) -> dict[str, Any]:
+        """JSON-able config (rebuilt with :meth:`from_config`; used by checkpoints)."""
+        d = asdict(self.config)
+        d["alphas"] = list(d["alphas"])
+        if d["out_indices"] is not None:
+            d["out_indices"] = list(d["out_indices"])
+        return d
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Fitted arrays and the frozen backbone's weights as tensors (for safetensors).
+
+        The backbone is included so that a random-init model is restored exactly; ``alpha``
+        is stored as a 0-d tensor.
+        """
+        if not self.is_fitted:
+            raise RuntimeError("RidgeBaseline is not fitted")
+        state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self._arrays.items()}
+        state["alpha"] = torch.tensor(float(self.alpha), dtype=torch.float64)
+        for k, v in self.backbone.state_dict().items():
+            state[f"backbone.{k}"] = v.detach().cpu().contiguous()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+        """Inverse of :meth:`state_dict` (missing arrays raise ``RuntimeError``)."""
+        arrays = {
+            k: np.asarray(torch.as_tensor(v).cpu().numpy(), dtype=np.float64)
+            for k, v in state.items()
+            if not k.startswith("backbone.") and k != "alpha"
+        }
+        missing = [k for k in _ARRAY_KEYS if k not in arrays]
+        if missing:
+            raise RuntimeError(f"ridge state is missing {missing}")
+        unexpected = [k for k in arrays if k not in _ARRAY_KEYS]
+        if strict and unexpected:
+            raise RuntimeError(f"unexpected keys in ridge state: {unexpected}")
+        self._arrays = {k: arrays[k] for k in _ARRAY_KEYS}
+        if "alpha" in state:
+            self.alpha = float(torch.as_tensor(state["alpha"]).item())
+        backbone = {
+            k.removeprefix("backbone."): torch.as_tensor(v)
+            for k, v in state.items()
+            if k.startswith("backbone.")
+        }
+        if backbone or strict:
+            self.backbone.load_state_dict(backbone, strict=strict)
+        n = self._arrays["ridge_coef"].shape[0]
+        if self.genes and len(self.genes) != n:
+            raise RuntimeError(f"state predicts {n} genes but the model has {len(self.genes)}")
+
+    def save(self, run_dir: str | os.PathLike[str]) -> Path:
+        """Write the project's checkpoint folder (``weights.safetensors`` + ``config.json``,
+        atomically; see :mod:`napari_histoexpress.models.checkpoint`). The chosen alpha and
+        CV results go to ``extra``."""
+        from napari_histoexpress.models.checkpoint import save_checkpoint
+
+        if not self.is_fitted:
+            raise RuntimeError("RidgeBaseline is not fitted")
+        extra = {"alpha": self.alpha, "cv_scores": self.cv_scores, "cv_scheme": self.cv_scheme}
+        save_checkpoint(run_dir, self, None, self.genes, extra=extra)
+        return Path(run_dir)
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike[str]) -> RidgeBaseline:
+        """Read a checkpoint folder written by :meth:`save` (``InputFileError`` if it is
+        not one, or holds another model)."""
+        from napari_histoexpress.models.checkpoint import load_checkpoint, read_checkpoint_config
+
+        meta = read_checkpoint_config(run_dir)
+        if meta["model"] != "ridge":
+            raise InputFileError(run_dir, f"holds a {meta['model']!r} model, not 'ridge'")
+        model, meta = load_checkpoint(run_dir)
+        assert isinstance(model, RidgeBaseline)
+        model.genes = [str(g) for g in meta["genes"]]
+        extra = meta.get("extra", {})
+        model.cv_scores = dict(extra.get("cv_scores", {}))
+        model.cv_scheme = str(extra.get("cv_scheme", ""))
+        if model.n_genes != model._arrays["ridge_coef"].shape[0]:
+            raise InputFileError(run_dir, "gene list and ridge coefficients disagree")
+        return model
+
+
+register_model("ridge")(RidgeBaseline)

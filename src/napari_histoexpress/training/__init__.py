@@ -1,0 +1,1 @@
+"""Training: spot datasets, losses, the training loop, cross-validation and metrics."""

@@ -1,0 +1,142 @@
+"""Exact O(r) circle aggregation against independent references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from shapely.geometry import Point, box
+
+from napari_histoexpress.inference.aggregate import (
+    CircleAggregator,
+    brute_force_circle_sum,
+    circle_pixel_weights,
+    disk_rect_area,
+    fullres_to_grid,
+)
+
+
+def test_disk_rect_area_matches_shapely() -> None:
+    rng = np.random.default_rng(0)
+    n = 300
+    r = rng.uniform(0.1, 6.0, n)
+    x0, y0 = rng.uniform(-7, 7, (2, n))
+    x1, y1 = x0 + rng.uniform(0, 3, n), y0 + rng.uniform(0, 3, n)
+    ours = disk_rect_area(x0, x1, y0, y1, r)
+    for k in range(n):
+        # fine polygon: its area deficit is ~ r² (2π³/3) / n_seg² of the disk
+        disk = Point(0, 0).buffer(r[k], quad_segs=2048)
+        ref = disk.intersection(box(x0[k], y0[k], x1[k], y1[k])).area
+        assert ours[k] == pytest.approx(ref, abs=2e-6 * r[k] ** 2 + 1e-12), k
+    assert disk_rect_area(-10, 10, -10, 10, 3.0) == pytest.approx(np.pi * 9)
+    assert disk_rect_area(3.0, 4.0, 0.0, 1.0, 3.0) == 0.0
+
+
+def test_pixel_weights_sum_to_disk_area_and_respect_geometry() -> None:
+    for cx, cy, r in [(10.0, 10.0, 0.3), (10.5, 10.5, 0.3), (20.37, 15.81, 7.77), (30, 30, 25.0)]:
+        rows, cols, w = circle_pixel_weights(cx, cy, r, (64, 64))
+        assert w.sum() == pytest.approx(np.pi * r * r, rel=1e-12)
+        assert np.all((w > 0) & (w <= 1 + 1e-12))
+    # a small disk centred on pixel (row 10, col 12) lies in that pixel only
+    rows, cols, w = circle_pixel_weights(12.0, 10.0, 0.3, (64, 64))
+    assert rows.tolist() == [10] and cols.tolist() == [12]
+    # centred on a pixel corner: four equal quarters
+    rows, cols, w = circle_pixel_weights(12.5, 10.5, 0.3, (64, 64))
+    assert sorted(zip(rows.tolist(), cols.tolist(), strict=True)) == [
+        (10, 12),
+        (10, 13),
+        (11, 12),
+        (11, 13),
+    ]
+    np.testing.assert_allclose(w, np.pi * 0.09 / 4)
+
+
+CASES = [
+    (30.3, 20.7, 0.3),
+    (30.0, 20.0, 0.5),
+    (12.49, 7.51, 0.9),
+    (10.2, 5.9, 7.3),  # crosses the top border
+    (-3.2, 4.1, 9.0),  # centre outside the map
+    (78.6, 58.2, 12.3),  # over the bottom-right corner
+    (40.25, 31.125, 25.0),
+    (40.0, 30.0, 300.0),  # covers the whole map
+]
+
+
+@pytest.fixture(scope="module")
+def values() -> np.ndarray:
+    return np.random.default_rng(1).normal(size=(60, 80, 3))
+
+
+@pytest.mark.parametrize(("cx", "cy", "r"), CASES)
+def test_aggregate_matches_brute_force(values: np.ndarray, cx: float, cy: float, r: float) -> None:
+    agg = CircleAggregator(values)
+    fast = agg.aggregate(cx, cy, r, reduce="sum")
+    exact = brute_force_circle_sum(values, cx, cy, r)
+    np.testing.assert_allclose(fast, exact, rtol=1e-9, atol=1e-9)
+    # independent of the analytic formula: point sampling, error ~ perimeter / s
+    sampled = brute_force_circle_sum(values, cx, cy, r, supersample=64)
+    np.testing.assert_allclose(fast, sampled, atol=0.01 + 2e-3 * r)
+
+
+def test_mean_and_borders(values: np.ndarray) -> None:
+    agg = CircleAggregator(values)
+    centres = np.array([c[:2] for c in CASES])
+    radii = np.array([c[2] for c in CASES])
+    sums, area = agg.aggregate_many(centres, radii, reduce="sum", return_area=True)
+    means = agg.aggregate_many(centres, radii)
+    np.testing.assert_allclose(means, sums / area[:, None])
+    inside = [0, 1, 2, 6]  # case 3 (cy - r = -1.4) crosses the top border
+    np.testing.assert_allclose(area[inside], np.pi * radii[inside] ** 2, rtol=1e-12)
+    assert area[7] == pytest.approx(60 * 80)  # whole map covered: mean = map mean
+    np.testing.assert_allclose(means[7], values.reshape(-1, 3).mean(0))
+    for k in (3, 4, 5):
+        assert 0 < area[k] < np.pi * radii[k] ** 2
+    # entirely outside: NaN mean, zero sum
+    out = agg.aggregate_many(np.array([[500.0, 500.0]]), np.array([3.0]))
+    assert np.isnan(out).all()
+    assert np.all(agg.aggregate(500.0, 500.0, 3.0, reduce="sum") == 0)
+
+
+def test_many_equals_single_and_chunking(
+    values: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import napari_histoexpress.inference.aggregate as mod
+
+    rng = np.random.default_rng(2)
+    centres = rng.uniform(-5, 85, size=(40, 2))
+    radii = rng.uniform(0.2, 15, size=40)
+    agg = CircleAggregator(values)
+    many = agg.aggregate_many(centres, radii, reduce="sum")
+    monkeypatch.setattr(mod, "_CHUNK_NNZ", 50)  # force many chunks
+    chunked = agg.aggregate_many(centres, radii, reduce="sum")
+    single = np.stack(
+        [agg.aggregate(x, y, r, reduce="sum") for (x, y), r in zip(centres, radii, strict=True)]
+    )
+    np.testing.assert_allclose(many, single, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(chunked, single, rtol=1e-12, atol=1e-12)
+
+
+def test_constant_map_mean_is_constant() -> None:
+    agg = CircleAggregator(np.full((50, 50), 2.5, dtype=np.float32))
+    rng = np.random.default_rng(3)
+    means = agg.aggregate_many(rng.uniform(0, 49, (100, 2)), rng.uniform(0.05, 40, 100))
+    np.testing.assert_allclose(means, 2.5, rtol=1e-12)
+
+
+def test_input_validation() -> None:
+    agg = CircleAggregator(np.zeros((4, 4, 2)))
+    with pytest.raises(ValueError, match=">= 0"):
+        agg.aggregate(1, 1, -1)
+    with pytest.raises(ValueError, match="finite"):
+        agg.aggregate(np.nan, 1, 1)
+    with pytest.raises(ValueError, match="reduce"):
+        agg.aggregate(1, 1, 1, reduce="max")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"\(H, W, C\)"):
+        CircleAggregator(np.zeros(4))
+
+
+def test_fullres_to_grid() -> None:
+    # full-res pixel 3 (centre) of a 4× grid lies in grid pixel 0, at its right edge area
+    c, r = fullres_to_grid(np.array([[1.5, 3.5]]), 8.0, 4.0)
+    np.testing.assert_allclose(c, [[0.0, 0.5]])
+    assert r == 2.0

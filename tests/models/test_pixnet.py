@@ -1,0 +1,151 @@
+"""PixNet: shapes, config round trip, factorised aggregation identity, gradients."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_histoexpress.inference.aggregate import CircleAggregator, circle_pixel_weights
+from napari_histoexpress.models.pixnet import PixNet, PixNetConfig, spot_weight_matrix
+
+
+def _model(seed: int = 0, **kw: object) -> PixNet:
+    torch.manual_seed(seed)
+    cfg = PixNetConfig(**{"n_genes": 5, "decoder_dim": 16, **kw})  # type: ignore[arg-type]
+    model = PixNet(cfg)
+    with torch.no_grad():  # perturb so the head bias and δ are not trivial
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> PixNet:
+    return _model()
+
+
+def test_shapes_and_stride(model: PixNet) -> None:
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.features(x)
+        g = model(x)
+    assert model.output_stride == 2
+    assert feats.shape == (2, 16, 32, 32)
+    assert g.shape == (2, 5, 64, 64)
+    assert torch.isfinite(g).all()
+    with torch.no_grad():  # odd sizes are handled (resize to the skip's size)
+        assert model(torch.rand(1, 3, 65, 70)).shape == (1, 5, 65, 70)
+
+
+def test_other_backbone_and_levels() -> None:
+    torch.manual_seed(0)
+    m = PixNet(PixNetConfig(n_genes=3, decoder_dim=8, backbone="resnet18", out_indices=(1, 2, 3)))
+    assert m.output_stride == 4
+    assert len(m.delta) == 2
+    with torch.no_grad():
+        assert m(torch.rand(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+
+
+def test_config_roundtrip_json() -> None:
+    cfg = PixNetConfig(n_genes=4, decoder_dim=8, out_indices=(0, 1, 2), aggregation="sum")
+    d = json.loads(json.dumps(cfg.to_dict()))
+    assert PixNetConfig.from_dict(d) == cfg
+    assert cfg.mean == pytest.approx((0.485, 0.456, 0.406))
+    with pytest.raises(ValueError, match="aggregation"):
+        PixNetConfig(aggregation="max")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown"):
+        PixNetConfig.from_dict({"n_genes": 3, "bogus": 1})
+
+
+def _explicit(g: np.ndarray, cx: float, cy: float, r: float, reduce: str) -> np.ndarray:
+    rows, cols, w = circle_pixel_weights(cx, cy, r, g.shape[1:])
+    s = (g[:, rows, cols] * w).sum(axis=1)
+    return s / w.sum() if reduce == "mean" else s
+
+
+@pytest.mark.parametrize("reduce", ["mean", "sum"])
+def test_factorised_spot_predictions_equal_explicit_map(model: PixNet, reduce: str) -> None:
+    """Aggregating the full gene map == aggregating features, then the head (module doc)."""
+    rng = np.random.default_rng(1)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.features(x)
+        g = model.gene_maps(feats, out_size=(64, 64)).double().numpy()
+    n = 12
+    centres = rng.uniform(-3, 67, size=(n, 2))
+    radii = rng.uniform(0.3, 20, size=n)
+    bidx = rng.integers(0, 2, size=n)
+    with torch.no_grad():
+        pred = model.spot_predictions(
+            feats, centres, radii, (64, 64), batch_index=bidx, reduce=reduce
+        ).numpy()
+    ref = np.stack(
+        [
+            _explicit(g[b], cx, cy, r, reduce)
+            for (cx, cy), r, b in zip(centres, radii, bidx, strict=True)
+        ]
+    )
+    scale = np.abs(ref).max()
+    np.testing.assert_allclose(pred, ref, rtol=1e-4, atol=1e-5 * scale)
+    # and the numpy path used at inference: CircleAggregator on the resized features + head
+    with torch.no_grad():
+        up = torch.nn.functional.interpolate(feats, size=(64, 64), mode="bilinear")
+    agg = CircleAggregator(up[0].permute(1, 2, 0).double().numpy())
+    sel = bidx == 0
+    pooled, area = agg.aggregate_many(centres[sel], radii[sel], reduce=reduce, return_area=True)
+    np.testing.assert_allclose(
+        model.apply_head(pooled, area, reduce), ref[sel], rtol=1e-4, atol=1e-5 * scale
+    )
+
+
+def test_spot_weight_rows_sum_to_area() -> None:
+    from scipy.integrate import quad
+
+    centres = np.array([[10.0, 10.0], [0.0, 0.0], [31.5, 2.2]])
+    radii = np.array([4.0, 4.0, 0.4])
+    mat, area = spot_weight_matrix(centres, radii, (32, 32), (8, 8))
+    np.testing.assert_allclose(mat.to_dense().sum(1).numpy(), area, rtol=1e-12)
+    assert area[0] == pytest.approx(np.pi * 16)
+    # pixel (0, 0) spans -0.5..0.5: the image holds the part of the disk with x, y >= -0.5
+    ref, _ = quad(lambda x: np.sqrt(16 - x * x) + min(0.5, np.sqrt(16 - x * x)), -0.5, 4)
+    assert area[1] == pytest.approx(ref, rel=1e-9)
+    assert area[2] == pytest.approx(np.pi * 0.16 / 2)  # x = 31.5 is the right border
+
+
+def test_spot_predictions_gradients_and_errors(model: PixNet) -> None:
+    m = _model(seed=2)
+    m.train()
+    x = torch.rand(1, 3, 64, 64)
+    pred = m.spot_predictions(m.features(x), np.array([[30.0, 30.0]]), 10.0, (64, 64))
+    pred.sum().backward()
+    assert m.encoder.conv1.weight.grad is not None
+    assert torch.isfinite(m.encoder.conv1.weight.grad).all()
+    assert m.delta.grad is not None and torch.all(m.delta.grad != 0)
+    with pytest.raises(ValueError, match="do not overlap"):
+        m.spot_predictions(m.features(x), np.array([[300.0, 30.0]]), 5.0, (64, 64))
+    with pytest.raises(ValueError, match="batch_index"):
+        m.spot_predictions(torch.zeros(2, 16, 32, 32), np.array([[3.0, 3.0]]), 1.0, (64, 64))
+
+
+def test_mean_aggregation_is_scale_free(model: PixNet) -> None:
+    """Constant features: mean predictions do not depend on spot size (inside the image or
+    across its border); sums grow with the area."""
+    vec = torch.randn(16)
+    f = vec.view(1, 16, 1, 1).expand(1, 16, 32, 32).contiguous()
+    c = np.array([[32.0, 32.0], [32.0, 32.0], [0.0, 10.0], [40.2, 33.1]])
+    r = np.array([3.0, 6.0, 9.0, 0.2])
+    with torch.no_grad():
+        mean = model.spot_predictions(f, c, r, (64, 64), reduce="mean").numpy()
+        total = model.spot_predictions(f, c, r, (64, 64), reduce="sum").numpy()
+        expected = model.head(f[:, :, :1, :1])[0, :, 0, 0].numpy()
+    np.testing.assert_allclose(mean, np.broadcast_to(expected, mean.shape), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(total[1], 4 * total[0], rtol=1e-5, atol=1e-5)
+
+
+def test_init_head_bias(model: PixNet) -> None:
+    m = _model(seed=3)
+    m.init_head_bias(np.arange(5.0))
+    np.testing.assert_array_equal(m.head.bias.detach().numpy(), np.arange(5.0))

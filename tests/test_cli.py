@@ -1,0 +1,94 @@
+"""The ``histoexpress`` command as scripts use it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from napari_histoexpress.cli import main
+
+
+def test_help_is_fast_and_lists_commands() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_histoexpress.cli", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    for command in ("demo", "import", "info"):
+        assert command in result.stdout
+
+
+def test_import_st_her2st_section(her2st: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "C3.h5ad"
+    code = main(
+        [
+            "import", "st",
+            "--image", str(her2st / "images" / "C3.jpg"),
+            "--counts", str(her2st / "counts" / "C3.tsv.gz"),
+            "--spots", str(her2st / "spots" / "C3_selection.tsv"),
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "spots" in line and "genes" in line and "µm/px" in line and "dropped" in line
+    adata = ad.read_h5ad(out)
+    assert adata.obsm["spatial"].shape == (adata.n_obs, 2)
+    lib = adata.uns["spatial"]["C3"]
+    assert lib["metadata"]["n_dropped_spots"] > 0
+    assert lib["scalefactors"]["spot_diameter_fullres"] * lib["metadata"]["microns_per_pixel"] == pytest.approx(100)
+    # raw counts are kept: integers
+    x = adata.X.toarray() if hasattr(adata.X, "toarray") else adata.X
+    np.testing.assert_array_equal(x, np.round(x))
+
+
+def test_import_st_with_user_mpp(her2st: Path, tmp_path: Path) -> None:
+    out = tmp_path / "C2.h5ad"
+    args = ["import", "st", "--image", str(her2st / "images" / "C2.jpg"),
+            "--counts", str(her2st / "counts" / "C2.tsv.gz"),
+            "--spots", str(her2st / "spots" / "C2_selection.tsv"),
+            "--mpp", "0.75", "--spot-diameter-um", "100", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    meta = ad.read_h5ad(out).uns["spatial"]["C2"]["metadata"]
+    assert meta["microns_per_pixel"] == pytest.approx(0.75)
+    assert meta["mpp_source"] == "user"
+
+
+def test_import_visium(shared_data: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "toy.h5ad"
+    assert main(["import", "visium", str(shared_data / "visium_toy"), "--out", str(out)]) == 0
+    assert "100 spots" in capsys.readouterr().out
+    assert ad.read_h5ad(out).n_obs == 100
+
+
+def test_import_errors_name_the_file(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "x.h5ad"
+    code = main(["import", "visium", str(tmp_path), "--out", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and "spatial" in err
+    assert not out.exists()
+
+    bogus = tmp_path / "notes.tif"
+    bogus.write_text("not an image")
+    assert main(["info", str(bogus)]) == 2
+    assert str(bogus) in capsys.readouterr().err
+
+
+def test_demo_writes_spots_and_png(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    adata = ad.read_h5ad(out / "sample_spots.h5ad")
+    assert adata.n_obs > 50 and {"ERBB2", "PTPRC", "COL1A1"} <= set(adata.var_names)
+    src = Path(adata.uns["spatial"][next(iter(adata.uns["spatial"]))]["metadata"]["source_image_path"])
+    assert src.is_absolute() and src.exists()
+    from PIL import Image
+
+    with Image.open(out / "sample_spots.png") as png:
+        assert png.size[0] > 200 and png.mode == "RGB"
+        rgb = np.asarray(png)
+    assert rgb.std() > 5  # not a blank picture
