@@ -9,8 +9,9 @@ radii from 27.5 µm (Visium) to 1 mm (a 2 mm disk), time per circle of:
 - ``brute``:      O(r²) masked sum with exact pixel weights over the disk's bounding box
                   on the gene map (:func:`brute_force_circle_sum`).
 
-All three give the same numbers (the max abs difference is printed). Prefix-sum
-construction is a one-off per map and is reported separately.
+All three give the same numbers (the max abs difference is printed). Times are the best of
+a few runs, per circle, for a batch of ``n`` circles in one ``aggregate_many`` call.
+Prefix-sum construction is a one-off per map and is reported separately.
 
 Run: ``python benchmarks/bench_aggregate.py`` (about a minute, ~5 GB RAM).
 """
@@ -30,15 +31,15 @@ G = 250
 RADII_UM = [27.5, 50.0, 100.0, 250.0, 500.0, 1000.0]
 
 
-def _timeit(fn, min_time: float = 0.3, max_reps: int = 50) -> float:  # type: ignore[no-untyped-def]
+def _timeit(fn, reps: int = 5) -> float:  # type: ignore[no-untyped-def]
+    """Best of ``reps`` runs (seconds): robust to other load on the machine."""
     fn()  # warm-up
-    reps, start = 0, time.perf_counter()
-    while True:
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
         fn()
-        reps += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time or reps >= max_reps:
-            return elapsed / reps
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def main() -> None:
@@ -90,7 +91,7 @@ def main() -> None:
 
         t_f = _timeit(factorised) / n
         t_g = _timeit(full) / n
-        t_b = _timeit(brute, min_time=0.2, max_reps=3) / n_brute
+        t_b = _timeit(brute, reps=2) / n_brute
         diff = max(
             np.abs(factorised() - full()).max(),
             np.abs(full()[:n_brute] - brute()).max(),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=None, help="write all results as JSON")
     args = p.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress visible under nohup
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import HistoExpressError
 
@@ -63,6 +64,94 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- training
+def _train_config(args: argparse.Namespace) -> Any:
+    from .training.train import TrainConfig
+
+    n_genes, gene_file = None, None
+    if args.genes is not None:
+        if args.genes.isdigit():
+            n_genes = int(args.genes)
+        else:
+            gene_file = args.genes
+    else:
+        n_genes = 250
+    model_config: dict[str, Any] = {}
+    if args.backbone:
+        model_config["backbone"] = args.backbone
+    if args.pretrained:
+        model_config["pretrained"] = args.pretrained
+    if getattr(args, "decoder_dim", None):
+        model_config["decoder_dim"] = args.decoder_dim
+    return TrainConfig(
+        model=args.model, n_genes=n_genes, gene_file=gene_file, epochs=args.epochs, lr=args.lr,
+        weight_decay=args.weight_decay, batch_size=args.batch_size,
+        crops_per_epoch=args.crops_per_epoch, mpp=args.mpp, crop_um=args.crop_um,
+        device=args.device, seed=args.seed, model_config=model_config,
+    )
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from .training.train import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--model", default="pixnet", choices=["pixnet", "ridge"])
+    p.add_argument("--data", nargs="+", required=True, help="imported sections (.h5ad)")
+    p.add_argument("--genes", help="N (top-N by mean count, default 250) or a gene file")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--crops-per-epoch", type=int, default=d.crops_per_epoch)
+    p.add_argument("--mpp", type=_positive_float, default=d.mpp, help="working µm/px")
+    p.add_argument("--crop-um", type=_positive_float, default=d.crop_um)
+    p.add_argument("--backbone", help="timm model name (default resnet18)")
+    p.add_argument("--pretrained", help="weights file or hf-hub:org/name (default random init)")
+    p.add_argument("--decoder-dim", type=int, help="PixNet decoder channels (default 128)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training.sections import load_sections
+    from .training.train import train
+
+    config = _train_config(args)
+    sections = load_sections(args.data)
+    run = train(sections, args.out, config)
+    print(f"run written to {run}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .training.evaluate import evaluate_run
+    from .training.sections import load_sections
+
+    report = evaluate_run(args.run, load_sections(args.data), device=args.device)
+    for name, res in report["sections"].items():
+        print(f"{name}: pcc_mean {res['pcc_mean']:.3f}  pcc_heg50 {res['pcc_heg50']:.3f}  "
+              f"mse {res['mse']:.3f}  ({res['n_spots']} spots, {res['n_genes']} genes)")
+    if args.json:
+        from .io.export import write_text_atomic
+
+        write_text_atomic(json.dumps(report, indent=2, default=float), args.json)
+        print(f"metrics written to {args.json}")
+    return 0
+
+
+def _cmd_cv(args: argparse.Namespace) -> int:
+    from .training.cross_validation import cross_validate, format_table
+    from .training.sections import load_sections
+
+    report = cross_validate(load_sections(args.data), args.out, _train_config(args),
+                            folds=args.folds, device=args.device)
+    print(format_table(report["rows"]))
+    print(f"table written to {Path(args.out) / 'cv.md'}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- demo
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
@@ -95,6 +184,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("slide")
     p.add_argument("--mpp", type=_positive_float, help="override µm/px")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("train", help="train a model on imported sections")
+    _add_train_options(p)
+    p.add_argument("--out", required=True, help="run directory")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="per-gene Pearson and the literature's summaries")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--data", nargs="+", required=True, help="sections (.h5ad)")
+    p.add_argument("--json", help="write all metrics (per gene too) to this file")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("cv", help="leave-one-section/patient-out cross-validation")
+    _add_train_options(p)
+    p.add_argument("--folds", default="by-section", choices=["by-section", "by-patient"])
+    p.add_argument("--out", required=True, help="folder for fold runs and the table")
+    p.set_defaults(func=_cmd_cv)
 
     imp = sub.add_parser("import", help="import ST data into one AnnData (.h5ad)")
     isub = imp.add_subparsers(dest="source", required=True)

@@ -294,3 +294,30 @@ def test_memory_stays_bounded_on_a_larger_slide(tmp_path: Path) -> None:
     msg = f"peak {small / 1e6:.1f} MB -> {big / 1e6:.1f} MB"
     assert big - small < 0.15 * (slide_big - slide_small), msg  # proportional would be ~4x
     assert big < 0.5 * slide_big and big < 0.75 * map_big, msg
+
+
+def test_runs_the_package_pixnet(tmp_path: Path) -> None:
+    """PixNet as written (output_stride, self-normalising features, W as (G, C)) works."""
+    pixnet = pytest.importorskip("napari_histoexpress.models.pixnet")
+    model = pixnet.PixNet(pixnet.PixNetConfig(n_genes=3, decoder_dim=8))
+    img = tissue_like(96, 128, seed=7)
+    rep = predict_slide(
+        model, img, tmp_path / "p.zarr", model_mpp=None, tile_px=64, halo_px=32,
+        device="cpu", dtype="float32", skip_background=False,
+    )  # fmt: skip
+    store = DenseMapStore.open(tmp_path / "p.zarr")
+    s = model.output_stride
+    assert rep.status == "complete" and store.map_shape == (96 // s, 128 // s)
+    assert store.attrs["input_multiple"] == 32  # resnet18's total downsampling
+    feats = np.asarray(store.features_level(0).compute())
+    with torch.inference_mode():  # the head applied by torch equals the store's gene map
+        ref = model.head(torch.from_numpy(np.moveaxis(feats, -1, 0))[None])[0, 2].numpy()
+    np.testing.assert_allclose(store.gene_map(2).compute(), ref, rtol=1e-4, atol=1e-5)
+    # the window was normalised once (by PixNet), not twice: compare one tile with PixNet
+    x = np.full((128, 128, 3), 255, np.uint8)  # tile (0, 0): window rows/cols -32..96
+    x[32:, 32:] = img[:96, :96]
+    with torch.inference_mode():
+        direct = model.features(torch.from_numpy(x).permute(2, 0, 1)[None].float() / 255.0)
+    c = 32 // s
+    expected = np.moveaxis(direct[0, :, c : c + 64 // s, c : c + 64 // s].numpy(), 0, -1)
+    np.testing.assert_allclose(feats[: 64 // s, : 64 // s], expected, rtol=1e-4, atol=1e-4)

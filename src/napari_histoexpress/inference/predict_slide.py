@@ -416,11 +416,7 @@ def _predict(
     provenance: Mapping[str, Any] | None,
     t_start: float,
 ) -> PredictionReport:
-    stride = int(model.feature_stride)
-    feature_dim = int(model.feature_dim)
-    align = int(getattr(model, "input_multiple", None) or stride)
-    if align % stride:
-        align = math.lcm(align, stride)
+    stride, feature_dim, align, normalize, (W, b) = _model_interface(model)
     halo = default_halo_px(model, align) if halo_px is None else int(halo_px)
 
     f, (h_work, w_work), work_mpp = _working_geometry(slide, model_mpp)
@@ -428,8 +424,6 @@ def _predict(
     tiles = plan_tiles(map_shape, tile_px, halo, stride, align=align)
     rows, cols = grid_shape(map_shape, tile_px, stride)
 
-    W, b = (np.asarray(a, dtype=np.float32) for a in model.head_weights())
-    b = b.reshape(-1)
     gene_names = list(
         genes or getattr(model, "genes", None) or [f"gene_{i}" for i in range(len(b))]
     )
@@ -500,9 +494,12 @@ def _predict(
     if isinstance(model, torch.nn.Module):
         model.eval()
         model.to(device)
-    mean = torch.tensor(getattr(model, "input_mean", _IMAGENET_MEAN), dtype=torch.float32)
-    std = torch.tensor(getattr(model, "input_std", _IMAGENET_STD), dtype=torch.float32)
-    mean, std = (t.view(1, 3, 1, 1).to(device) for t in (mean, std))
+    if normalize:
+        mean_v, std_v = (getattr(model, a, d) for a, d in _NORM_ATTRS)
+    else:  # the model normalises its [0, 1] input itself
+        mean_v, std_v = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    mean = torch.as_tensor(mean_v, dtype=torch.float32).reshape(1, 3, 1, 1).to(device)
+    std = torch.as_tensor(std_v, dtype=torch.float32).reshape(1, 3, 1, 1).to(device)
     if device.type == "cuda" and amp:
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         autocast: Any = torch.autocast("cuda", dtype=amp_dtype)
@@ -563,6 +560,47 @@ def _predict(
     if resumed:
         log.debug("resumed %s with %d tiles already done", out_path, n_already)
     return report
+
+
+_NORM_ATTRS = (("input_mean", _IMAGENET_MEAN), ("input_std", _IMAGENET_STD))
+
+
+def _model_interface(
+    model: Any,
+) -> tuple[int, int, int, bool, tuple[np.ndarray, np.ndarray]]:
+    """``(stride, feature_dim, align, normalize, (W (C, G), b (G,)))`` of a dense model.
+
+    Follows :class:`DenseFeatureModel`, and also accepts the package's PixNet as written
+    today: ``output_stride`` instead of ``feature_stride``, ``features`` that normalises its
+    [0, 1] input itself, and ``head_weights`` returning ``W`` as ``(G, C)``. The alignment is
+    ``input_multiple``, else the encoder's largest reduction (timm ``feature_info``), else the
+    stride.
+    """
+    stride = getattr(model, "feature_stride", None) or getattr(model, "output_stride", None)
+    if not stride:
+        raise TypeError(f"{type(model).__name__} has no feature_stride (input px per feature px)")
+    stride = int(stride)
+    feature_dim = int(model.feature_dim)
+    pixnet_like = _is_pixnet(model)
+    normalize = not (getattr(model, "normalizes_input", False) or pixnet_like)
+    align = getattr(model, "input_multiple", None)
+    if not align:
+        info = getattr(getattr(model, "encoder", None), "feature_info", None)
+        align = max(info.reduction()) if info is not None else stride
+    align = math.lcm(int(align), stride)
+    W, b = (np.asarray(a, dtype=np.float32) for a in model.head_weights())
+    b = b.reshape(-1)
+    if pixnet_like or (W.shape == (b.size, feature_dim) and W.shape[0] != feature_dim):
+        W = W.T  # (G, C) -> (C, G)
+    return stride, feature_dim, align, normalize, (np.ascontiguousarray(W), b)
+
+
+def _is_pixnet(model: Any) -> bool:
+    try:
+        from napari_histoexpress.models.pixnet import PixNet
+    except Exception:  # being written, or import error elsewhere: treat as generic
+        return False
+    return isinstance(model, PixNet)
 
 
 def _forward(

@@ -48,3 +48,17 @@ def write_h5ad_atomic(adata: AnnData, path: str | Path) -> Path:
 def write_csv_atomic(df: pd.DataFrame, path: str | Path, *, index: bool = True) -> Path:
     """Write ``df`` to ``path`` as CSV atomically (index written unless ``index=False``)."""
     return _write_atomic(path, lambda tmp: df.to_csv(tmp, index=index))
+
+
+def write_text_atomic(text: str, path: str | Path) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return _write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_png_atomic(rgb: Any, path: str | Path) -> Path:
+    """Write an ``(h, w, 3)`` uint8 array as PNG atomically."""
+    import numpy as np
+    from PIL import Image
+
+    image = Image.fromarray(np.asarray(rgb, dtype=np.uint8))
+    return _write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))

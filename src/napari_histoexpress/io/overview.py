@@ -66,20 +66,7 @@ def spots_overview(
 
 
 def write_png(rgb: np.ndarray, path: str | Path) -> Path:
-    """Write an RGB array as PNG atomically (temp file + rename)."""
-    import os
-    import tempfile
+    """Write an RGB array as PNG atomically (see :func:`.export.write_png_atomic`)."""
+    from .export import write_png_atomic
 
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent, prefix=f".{path.stem}-")
-    os.close(fd)
-    try:
-        Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_png_atomic(rgb, path)

@@ -449,7 +449,8 @@ def _level_series(tif: tifffile.TiffFile) -> tuple[int, list[Any]]:
             if other.dtype != prev.dtype:
                 break
             (ph, pw), (oh, ow) = _yx(prev), _yx(other)
-            if not (oh < ph and ow < pw and _same_aspect(_yx(levels[0]), (oh, ow))):
+            shrinks = 0 < oh < ph and 0 < ow < pw
+            if not (shrinks and _same_aspect(_yx(levels[0]), (oh, ow))):
                 break
             levels.append(other)
     return main, levels

@@ -1,0 +1,99 @@
+"""Leave-one-out cross-validation over sections or patients, as in the literature.
+
+Each fold trains on all other sections (or all other patients' sections) and evaluates
+on the held-out ones; the table reports each fold and the mean over folds (each fold counts
+once). The gene panel is chosen ONCE from all given sections (top-N by mean raw count, or a
+gene file) so every fold predicts the same genes — the protocol of the her2st reference
+numbers (``../shared/data/README.md``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .sections import Section
+from .train import TrainConfig, choose_genes, train
+
+TABLE_KEYS = ("pcc_mean", "pcc_median", "pcc_q1", "pcc_heg50", "pcc_hvg50", "mse", "mae", "n_spots")
+
+
+def folds_of(sections: Sequence[Section], by: str) -> list[tuple[str, list[int], list[int]]]:
+    """``(fold name, train indices, test indices)`` for ``by`` = ``by-section``/``by-patient``."""
+    if by == "by-section":
+        groups = [s.name for s in sections]
+    elif by == "by-patient":
+        groups = [s.patient for s in sections]
+    else:
+        raise ValueError(f"folds must be 'by-section' or 'by-patient', got {by!r}")
+    unique = list(dict.fromkeys(groups))
+    if len(unique) < 2:
+        raise ValueError(f"cross-validation {by} needs at least two groups, got {unique}")
+    return [
+        (g, [i for i, x in enumerate(groups) if x != g], [i for i, x in enumerate(groups) if x == g])
+        for g in unique
+    ]
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of the folds and their mean."""
+    head = "| fold | " + " | ".join(TABLE_KEYS) + " |"
+    sep = "|---|" + "---|" * len(TABLE_KEYS)
+    lines = [head, sep]
+    for row in rows:
+        cells = []
+        for k in TABLE_KEYS:
+            v = row.get(k)
+            cells.append("" if v is None else (f"{v:.0f}" if k == "n_spots" else f"{v:.3f}"))
+        lines.append(f"| {row['fold']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cross_validate(
+    sections: Sequence[Section],
+    out_dir: str | os.PathLike[str],
+    config: TrainConfig,
+    *,
+    folds: str = "by-section",
+    device: str = "auto",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run every fold (resumable: a fold whose ``metrics.json`` exists is not rerun)."""
+    from .evaluate import evaluate_run
+    from .metrics import aggregate_folds
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    genes = choose_genes(sections, config)
+    results: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for name, train_idx, test_idx in folds_of(sections, folds):
+        fold_dir = out / f"fold-{name}"
+        metrics_path = fold_dir / "metrics.json"
+        if metrics_path.exists():
+            res = json.loads(metrics_path.read_text())
+            log(f"fold {name}: already done")
+        else:
+            log(f"fold {name}: train on {[sections[i].name for i in train_idx]}")
+            train([sections[i] for i in train_idx], fold_dir, config, genes=genes,
+                  progress=progress, log=log)
+            res = evaluate_run(fold_dir, [sections[i] for i in test_idx], device=device,
+                               progress=progress)
+            metrics_path.write_text(json.dumps(res, indent=2, default=float))
+        for sec in res["sections"].values():
+            results.append(sec)
+        rows.append({"fold": name, **{k: res["mean"].get(k) for k in TABLE_KEYS}})
+        log(f"fold {name}: pcc_mean {res['mean']['pcc_mean']:.3f}")
+    summary = aggregate_folds(results)
+    rows.append({"fold": "mean", **{k: summary.get(k) for k in TABLE_KEYS}})
+    table = format_table(rows)
+    report = {"model": config.model, "folds": folds, "genes": genes, "rows": rows,
+              "summary": {k: v for k, v in summary.items() if k != "per_gene_pcc"},
+              "config": config.to_dict()}
+    (out / "cv.json").write_text(json.dumps(report, indent=2, default=float))
+    (out / "cv.md").write_text(table + "\n")
+    return report
