@@ -152,6 +152,39 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- dense maps
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .inference.predict_slide import predict_slide
+    from .models.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(args.run)
+    if not hasattr(model, "features"):
+        raise HistoExpressError(f"{args.run}: model {meta['model']!r} has no dense map")
+    report = predict_slide(
+        model, args.slide, args.out, model_mpp=float(meta["extra"]["microns_per_pixel"]),
+        slide_mpp=args.mpp, tile_px=args.tile_px, device=args.device,
+        batch_size=args.batch_size, progress=True, resume=not args.restart,
+        genes=list(meta["genes"]), provenance={"run_dir": str(Path(args.run).resolve()),
+                                               "model": meta["model"]},
+    )
+    print(report.summary())
+    return 0
+
+
+def _cmd_spots(args: argparse.Namespace) -> int:
+    from .inference.spots import predict_circles, read_circles
+    from .io.export import write_csv_atomic, write_h5ad_atomic
+
+    adata = predict_circles(args.map, read_circles(args.circles))
+    out = Path(args.out)
+    if out.suffix.lower() == ".csv":
+        write_csv_atomic(adata.to_df().join(adata.obs), out)
+    else:
+        write_h5ad_atomic(adata, out)
+    print(f"{adata.n_obs} circles x {adata.n_vars} genes -> {out}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- demo
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
@@ -202,6 +235,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", default="by-section", choices=["by-section", "by-patient"])
     p.add_argument("--out", required=True, help="folder for fold runs and the table")
     p.set_defaults(func=_cmd_cv)
+
+    p = sub.add_parser("predict", help="dense whole-slide prediction into a zarr map store")
+    p.add_argument("--run", required=True, help="run directory (weights + config.json)")
+    p.add_argument("--slide", required=True)
+    p.add_argument("--out", required=True, help="output store (SLIDE.zarr)")
+    p.add_argument("--mpp", type=_positive_float, help="slide µm/px when the file lacks it")
+    p.add_argument("--tile-px", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--restart", action="store_true", help="discard finished tiles")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("spots", help="every gene inside circles (x_um, y_um, diameter_um)")
+    p.add_argument("--map", required=True, help="map store from `histoexpress predict`")
+    p.add_argument("--circles", required=True, help="CSV with x_um, y_um, diameter_um")
+    p.add_argument("--out", required=True, help="output .h5ad (or .csv)")
+    p.set_defaults(func=_cmd_spots)
 
     imp = sub.add_parser("import", help="import ST data into one AnnData (.h5ad)")
     isub = imp.add_subparsers(dest="source", required=True)

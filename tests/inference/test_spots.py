@@ -1,0 +1,114 @@
+"""Circles in µm on a stored dense map: exact, all genes, bounded memory; CLI predict/spots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_histoexpress.errors import InputFileError
+from napari_histoexpress.inference.aggregate import brute_force_circle_sum
+from napari_histoexpress.inference.map_store import DenseMapStore
+from napari_histoexpress.inference.spots import circles_to_grid, predict_circles, read_circles
+
+
+def _store(tmp_path: Path, shape=(90, 70), c=5, genes=("ERBB2", "PTPRC", "COL1A1"), chunk=16):
+    rng = np.random.default_rng(1)
+    W = rng.normal(size=(c, len(genes))).astype(np.float32)
+    b = rng.normal(size=len(genes)).astype(np.float32)
+    store = DenseMapStore.create(
+        tmp_path / "m.zarr", map_shape=shape, feature_dim=c, genes=list(genes), head_W=W,
+        head_b=b, map_mpp=8.0, chunk=chunk,
+        attrs={"slide": {"path": "/data/slide.tif", "shape": [720, 560], "mpp": 1.0}},
+    )  # fmt: skip
+    feats = rng.normal(size=(*shape, c)).astype(np.float32)
+    for y in range(0, shape[0], chunk):
+        for x in range(0, shape[1], chunk):
+            t = SimpleNamespace(map_y0=y, map_x0=x, row=y // chunk, col=x // chunk)
+            store.write_tile(t, feats[y : y + chunk, x : x + chunk])
+            store.mark_done(t)
+    return store, feats, W, b
+
+
+def test_predict_circles_equals_brute_force_on_gene_maps(tmp_path: Path) -> None:
+    store, feats, W, b = _store(tmp_path)
+    circles = pd.DataFrame(
+        {
+            "x_um": [100.0, 333.3, 27.5, 500.0, 2.0],
+            "y_um": [200.0, 410.7, 600.0, 90.0, 2.0],
+            "diameter_um": [55.0, 100.0, 2.0, 300.0, 40.0],
+            "id": ["a", "b", "c", "d", "e"],
+        }
+    )
+    adata = predict_circles(store, circles)
+    assert adata.shape == (5, 3) and list(adata.obs_names) == ["a", "b", "c", "d", "e"]
+    gene_maps = feats.astype(np.float64) @ W.astype(np.float64) + b
+    centres, radii = circles_to_grid(
+        circles.x_um.to_numpy(), circles.y_um.to_numpy(), circles.diameter_um.to_numpy(),
+        map_mpp=8.0, slide_mpp=1.0,
+    )  # fmt: skip
+    for i in range(len(circles)):
+        (cx, cy), r = centres[i], radii[i]
+        total = brute_force_circle_sum(gene_maps, cx, cy, r)
+        area = brute_force_circle_sum(np.ones(gene_maps.shape[:2] + (1,)), cx, cy, r)[0]
+        np.testing.assert_allclose(adata.X[i], total / area, rtol=1e-4, atol=1e-4)
+    assert adata.obs["area_fraction"].iloc[0] == pytest.approx(1.0)
+    assert adata.obs["area_fraction"].iloc[4] < 1.0  # over the map's corner
+    # spatial convention: slide pixels and the median diameter
+    np.testing.assert_allclose(adata.obsm["spatial"][1], [333.3, 410.7])
+    assert adata.uns["spatial"]["slide"]["scalefactors"]["spot_diameter_fullres"] == 55.0
+
+
+def test_blocks_do_not_change_results(tmp_path: Path) -> None:
+    from napari_histoexpress.inference.spots import aggregate_circles
+
+    store, *_ = _store(tmp_path)
+    rng = np.random.default_rng(3)
+    centres = rng.uniform(0, 70, size=(40, 2))
+    radii = rng.uniform(0.2, 12, size=40)
+    one, a1 = aggregate_circles(store, centres, radii, block_px=4096)
+    many, a2 = aggregate_circles(store, centres, radii, block_px=8)
+    np.testing.assert_allclose(one, many, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(a1, a2)
+
+
+def test_read_circles_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "c.csv"
+    bad.write_text("x,y,d\n1,2,3\n")
+    with pytest.raises(InputFileError, match="missing column"):
+        read_circles(bad)
+    bad.write_text("x_um,y_um,diameter_um\n1,2,3\n1,2,-1\n")
+    with pytest.raises(InputFileError, match="line"):
+        read_circles(bad)
+
+
+@pytest.mark.slow
+def test_cli_train_predict_spots_on_sample(tmp_path: Path) -> None:
+    import anndata as ad
+
+    from napari_histoexpress.cli import main
+    from napari_histoexpress.io.synthetic import sample_paths
+
+    paths = sample_paths()
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(paths["spots"]), "--genes", "5", "--epochs", "1",
+                 "--crops-per-epoch", "4", "--batch-size", "4", "--mpp", "4", "--crop-um", "256",
+                 "--decoder-dim", "16", "--device", "cpu", "--out", str(run)]) == 0  # fmt: skip
+    store = tmp_path / "sample.zarr"
+    assert main(["predict", "--run", str(run), "--slide", str(paths["image"]), "--out",
+                 str(store), "--tile-px", "128", "--device", "cpu"]) == 0  # fmt: skip
+    opened = DenseMapStore.open(store)
+    assert opened.status == "complete" and len(opened.genes) == 5
+    circles = tmp_path / "circles.csv"
+    pd.DataFrame({"x_um": [400.0, 800.0], "y_um": [400.0, 900.0],
+                  "diameter_um": [55.0, 8.0]}).to_csv(circles, index=False)  # fmt: skip
+    out = tmp_path / "spots.h5ad"
+    assert main(["spots", "--map", str(store), "--circles", str(circles), "--out", str(out)]) == 0
+    spots = ad.read_h5ad(out)
+    assert spots.shape == (2, 5) and np.isfinite(spots.X).all()
+    csv = tmp_path / "spots.csv"
+    assert main(["spots", "--map", str(store), "--circles", str(circles), "--out", str(csv)]) == 0
+    assert len(pd.read_csv(csv)) == 2
