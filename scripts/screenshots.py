@@ -33,7 +33,9 @@ def her2st_screenshot(data: Path, out: Path) -> Path:
 
     her2st = data / "her2st"
     adata = read_legacy_st(
-        her2st / "images" / "C2.jpg", her2st / "counts" / "C2.tsv.gz", her2st / "spots" / "C2_selection.tsv"
+        her2st / "images" / "C2.jpg",
+        her2st / "counts" / "C2.tsv.gz",
+        her2st / "spots" / "C2_selection.tsv",
     )
     with tempfile.TemporaryDirectory() as tmp:
         h5ad = write_h5ad_atomic(adata, Path(tmp) / "C2.h5ad")

@@ -40,7 +40,9 @@ def test_import_st_her2st_section(her2st: Path, tmp_path: Path, capsys) -> None:
     assert adata.obsm["spatial"].shape == (adata.n_obs, 2)
     lib = adata.uns["spatial"]["C3"]
     assert lib["metadata"]["n_dropped_spots"] > 0
-    assert lib["scalefactors"]["spot_diameter_fullres"] * lib["metadata"]["microns_per_pixel"] == pytest.approx(100)
+    assert lib["scalefactors"]["spot_diameter_fullres"] * lib["metadata"][
+        "microns_per_pixel"
+    ] == pytest.approx(100)
     # raw counts are kept: integers
     x = adata.X.toarray() if hasattr(adata.X, "toarray") else adata.X
     np.testing.assert_array_equal(x, np.round(x))
@@ -84,7 +86,9 @@ def test_demo_writes_spots_and_png(tmp_path: Path) -> None:
     assert main(["demo", "--out", str(out)]) == 0
     adata = ad.read_h5ad(out / "sample_spots.h5ad")
     assert adata.n_obs > 50 and {"ERBB2", "PTPRC", "COL1A1"} <= set(adata.var_names)
-    src = Path(adata.uns["spatial"][next(iter(adata.uns["spatial"]))]["metadata"]["source_image_path"])
+    src = Path(
+        adata.uns["spatial"][next(iter(adata.uns["spatial"]))]["metadata"]["source_image_path"]
+    )
     assert src.is_absolute() and src.exists()
     from PIL import Image
 

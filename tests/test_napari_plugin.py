@@ -63,7 +63,9 @@ def test_unknown_mpp_is_stated(make_napari_viewer, tmp_path: Path) -> None:
     assert layer.metadata["mpp_source"] == "user"
 
 
-def test_open_spaceranger_folder_shows_slide_and_spots(make_napari_viewer, shared_data: Path) -> None:
+def test_open_spaceranger_folder_shows_slide_and_spots(
+    make_napari_viewer, shared_data: Path
+) -> None:
     folder = shared_data / "visium_toy"
     viewer = make_napari_viewer()
     layers = viewer.open(str(folder), plugin=PLUGIN)

@@ -16,7 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_npe2_validate_installed_plugin() -> None:
     npe2 = shutil.which("npe2", path=str(Path(sys.executable).parent)) or "npe2"
-    result = subprocess.run([npe2, "validate", "napari-histoexpress"], capture_output=True, text=True)
+    result = subprocess.run(
+        [npe2, "validate", "napari-histoexpress"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "valid" in (result.stdout + result.stderr).lower()
 
@@ -42,7 +44,17 @@ def test_manifest_found_by_npe2_is_the_top_level_file() -> None:
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(out), str(REPO)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(out),
+            str(REPO),
+        ],
         capture_output=True,
         text=True,
     )
@@ -86,7 +98,9 @@ def test_installed_wheel_provides_manifest_and_sample_data(wheel: Path, tmp_path
         " 'paths': {k: str(v) for k, v in paths.items()}}))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
     assert run.returncode == 0, run.stderr
     import json
 

@@ -36,7 +36,7 @@ def _scale(mpp: float | None) -> tuple[float, float]:
 
 
 def slide_layer_data(slide: Any, name: str | None = None) -> LayerDataTuple:
-    """One multiscale RGB image layer for an opened :class:`~napari_histoexpress.io.slides.Slide`."""
+    """One multiscale RGB image layer for an opened :class:`~.io.slides.Slide`."""
     path = Path(slide.path)
     if slide.mpp is None:
         warnings.warn(
@@ -68,7 +68,7 @@ def _spot_features(adata: Any, max_genes: int = MAX_FEATURE_GENES) -> pd.DataFra
     """Per-spot table: library size plus log1p(counts per 10k) of the top genes by mean count."""
     import scipy.sparse as sp
 
-    x = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    x = adata.layers.get("counts", adata.X)
     x = sp.csr_matrix(x, dtype=np.float64) if sp.issparse(x) else np.asarray(x, dtype=np.float64)
     totals = np.asarray(x.sum(axis=1)).ravel()
     means = np.asarray(x.mean(axis=0)).ravel()
@@ -96,7 +96,7 @@ def spots_layer_data(
     :data:`MAX_FEATURE_GENES` genes, so any of them can colour the points
     (``layer.face_color = "ERBB2"``); the full AnnData is in ``metadata["adata"]``.
     """
-    lib_id, lib = spatial.library(adata, library_id)
+    lib_id, _lib = spatial.library(adata, library_id)
     mpp = spatial.microns_per_pixel(adata, lib_id)
     xy = spatial.spot_centres_px(adata)
     diameter = spatial.spot_diameter_px(adata, lib_id)

@@ -17,7 +17,10 @@ ReaderFunction = Callable[[Any], list[LayerDataTuple]]
 def _is_spaceranger_folder(path: Path) -> bool:
     return path.is_dir() and (
         (path / "spatial").is_dir()
-        or any((path / n).exists() for n in ("filtered_feature_bc_matrix.h5", "raw_feature_bc_matrix.h5"))
+        or any(
+            (path / n).exists()
+            for n in ("filtered_feature_bc_matrix.h5", "raw_feature_bc_matrix.h5")
+        )
     )
 
 

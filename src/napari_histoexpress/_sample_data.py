@@ -12,7 +12,7 @@ def synthetic_tissue() -> list[LayerDataTuple]:
     import anndata as ad
 
     from .io.slides import open_slide
-    from .io.synthetic import sample_paths, read_synthetic_truth
+    from .io.synthetic import read_synthetic_truth, sample_paths
 
     paths = sample_paths()
     slide = open_slide(paths["image"])

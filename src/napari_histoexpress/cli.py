@@ -84,10 +84,19 @@ def _train_config(args: argparse.Namespace) -> Any:
     if getattr(args, "decoder_dim", None):
         model_config["decoder_dim"] = args.decoder_dim
     return TrainConfig(
-        model=args.model, n_genes=n_genes, gene_file=gene_file, epochs=args.epochs, lr=args.lr,
-        weight_decay=args.weight_decay, batch_size=args.batch_size,
-        crops_per_epoch=args.crops_per_epoch, mpp=args.mpp, crop_um=args.crop_um,
-        device=args.device, seed=args.seed, model_config=model_config,
+        model=args.model,
+        n_genes=n_genes,
+        gene_file=gene_file,
+        epochs=args.epochs,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        crops_per_epoch=args.crops_per_epoch,
+        mpp=args.mpp,
+        crop_um=args.crop_um,
+        device=args.device,
+        seed=args.seed,
+        model_config=model_config,
     )
 
 
@@ -131,8 +140,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     report = evaluate_run(args.run, load_sections(args.data), device=args.device)
     for name, res in report["sections"].items():
-        print(f"{name}: pcc_mean {res['pcc_mean']:.3f}  pcc_heg50 {res['pcc_heg50']:.3f}  "
-              f"mse {res['mse']:.3f}  ({res['n_spots']} spots, {res['n_genes']} genes)")
+        print(
+            f"{name}: pcc_mean {res['pcc_mean']:.3f}  pcc_heg50 {res['pcc_heg50']:.3f}  "
+            f"mse {res['mse']:.3f}  ({res['n_spots']} spots, {res['n_genes']} genes)"
+        )
     if args.json:
         from .io.export import write_text_atomic
 
@@ -145,8 +156,13 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     from .training.cross_validation import cross_validate, format_table
     from .training.sections import load_sections
 
-    report = cross_validate(load_sections(args.data), args.out, _train_config(args),
-                            folds=args.folds, device=args.device)
+    report = cross_validate(
+        load_sections(args.data),
+        args.out,
+        _train_config(args),
+        folds=args.folds,
+        device=args.device,
+    )
     print(format_table(report["rows"]))
     print(f"table written to {Path(args.out) / 'cv.md'}")
     return 0
@@ -161,11 +177,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not hasattr(model, "features"):
         raise HistoExpressError(f"{args.run}: model {meta['model']!r} has no dense map")
     report = predict_slide(
-        model, args.slide, args.out, model_mpp=float(meta["extra"]["microns_per_pixel"]),
-        slide_mpp=args.mpp, tile_px=args.tile_px, device=args.device,
-        batch_size=args.batch_size, progress=True, resume=not args.restart,
-        genes=list(meta["genes"]), provenance={"run_dir": str(Path(args.run).resolve()),
-                                               "model": meta["model"]},
+        model,
+        args.slide,
+        args.out,
+        model_mpp=float(meta["extra"]["microns_per_pixel"]),
+        slide_mpp=args.mpp,
+        tile_px=args.tile_px,
+        device=args.device,
+        batch_size=args.batch_size,
+        progress=True,
+        resume=not args.restart,
+        genes=list(meta["genes"]),
+        provenance={"run_dir": str(Path(args.run).resolve()), "model": meta["model"]},
     )
     print(report.summary())
     return 0

@@ -28,10 +28,12 @@ def run_demo(out: Path) -> dict[str, Path]:
         f"{slide.mpp:.3g} µm/px ({slide.mpp_source})"
     )
     adata = ad.read_h5ad(paths["spots"])
-    lib_id, lib = spatial.library(adata)
+    _lib_id, lib = spatial.library(adata)
     lib.setdefault("metadata", {})["source_image_path"] = str(Path(paths["image"]).resolve())
     spots_path = write_h5ad_atomic(adata, out / "sample_spots.h5ad")
     png = write_png(spots_overview(slide, adata, color_by="ERBB2"), out / "sample_spots.png")
-    print(f"{adata.n_obs} spots x {adata.n_vars} genes, spot diameter "
-          f"{spatial.spot_diameter_px(adata) * slide.mpp:.0f} µm")
+    print(
+        f"{adata.n_obs} spots x {adata.n_vars} genes, spot diameter "
+        f"{spatial.spot_diameter_px(adata) * slide.mpp:.0f} µm"
+    )
     return {"spots": spots_path, "thumbnail": png, "slide": Path(paths["image"])}

@@ -53,7 +53,7 @@ def test_predict_circles_equals_brute_force_on_gene_maps(tmp_path: Path) -> None
     for i in range(len(circles)):
         (cx, cy), r = centres[i], radii[i]
         total = brute_force_circle_sum(gene_maps, cx, cy, r)
-        area = brute_force_circle_sum(np.ones(gene_maps.shape[:2] + (1,)), cx, cy, r)[0]
+        area = brute_force_circle_sum(np.ones((*gene_maps.shape[:2], 1)), cx, cy, r)[0]
         np.testing.assert_allclose(adata.X[i], total / area, rtol=1e-4, atol=1e-4)
     assert adata.obs["area_fraction"].iloc[0] == pytest.approx(1.0)
     assert adata.obs["area_fraction"].iloc[4] < 1.0  # over the map's corner

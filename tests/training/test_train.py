@@ -22,8 +22,17 @@ def sample_section():
 
 
 def _config(**kw) -> TrainConfig:
-    base = dict(n_genes=6, epochs=1, crops_per_epoch=8, batch_size=4, mpp=4.0, crop_um=256.0,
-                jitter_um=20.0, device="cpu", model_config=dict(TINY))
+    base = dict(
+        n_genes=6,
+        epochs=1,
+        crops_per_epoch=8,
+        batch_size=4,
+        mpp=4.0,
+        crop_um=256.0,
+        jitter_um=20.0,
+        device="cpu",
+        model_config=dict(TINY),
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -80,8 +89,13 @@ def test_training_reduces_loss_on_sample(sample_section, tmp_path: Path) -> None
     from napari_histoexpress.training.train import train
 
     run = tmp_path / "run"
-    train([sample_section], run, _config(epochs=4, crops_per_epoch=16, lr=2e-3), progress=False,
-          log=lambda s: None)
+    train(
+        [sample_section],
+        run,
+        _config(epochs=4, crops_per_epoch=16, lr=2e-3),
+        progress=False,
+        log=lambda s: None,
+    )
     history = json.loads((run / "config.json").read_text())["extra"]["history"]
     losses = [h["loss"] for h in history]
     assert min(losses[1:]) < losses[0]
@@ -102,8 +116,10 @@ def test_evaluate_and_ridge_and_cv(sample_section, tmp_path: Path) -> None:
     for key in ("pcc_mean", "pcc_median", "pcc_q1", "pcc_heg50", "pcc_hvg50", "mse", "mae"):
         assert np.isfinite(res[key])
 
-    ridge_cfg = _config(model="ridge", model_config={"n_components": 8, "patch_um": 64.0,
-                                                     "input_px": 32, "cv_folds": 2})
+    ridge_cfg = _config(
+        model="ridge",
+        model_config={"n_components": 8, "patch_um": 64.0, "input_px": 32, "cv_folds": 2},
+    )
     ridge_run = tmp_path / "ridge"
     train([sample_section], ridge_run, ridge_cfg, progress=False, log=lambda s: None)
     ridge = evaluate_run(ridge_run, [sample_section], progress=False)["sections"]["synthetic"]
@@ -115,7 +131,8 @@ def test_evaluate_and_ridge_and_cv(sample_section, tmp_path: Path) -> None:
     other.adata = sample_section.adata.copy()
     other.adata.uns["spatial"] = {"synthetic2": other.adata.uns["spatial"]["synthetic"]}
     other.name = "synthetic2"
-    cv = cross_validate([sample_section, other], tmp_path / "cv", ridge_cfg, progress=False,
-                        log=lambda s: None)
+    cv = cross_validate(
+        [sample_section, other], tmp_path / "cv", ridge_cfg, progress=False, log=lambda s: None
+    )
     assert [r["fold"] for r in cv["rows"]] == ["synthetic", "synthetic2", "mean"]
     assert (tmp_path / "cv" / "cv.md").read_text().count("|") > 10

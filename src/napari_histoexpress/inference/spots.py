@@ -53,7 +53,11 @@ def read_circles(path: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 def circles_to_grid(
-    x_um: np.ndarray, y_um: np.ndarray, diameter_um: np.ndarray, *, map_mpp: float,
+    x_um: np.ndarray,
+    y_um: np.ndarray,
+    diameter_um: np.ndarray,
+    *,
+    map_mpp: float,
     slide_mpp: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(centres (N, 2) (x, y), radii (N,))`` in map-grid pixels (see module docstring)."""
@@ -63,8 +67,13 @@ def circles_to_grid(
 
 
 def aggregate_circles(
-    store: DenseMapStore, centres: np.ndarray, radii: np.ndarray, *, block_px: int = 1024,
-    reduce: str = "mean", progress: Callable[[int, int], None] | None = None,
+    store: DenseMapStore,
+    centres: np.ndarray,
+    radii: np.ndarray,
+    *,
+    block_px: int = 1024,
+    reduce: str = "mean",
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features ``(N, C)`` and covered area ``(N,)`` (map px²) of circles on the store."""
     feats = store.features_level(0)
@@ -97,8 +106,11 @@ def aggregate_circles(
 
 
 def predict_circles(
-    store: DenseMapStore | str | os.PathLike[str], circles: pd.DataFrame, *,
-    library_id: str | None = None, reduce: str = "mean",
+    store: DenseMapStore | str | os.PathLike[str],
+    circles: pd.DataFrame,
+    *,
+    library_id: str | None = None,
+    reduce: str = "mean",
 ) -> Any:
     """An AnnData of the circles: ``X`` = every gene's aggregated prediction.
 
@@ -122,8 +134,11 @@ def predict_circles(
             store.path, "the map store does not record µm/px; cannot place circles in µm"
         )
     centres, radii = circles_to_grid(
-        circles["x_um"].to_numpy(), circles["y_um"].to_numpy(),
-        circles["diameter_um"].to_numpy(), map_mpp=float(map_mpp), slide_mpp=float(slide_mpp),
+        circles["x_um"].to_numpy(),
+        circles["y_um"].to_numpy(),
+        circles["diameter_um"].to_numpy(),
+        map_mpp=float(map_mpp),
+        slide_mpp=float(slide_mpp),
     )
     pooled, area = aggregate_circles(store, centres, radii, reduce=reduce)
     W, b = store.head

@@ -45,10 +45,14 @@ def spots_overview(
     thumb, scale = slide_thumbnail(slide, max_side)
     xy = spatial.spot_centres_px(adata) * scale
     radius = 0.5 * spatial.spot_diameter_px(adata) * scale
-    x = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    x = adata.layers.get("counts", adata.X)
     totals = np.asarray(x.sum(axis=1)).ravel().astype(float)
     if color_by is not None:
-        col = adata[:, color_by].X if "counts" not in adata.layers else adata[:, color_by].layers["counts"]
+        col = (
+            adata[:, color_by].X
+            if "counts" not in adata.layers
+            else adata[:, color_by].layers["counts"]
+        )
         col = np.asarray(col.todense() if hasattr(col, "todense") else col).ravel()
         values = np.log1p(col / np.maximum(totals, 1) * 1e4)
     else:

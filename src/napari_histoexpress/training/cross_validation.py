@@ -33,7 +33,11 @@ def folds_of(sections: Sequence[Section], by: str) -> list[tuple[str, list[int],
     if len(unique) < 2:
         raise ValueError(f"cross-validation {by} needs at least two groups, got {unique}")
     return [
-        (g, [i for i, x in enumerate(groups) if x != g], [i for i, x in enumerate(groups) if x == g])
+        (
+            g,
+            [i for i, x in enumerate(groups) if x != g],
+            [i for i, x in enumerate(groups) if x == g],
+        )
         for g in unique
     ]
 
@@ -79,10 +83,17 @@ def cross_validate(
             log(f"fold {name}: already done")
         else:
             log(f"fold {name}: train on {[sections[i].name for i in train_idx]}")
-            train([sections[i] for i in train_idx], fold_dir, config, genes=genes,
-                  progress=progress, log=log)
-            res = evaluate_run(fold_dir, [sections[i] for i in test_idx], device=device,
-                               progress=progress)
+            train(
+                [sections[i] for i in train_idx],
+                fold_dir,
+                config,
+                genes=genes,
+                progress=progress,
+                log=log,
+            )
+            res = evaluate_run(
+                fold_dir, [sections[i] for i in test_idx], device=device, progress=progress
+            )
             metrics_path.write_text(json.dumps(res, indent=2, default=float))
         for sec in res["sections"].values():
             results.append(sec)
@@ -91,9 +102,14 @@ def cross_validate(
     summary = aggregate_folds(results)
     rows.append({"fold": "mean", **{k: summary.get(k) for k in TABLE_KEYS}})
     table = format_table(rows)
-    report = {"model": config.model, "folds": folds, "genes": genes, "rows": rows,
-              "summary": {k: v for k, v in summary.items() if k != "per_gene_pcc"},
-              "config": config.to_dict()}
+    report = {
+        "model": config.model,
+        "folds": folds,
+        "genes": genes,
+        "rows": rows,
+        "summary": {k: v for k, v in summary.items() if k != "per_gene_pcc"},
+        "config": config.to_dict(),
+    }
     (out / "cv.json").write_text(json.dumps(report, indent=2, default=float))
     (out / "cv.md").write_text(table + "\n")
     return report

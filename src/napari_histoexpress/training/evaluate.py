@@ -20,8 +20,13 @@ from .sections import Section
 
 
 def predict_section_spots(
-    model: Any, meta: dict[str, Any], section: Section, *, batch_size: int = 16,
-    device: str = "auto", progress: bool = False,
+    model: Any,
+    meta: dict[str, Any],
+    section: Section,
+    *,
+    batch_size: int = 16,
+    device: str = "auto",
+    progress: bool = False,
 ) -> np.ndarray:
     """``(n_spots, n_genes)`` predictions (normalised log1p scale) for every spot."""
     name = meta["model"]
@@ -39,9 +44,16 @@ def predict_section_spots(
     model.to(dev).eval()
     genes = list(meta["genes"])
     dataset = SpotCropDataset(
-        [section.pair()], genes, mpp=cfg.mpp, crop_um=cfg.crop_um, jitter_um=0.0,
-        augment=False, seed=0, target_sum=cfg.target_sum,
-        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+        [section.pair()],
+        genes,
+        mpp=cfg.mpp,
+        crop_um=cfg.crop_um,
+        jitter_um=0.0,
+        augment=False,
+        seed=0,
+        target_sum=cfg.target_sum,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
     )
     out = np.zeros((len(dataset), len(genes)), dtype=np.float32)
     size = dataset.config.size_px
@@ -62,7 +74,10 @@ def predict_section_spots(
 
 
 def evaluate_run(
-    run_dir: str | os.PathLike[str], sections: Sequence[Section], *, device: str = "auto",
+    run_dir: str | os.PathLike[str],
+    sections: Sequence[Section],
+    *,
+    device: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Per-section metrics and their mean over sections: ``{'sections': {...}, 'mean': {...}}``."""

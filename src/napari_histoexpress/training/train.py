@@ -119,8 +119,9 @@ def _colour_jitter(images: torch.Tensor, strength: float, gen: torch.Generator) 
     return images.clamp(0.0, 1.0)
 
 
-def _save_resume(resume_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                 state: dict[str, Any]) -> None:
+def _save_resume(
+    resume_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
     """Model + optimiser tensors in safetensors, the rest in JSON (no pickle)."""
     from safetensors.torch import save_file
 
@@ -204,8 +205,11 @@ def train_pixnet(
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     resume_dir = out / "resume"
-    fingerprint = {"config": config.to_dict(), "genes": genes,
-                   "sections": [str(s.path) for s in sections]}
+    fingerprint = {
+        "config": config.to_dict(),
+        "genes": genes,
+        "sections": [str(s.path) for s in sections],
+    }
     start_epoch, history = 0, []
     if (resume_dir / "state.json").exists():
         meta = json.loads((resume_dir / "state.json").read_text())
@@ -232,8 +236,13 @@ def train_pixnet(
         )
         model.train()
         losses: list[float] = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
-                   leave=False, unit="batch")
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=not progress,
+            leave=False,
+            unit="batch",
+        )
         for batch in bar:
             images = _colour_jitter(batch["image"], config.colour_jitter, gen).to(device)
             feats = model.features(images)
@@ -241,7 +250,10 @@ def train_pixnet(
             # PixNet/aggregate: pixel centres at integers -> shift by half a pixel
             centres = batch["centres"] - 0.5
             pred = model.spot_predictions(
-                feats, centres, batch["radii"], images.shape[-2:],
+                feats,
+                centres,
+                batch["radii"],
+                images.shape[-2:],
                 batch_index=batch["batch_index"],
             )
             loss = pixnet_loss(pred, batch["targets"].to(device), lam=config.lam)
@@ -250,19 +262,36 @@ def train_pixnet(
             opt.step()
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)),
-                        "seconds": round(time.perf_counter() - t0, 1)})
-        log(f"epoch {epoch + 1}/{config.epochs}: loss {history[-1]['loss']:.4f} "
-            f"({history[-1]['seconds']:.0f} s)")
-        _save_resume(resume_dir, model, opt,
-                     {"epoch": epoch + 1, "history": history, "fingerprint": fingerprint})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": float(np.mean(losses)),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+        log(
+            f"epoch {epoch + 1}/{config.epochs}: loss {history[-1]['loss']:.4f} "
+            f"({history[-1]['seconds']:.0f} s)"
+        )
+        _save_resume(
+            resume_dir,
+            model,
+            opt,
+            {"epoch": epoch + 1, "history": history, "fingerprint": fingerprint},
+        )
 
     model.eval()
     save_checkpoint(
-        out, model, config.to_dict(), genes,
+        out,
+        model,
+        config.to_dict(),
+        genes,
         extra={
-            "normalisation": {"target_sum": config.target_sum, "transform": "log1p",
-                              "description": "natural log of (1 + counts per 10k)"},
+            "normalisation": {
+                "target_sum": config.target_sum,
+                "transform": "log1p",
+                "description": "natural log of (1 + counts per 10k)",
+            },
             "microns_per_pixel": config.mpp,
             "crop_um": config.crop_um,
             "sections": [s.name for s in sections],
@@ -285,8 +314,11 @@ def train_ridge(
 
     genes = list(genes) if genes is not None else choose_genes(sections, config)
     names = {f.name for f in dataclasses.fields(RidgeConfig)}
-    rcfg = RidgeConfig(**{k: v for k, v in config.model_config.items() if k in names},
-                       target_sum=config.target_sum, seed=config.seed)
+    rcfg = RidgeConfig(
+        **{k: v for k, v in config.model_config.items() if k in names},
+        target_sum=config.target_sum,
+        seed=config.seed,
+    )
     model = RidgeBaseline(rcfg).fit([s.pair() for s in sections], genes)
     log(f"ridge: alpha {model.alpha:g} ({model.cv_scheme})")
     model.save(out_dir)
