@@ -83,7 +83,7 @@ def test_import_errors_name_the_file(tmp_path: Path, capsys) -> None:
 
 def test_demo_writes_spots_and_png(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out)]) == 0
+    assert main(["demo", "--out", str(out), "--no-train"]) == 0
     adata = ad.read_h5ad(out / "sample_spots.h5ad")
     assert adata.n_obs > 50 and {"ERBB2", "PTPRC", "COL1A1"} <= set(adata.var_names)
     src = Path(
@@ -96,3 +96,20 @@ def test_demo_writes_spots_and_png(tmp_path: Path) -> None:
         assert png.size[0] > 200 and png.mode == "RGB"
         rgb = np.asarray(png)
     assert rgb.std() > 5  # not a blank picture
+
+
+def test_demo_trains_predicts_and_writes_heatmap(tmp_path: Path, capsys) -> None:
+    from napari_histoexpress.inference.map_store import DenseMapStore
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--epochs", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "Pearson r =" in text and "pcc_mean" in text
+    assert (out / "demo_run" / "weights.safetensors").exists()
+    assert DenseMapStore.open(out / "sample.zarr").status == "complete"
+    from PIL import Image
+
+    with Image.open(out / "ERBB2_heatmap.png") as png:
+        assert png.size[0] > 400
+    predicted = ad.read_h5ad(out / "predicted_spots.h5ad")
+    assert predicted.n_obs == 207 and np.isfinite(predicted.X).all()

@@ -66,7 +66,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- training
 def _train_config(args: argparse.Namespace) -> Any:
-    from .training.train import TrainConfig
+    from .training.config import TrainConfig
 
     n_genes, gene_file = None, None
     if args.genes is not None:
@@ -83,6 +83,8 @@ def _train_config(args: argparse.Namespace) -> Any:
         model_config["pretrained"] = args.pretrained
     if getattr(args, "decoder_dim", None):
         model_config["decoder_dim"] = args.decoder_dim
+    if getattr(args, "out_indices", None):
+        model_config["out_indices"] = list(args.out_indices)
     return TrainConfig(
         model=args.model,
         n_genes=n_genes,
@@ -101,7 +103,7 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from .training.train import TrainConfig
+    from .training.config import TrainConfig
 
     d = TrainConfig()
     p.add_argument("--model", default="pixnet", choices=["pixnet", "ridge"])
@@ -117,6 +119,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", help="timm model name (default resnet18)")
     p.add_argument("--pretrained", help="weights file or hf-hub:org/name (default random init)")
     p.add_argument("--decoder-dim", type=int, help="PixNet decoder channels (default 128)")
+    p.add_argument(
+        "--out-indices",
+        type=int,
+        nargs="+",
+        help="backbone levels PixNet decodes (default all; 1 2 3 4 = a stride-4 map, ~2x cheaper)",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--seed", type=int, default=0)
 
@@ -212,7 +220,12 @@ def _cmd_spots(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    outputs = run_demo(Path(args.out))
+    outputs = run_demo(
+        Path(args.out),
+        train=not args.no_train,
+        run=Path(args.run) if args.run else None,
+        epochs=args.epochs,
+    )
     for key, path in outputs.items():
         print(f"{key}: {path}")
     return 0
@@ -231,9 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="build the sample slide, open it as a pyramid, write its spots (.h5ad) and a PNG",
+        help="sample slide -> spots (.h5ad, PNG) -> brief PixNet training -> dense map, "
+        "heatmap vs truth, predicted spots",
     )
     p.add_argument("--out", default="histoexpress-demo", help="output folder")
+    p.add_argument("--no-train", action="store_true", help="only the slide, spots and PNG")
+    p.add_argument("--run", help="use this trained run instead of training one")
+    p.add_argument("--epochs", type=int, help="demo training epochs (default 8)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("info", help="print a slide's size, levels and µm/px")
