@@ -27,7 +27,9 @@ def _show_unmapped(viewer) -> None:  # type: ignore[no-untyped-def]
 
 def her2st_screenshot(data: Path, out: Path) -> Path:
     import napari
+    import numpy as np
 
+    from napari_histoexpress import color_spots_by
     from napari_histoexpress.io.export import write_h5ad_atomic
     from napari_histoexpress.io.st_datasets import read_legacy_st
 
@@ -43,11 +45,15 @@ def her2st_screenshot(data: Path, out: Path) -> Path:
         _show_unmapped(viewer)
         layers = viewer.open(str(h5ad), plugin="napari-histoexpress")
         points = next(layer for layer in layers if type(layer).__name__ == "Points")
-        points.face_color = "ERBB2"
-        points.opacity = 0.75
+        color_spots_by(points, "ERBB2")
+        points.opacity = 0.85
         viewer.scale_bar.visible = True
-        viewer.scale_bar.unit = "um"
         viewer.reset_view()
+        # zoom onto the tissue (the spots' bounding box)
+        world = points.data * np.asarray(points.scale)
+        viewer.camera.center = tuple(world.mean(axis=0))
+        extent = np.ptp(world, axis=0).max() * 1.15
+        viewer.camera.zoom = min(viewer.window._qt_viewer.canvas.size) / extent
         path = out / "her2st_C2_spots.png"
         viewer.screenshot(str(path), canvas_only=True, flash=False)
         viewer.close()
@@ -61,7 +67,6 @@ def sample_screenshot(out: Path) -> Path:
     _show_unmapped(viewer)
     viewer.open_sample("napari-histoexpress", "synthetic_tissue")
     viewer.scale_bar.visible = True
-    viewer.scale_bar.unit = "um"
     viewer.reset_view()
     path = out / "sample_data.png"
     viewer.screenshot(str(path), canvas_only=True, flash=False)

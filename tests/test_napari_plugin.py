@@ -79,8 +79,12 @@ def test_open_spaceranger_folder_shows_slide_and_spots(
     assert mpp == pytest.approx(55.0 / 89.42751063343188)
     genes = [c for c in points.features.columns if c not in ("spot", "total_counts")]
     assert len(genes) > 10
-    points.face_color = genes[0]  # a gene's measured values colour the spots
+    from napari_histoexpress import color_spots_by
+
+    gene = max(genes, key=lambda g: points.features[g].var())
+    color_spots_by(points, gene)  # a gene's measured values colour the spots
     assert points.face_color.shape == (100, 4)
+    assert len(np.unique(points.face_color.round(3), axis=0)) > 5  # not one flat colour
 
 
 def test_open_her2st_h5ad(make_napari_viewer, her2st: Path, tmp_path: Path) -> None:
@@ -106,7 +110,11 @@ def test_open_her2st_h5ad(make_napari_viewer, her2st: Path, tmp_path: Path) -> N
     np.testing.assert_allclose(points.scale, image.scale)
     assert points.size[0] * points.scale[0] == pytest.approx(100.0, rel=1e-6)
     assert "ERBB2" in points.features.columns
-    points.face_color = "ERBB2"
+    from napari_histoexpress import color_spots_by
+
+    color_spots_by(points, "ERBB2")
+    assert len(np.unique(points.face_color.round(3), axis=0)) > 10
+    assert str(points.units[0]) == "micrometer" and str(image.units[0]) == "micrometer"
 
 
 def test_open_sample_data(make_napari_viewer) -> None:

@@ -13,12 +13,12 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "set_microns_per_pixel"]
+__all__ = ["__version__", "color_spots_by", "set_microns_per_pixel"]
 
 
 def __getattr__(name: str):  # lazy: keep `import napari_histoexpress` light
-    if name == "set_microns_per_pixel":
-        from ._layers import set_microns_per_pixel
+    if name in ("set_microns_per_pixel", "color_spots_by"):
+        from . import _layers
 
-        return set_microns_per_pixel
+        return getattr(_layers, name)
     raise AttributeError(name)

@@ -35,6 +35,14 @@ def _scale(mpp: float | None) -> tuple[float, float]:
     return (float(mpp), float(mpp)) if mpp else (1.0, 1.0)
 
 
+def world_kwargs(mpp: float | None) -> dict[str, Any]:
+    """``scale`` (and ``units`` = µm when known) so napari's world and scale bar are in µm."""
+    kw: dict[str, Any] = {"scale": _scale(mpp)}
+    if mpp:
+        kw["units"] = ("micrometer", "micrometer")
+    return kw
+
+
 def slide_layer_data(slide: Any, name: str | None = None) -> LayerDataTuple:
     """One multiscale RGB image layer for an opened :class:`~.io.slides.Slide`."""
     path = Path(slide.path)
@@ -50,7 +58,7 @@ def slide_layer_data(slide: Any, name: str | None = None) -> LayerDataTuple:
         "name": name or path.name,
         "rgb": True,
         "multiscale": len(levels) > 1,
-        "scale": _scale(slide.mpp),
+        **world_kwargs(slide.mpp),
         "metadata": {
             "histoexpress": "slide",
             "path": str(path),
@@ -105,7 +113,7 @@ def spots_layer_data(
     kwargs: dict[str, Any] = {
         "name": name or f"{lib_id} spots",
         "size": diameter,
-        "scale": _scale(mpp),
+        **world_kwargs(mpp),
         "features": features,
         "face_color": colour,
         "face_colormap": "viridis",
@@ -145,6 +153,7 @@ def st_layers(adata: Any, source: str | Path | None = None) -> list[LayerDataTup
                     "name": f"{lib_id} H&E (hires thumbnail)",
                     "rgb": True,
                     "scale": (full, full),
+                    **({"units": ("micrometer", "micrometer")} if mpp else {}),
                     "metadata": {"histoexpress": "slide", "microns_per_pixel": mpp},
                 },
                 "image",
@@ -159,10 +168,23 @@ def st_layers(adata: Any, source: str | Path | None = None) -> list[LayerDataTup
     return layers
 
 
+def color_spots_by(layer: Any, column: str) -> None:
+    """Colour a spots layer by a ``features`` column (a gene), rescaling the colormap to it.
+
+    (Assigning ``layer.face_color = gene`` alone keeps the previous column's contrast
+    limits in napari, which can leave every spot the same colour.)
+    """
+    if column not in layer.features.columns:
+        raise KeyError(f"{column!r} is not a column of the spots' features")
+    layer.face_color = column
+    layer.refresh_colors(update_color_mapping=True)
+
+
 def set_microns_per_pixel(layer: Any, mpp: float) -> None:
     """Set the µm/px of a slide or spots layer made by this plugin (updates scale + metadata)."""
     if not mpp or mpp <= 0 or not np.isfinite(mpp):
         raise ValueError(f"µm/px must be a positive number, got {mpp!r}")
     layer.scale = (float(mpp), float(mpp))
+    layer.units = ("micrometer", "micrometer")
     layer.metadata["microns_per_pixel"] = float(mpp)
     layer.metadata["mpp_source"] = "user"

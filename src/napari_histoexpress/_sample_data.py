@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._layers import LayerDataTuple, slide_layer_data, spots_layer_data
+from ._layers import LayerDataTuple, slide_layer_data, spots_layer_data, world_kwargs
 
 
 def synthetic_tissue() -> list[LayerDataTuple]:
@@ -20,12 +20,11 @@ def synthetic_tissue() -> list[LayerDataTuple]:
     truth_file = read_synthetic_truth(paths["truth"])
     labels = truth_file["compartments"]
     names = truth_file["compartment_names"]
-    scale = (slide.mpp, slide.mpp) if slide.mpp else (1.0, 1.0)
     truth: LayerDataTuple = (
         labels,
         {
             "name": "ground truth compartments",
-            "scale": scale,
+            **world_kwargs(slide.mpp),
             "opacity": 0.35,
             "visible": False,
             "features": {"index": np.arange(len(names)), "compartment": names},
