@@ -118,12 +118,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-um", type=_positive_float, default=d.crop_um)
     p.add_argument("--backbone", help="timm model name (default resnet18)")
     p.add_argument("--pretrained", help="weights file or hf-hub:org/name (default random init)")
-    p.add_argument("--decoder-dim", type=int, help="PixNet decoder channels (default 128)")
+    p.add_argument("--decoder-dim", type=int, help="PixNet decoder channels (default 64)")
     p.add_argument(
         "--out-indices",
         type=int,
         nargs="+",
-        help="backbone levels PixNet decodes (default all; 1 2 3 4 = a stride-4 map, ~2x cheaper)",
+        help="backbone levels PixNet decodes (default 1 2 3 4: stride-4 map; 0 1 2 3 4: stride 2)",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--seed", type=int, default=0)
