@@ -136,3 +136,5 @@ def test_evaluate_and_ridge_and_cv(sample_section, tmp_path: Path) -> None:
     )
     assert [r["fold"] for r in cv["rows"]] == ["synthetic", "synthetic2", "mean"]
     assert (tmp_path / "cv" / "cv.md").read_text().count("|") > 10
+    n = sample_section.adata.n_obs
+    assert [r["n_spots"] for r in cv["rows"]] == [n, n, 2 * n]

@@ -97,10 +97,14 @@ def cross_validate(
             metrics_path.write_text(json.dumps(res, indent=2, default=float))
         for sec in res["sections"].values():
             results.append(sec)
-        rows.append({"fold": name, **{k: res["mean"].get(k) for k in TABLE_KEYS}})
+        row = {"fold": name, **{k: res["mean"].get(k) for k in TABLE_KEYS}}
+        row["n_spots"] = sum(int(sec["n_spots"]) for sec in res["sections"].values())
+        rows.append(row)
         log(f"fold {name}: pcc_mean {res['mean']['pcc_mean']:.3f}")
     summary = aggregate_folds(results)
-    rows.append({"fold": "mean", **{k: summary.get(k) for k in TABLE_KEYS}})
+    mean_row = {"fold": "mean", **{k: summary.get(k) for k in TABLE_KEYS}}
+    mean_row["n_spots"] = sum(int(r["n_spots"]) for r in results)
+    rows.append(mean_row)
     table = format_table(rows)
     report = {
         "model": config.model,
