@@ -47,7 +47,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from napari_histoexpress.errors import InputFileError
+from ..errors import InputFileError
 
 __all__ = ["FORMAT_VERSION", "DenseMapStore"]
 

@@ -53,11 +53,11 @@ import dask.array as da
 import numpy as np
 import torch
 
-from napari_histoexpress.errors import InputFileError, MissingResolutionError
-from napari_histoexpress.inference.map_store import DenseMapStore
-from napari_histoexpress.inference.tiling import Tile, grid_shape, plan_tiles
-from napari_histoexpress.inference.tissue import tissue_in_box, tissue_mask
-from napari_histoexpress.io.slides import Slide, open_slide, read_region, read_region_at_mpp
+from ..errors import InputFileError, MissingResolutionError
+from ..inference.map_store import DenseMapStore
+from ..inference.tiling import Tile, grid_shape, plan_tiles
+from ..inference.tissue import tissue_in_box, tissue_mask
+from ..io.slides import Slide, open_slide, read_region, read_region_at_mpp
 
 __all__ = [
     "DEFAULT_HALO_PX",
@@ -597,7 +597,7 @@ def _model_interface(
 
 def _is_pixnet(model: Any) -> bool:
     try:
-        from napari_histoexpress.models.pixnet import PixNet
+        from ..models.pixnet import PixNet
     except Exception:  # being written, or import error elsewhere: treat as generic
         return False
     return isinstance(model, PixNet)

@@ -66,8 +66,8 @@ import tifffile
 import zarr
 from PIL import Image, UnidentifiedImageError
 
-from napari_histoexpress.errors import InputFileError, MissingResolutionError
-from napari_histoexpress.io._tiff_metadata import tiff_mpp, truncation_problem
+from ..errors import InputFileError, MissingResolutionError
+from ..io._tiff_metadata import tiff_mpp, truncation_problem
 
 __all__ = [
     "MAX_PLAIN_IMAGE_PIXELS",

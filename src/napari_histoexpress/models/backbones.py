@@ -31,7 +31,7 @@ import timm
 import torch
 from torch import nn
 
-from napari_histoexpress.errors import InputFileError
+from ..errors import InputFileError
 
 __all__ = [
     "IMAGENET_MEAN",

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_histoexpress.errors import InputFileError
-from napari_histoexpress.models.registry import get_model_class, model_name_of
+from ..errors import InputFileError
+from ..models.registry import get_model_class, model_name_of
 
 __all__ = [
     "CONFIG_NAME",
@@ -64,10 +64,10 @@ def _json_default(obj: Any) -> Any:
 def _versions() -> dict[str, str]:
     import timm
 
-    import napari_histoexpress
+    from .. import __version__
 
     return {
-        "napari_histoexpress": napari_histoexpress.__version__,
+        "napari_histoexpress": __version__,
         "torch": torch.__version__,
         "timm": timm.__version__,
         "numpy": np.__version__,

@@ -73,9 +73,9 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 
-from napari_histoexpress.inference.aggregate import circle_pixel_weights
-from napari_histoexpress.models.backbones import backbone_transform_stats, create_backbone
-from napari_histoexpress.models.registry import register_model
+from ..inference.aggregate import circle_pixel_weights
+from ..models.backbones import backbone_transform_stats, create_backbone
+from ..models.registry import register_model
 
 __all__ = ["DFFN", "PixNet", "PixNetConfig", "spot_weight_matrix"]
 

@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_histoexpress.errors import InputFileError
-from napari_histoexpress.models.registry import register_model
-from napari_histoexpress.training.genes import expression_matrix
-from napari_histoexpress.training.metrics import pearson_per_gene
+from ..errors import InputFileError
+from ..models.registry import register_model
+from ..training.genes import expression_matrix
+from ..training.metrics import pearson_per_gene
 
 __all__ = ["RidgeBaseline", "RidgeConfig"]
 
@@ -95,8 +95,8 @@ def _as_section(section: Any) -> tuple[Any, Any]:
     """``(adata, slide)``: accepts the pair, or an AnnData whose source image is opened."""
     if isinstance(section, tuple | list) and len(section) == 2:
         return section[0], section[1]
-    from napari_histoexpress.io.slides import open_slide
-    from napari_histoexpress.io.spatial import microns_per_pixel, source_image_path
+    from ..io.slides import open_slide
+    from ..io.spatial import microns_per_pixel, source_image_path
 
     path = source_image_path(section)
     if path is None:
@@ -155,7 +155,7 @@ class RidgeBaseline:
     def backbone(self) -> torch.nn.Module:
         """The frozen encoder (created on first use, deterministic given ``seed``)."""
         if self._backbone is None:
-            from napari_histoexpress.models.backbones import create_backbone
+            from ..models.backbones import create_backbone
 
             cfg = self.config
             with torch.random.fork_rng(devices=[]):
@@ -173,8 +173,8 @@ class RidgeBaseline:
     # ------------------------------------------------------------------ features
     def spot_patches(self, section: Any, indices: Iterable[int] | None = None) -> Iterable:
         """Yield ``(input_px, input_px, 3)`` uint8 patches centred on the spots."""
-        from napari_histoexpress.io.slides import read_region_at_mpp
-        from napari_histoexpress.io.spatial import spot_centres_px
+        from ..io.slides import read_region_at_mpp
+        from ..io.spatial import spot_centres_px
 
         adata, slide = _as_section(section)
         xy = spot_centres_px(adata)
@@ -193,7 +193,7 @@ class RidgeBaseline:
     @torch.inference_mode()
     def encode_patches(self, patches: np.ndarray) -> np.ndarray:
         """``(n, h, w, 3)`` uint8 -> ``(n, d)`` float32 pooled, concatenated stage features."""
-        from napari_histoexpress.models.backbones import backbone_transform_stats
+        from ..models.backbones import backbone_transform_stats
 
         mean, std = backbone_transform_stats(self.config.backbone)
         m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
@@ -378,7 +378,7 @@ class RidgeBaseline:
         """Write the project's checkpoint folder (``weights.safetensors`` + ``config.json``,
         atomically; see :mod:`napari_histoexpress.models.checkpoint`). The chosen alpha and
         CV results go to ``extra``."""
-        from napari_histoexpress.models.checkpoint import save_checkpoint
+        from ..models.checkpoint import save_checkpoint
 
         if not self.is_fitted:
             raise RuntimeError("RidgeBaseline is not fitted")
@@ -390,7 +390,7 @@ class RidgeBaseline:
     def load(cls, run_dir: str | os.PathLike[str]) -> RidgeBaseline:
         """Read a checkpoint folder written by :meth:`save` (``InputFileError`` if it is
         not one, or holds another model)."""
-        from napari_histoexpress.models.checkpoint import load_checkpoint, read_checkpoint_config
+        from ..models.checkpoint import load_checkpoint, read_checkpoint_config
 
         meta = read_checkpoint_config(run_dir)
         if meta["model"] != "ridge":

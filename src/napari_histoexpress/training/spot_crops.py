@@ -41,8 +41,8 @@ import torch
 from scipy.spatial import cKDTree
 from torch.utils.data import Dataset
 
-from napari_histoexpress.io.spatial import microns_per_pixel, spot_centres_px, spot_diameter_px
-from napari_histoexpress.training.genes import expression_matrix
+from ..io.spatial import microns_per_pixel, spot_centres_px, spot_diameter_px
+from ..training.genes import expression_matrix
 
 __all__ = [
     "SpotCrop",
@@ -129,7 +129,7 @@ def dihedral_transform(
 
 
 def _default_reader() -> RegionReader:
-    from napari_histoexpress.io.slides import read_region_at_mpp
+    from ..io.slides import read_region_at_mpp
 
     return read_region_at_mpp
 
@@ -172,7 +172,7 @@ class SpotCropDataset(Dataset):
         self._read = read_region or _default_reader()
         self.epoch = 0
         if cfg.mean is None or cfg.std is None:
-            from napari_histoexpress.models.backbones import backbone_transform_stats
+            from ..models.backbones import backbone_transform_stats
 
             mean, std = backbone_transform_stats(cfg.backbone)
         else:
