@@ -128,3 +128,40 @@ def test_open_sample_data(make_napari_viewer) -> None:
     np.testing.assert_allclose(slide.scale, spots.scale)
     assert spots.size[0] * spots.scale[0] == pytest.approx(55.0, rel=1e-3)
     assert truth.data.shape == slide.data[0].shape[:2]
+
+
+def test_gene_heatmap_layer_aligns_with_the_slide(make_napari_viewer, tmp_path: Path) -> None:
+    """A stored map shown as a heatmap: lazy multiscale, µm-aligned with the slide layer."""
+    from types import SimpleNamespace
+
+    from napari.layers import Layer
+
+    from napari_histoexpress import gene_heatmap_layer_data
+    from napari_histoexpress.inference.map_store import DenseMapStore
+
+    slide_mpp, map_mpp, shape, chunk = 0.5, 8.0, (160, 120), 32
+    W = np.array([[1.0, 0.0], [0.0, 2.0]], np.float32)
+    b = np.array([0.5, -1.0], np.float32)
+    store = DenseMapStore.create(
+        tmp_path / "m.zarr", map_shape=shape, feature_dim=2, genes=["ERBB2", "PTPRC"], head_W=W,
+        head_b=b, map_mpp=map_mpp, chunk=chunk,
+        attrs={"slide": {"path": "s.tif", "shape": [2560, 1920], "mpp": slide_mpp}},
+    )  # fmt: skip
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
+    feats = np.stack([xx + 1, yy + 1], axis=-1)
+    for y in range(0, shape[0], chunk):
+        for x in range(0, shape[1], chunk):
+            t = SimpleNamespace(map_y0=y, map_x0=x, row=y // chunk, col=x // chunk)
+            store.write_tile(t, feats[y : y + chunk, x : x + chunk])
+            store.mark_done(t)
+    viewer = make_napari_viewer()
+    layer = viewer.add_layer(Layer.create(*gene_heatmap_layer_data(store, "PTPRC")))
+    assert layer.name == "PTPRC" and layer.multiscale
+    lo, hi = layer.contrast_limits
+    assert lo < hi
+    # map pixel (j=10, i=3) covers slide µm [80, 88) x [24, 32): its centre in napari world
+    # (slide-pixel-centre convention) is 84 - 0.25 = 83.75 and 28 - 0.25 = 27.75
+    world = np.asarray(layer.data_to_world((10, 3)))
+    np.testing.assert_allclose(world, [83.75, 27.75])
+    value = float(np.asarray(layer.data[0][10, 3]))
+    assert value == pytest.approx(2.0 * (10 + 1) - 1.0)  # features · w + b for PTPRC

@@ -13,11 +13,11 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "color_spots_by", "set_microns_per_pixel"]
+__all__ = ["__version__", "color_spots_by", "gene_heatmap_layer_data", "set_microns_per_pixel"]
 
 
 def __getattr__(name: str):  # lazy: keep `import napari_histoexpress` light
-    if name in ("set_microns_per_pixel", "color_spots_by"):
+    if name in ("set_microns_per_pixel", "color_spots_by", "gene_heatmap_layer_data"):
         from . import _layers
 
         return getattr(_layers, name)

@@ -168,6 +168,49 @@ def st_layers(adata: Any, source: str | Path | None = None) -> list[LayerDataTup
     return layers
 
 
+def gene_heatmap_layer_data(
+    store: Any,
+    gene: str,
+    *,
+    colormap: str = "magma",
+    opacity: float = 0.6,
+    percentiles: tuple[float, float] = (1.0, 99.0),
+) -> LayerDataTuple:
+    """A multiscale image layer of one gene's predicted map, aligned with its slide in µm.
+
+    The data are the store's lazy per-level gene maps (``features · w + b`` per chunk), so
+    only visible tiles are computed. Alignment: map pixel ``j`` covers slide µm
+    ``[j, j + 1) · map_mpp`` from the slide's corner, and napari puts slide pixel ``p`` at
+    world ``p · slide_mpp`` (pixel centres), so the layer's ``scale`` is ``map_mpp`` and its
+    ``translate`` is ``(map_mpp − slide_mpp) / 2``. Contrast limits are the given robust
+    percentiles of the coarsest level over predicted (non-background) pixels.
+    """
+    map_mpp = float(store.map_mpp)
+    slide_mpp = float(store.attrs.get("slide", {}).get("mpp") or map_mpp)
+    levels = [store.gene_map(gene, level=k) for k in range(store.n_levels)]
+    coarse = np.asarray(levels[-1], dtype=np.float32)
+    feats = np.asarray(store.features_level(store.n_levels - 1), dtype=np.float32)
+    predicted = np.any(feats != 0, axis=-1)  # background chunks read as the fill value 0
+    values = coarse[predicted] if predicted.any() else coarse.ravel()
+    lo, hi = (float(v) for v in np.percentile(values, percentiles))
+    if not hi > lo:
+        hi = lo + 1e-6
+    offset = (map_mpp - slide_mpp) / 2.0
+    kwargs: dict[str, Any] = {
+        "name": str(gene),
+        "multiscale": len(levels) > 1,
+        "scale": (map_mpp, map_mpp),
+        "translate": (offset, offset),
+        "units": ("micrometer", "micrometer"),
+        "colormap": colormap,
+        "opacity": opacity,
+        "blending": "translucent",
+        "contrast_limits": (lo, hi),
+        "metadata": {"histoexpress": "heatmap", "gene": str(gene), "map": str(store.path)},
+    }
+    return (levels if len(levels) > 1 else levels[0], kwargs, "image")
+
+
 def color_spots_by(layer: Any, column: str) -> None:
     """Colour a spots layer by a ``features`` column (a gene), rescaling the colormap to it.
 
