@@ -74,19 +74,12 @@ def slide_layer_data(slide: Any, name: str | None = None) -> LayerDataTuple:
 
 def _spot_features(adata: Any, max_genes: int = MAX_FEATURE_GENES) -> pd.DataFrame:
     """Per-spot table: library size plus log1p(counts per 10k) of the top genes by mean count."""
-    import scipy.sparse as sp
+    from .training.genes import expression_matrix, raw_counts, select_genes
 
-    x = adata.layers.get("counts", adata.X)
-    x = sp.csr_matrix(x, dtype=np.float64) if sp.issparse(x) else np.asarray(x, dtype=np.float64)
-    totals = np.asarray(x.sum(axis=1)).ravel()
-    means = np.asarray(x.mean(axis=0)).ravel()
-    top = np.argsort(-means, kind="stable")[: min(max_genes, x.shape[1])]
-    sub = x[:, top]
-    sub = sub.toarray() if sp.issparse(sub) else sub
-    scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
-    norm = np.log1p(sub * scale[:, None]).astype(np.float32)
-    features = pd.DataFrame(norm, columns=[str(g) for g in adata.var_names[top]])
-    features.insert(0, "total_counts", totals.astype(np.float32))
+    totals = np.asarray(raw_counts(adata).sum(axis=1), dtype=np.float32).ravel()
+    genes = select_genes([adata], n=min(max_genes, adata.n_vars))
+    features = pd.DataFrame(expression_matrix(adata, genes), columns=genes)
+    features.insert(0, "total_counts", totals)
     features.insert(0, "spot", [str(s) for s in adata.obs_names])
     return features
 

@@ -94,9 +94,9 @@ def heatmap_vs_truth_png(store: Any, gene: str, truth_path: Path, path: Path) ->
         ax.set_axis_off()
         fig.colorbar(im, ax=ax, shrink=0.8)
     fig.suptitle(f"PixNet dense map vs truth, Pearson r = {r:.2f} over tissue")
-    from .io.export import _write_atomic
+    from .io.export import write_atomic
 
-    _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return r
 

@@ -53,6 +53,7 @@ import dask.array as da
 import numpy as np
 import torch
 
+from ..devices import resolve_device
 from ..errors import InputFileError, MissingResolutionError
 from ..inference.map_store import DenseMapStore
 from ..inference.tiling import Tile, grid_shape, plan_tiles
@@ -87,7 +88,9 @@ class DenseFeatureModel(Protocol):
     Optional attributes, used when present: ``input_multiple`` (the grid tile windows must sit
     on, e.g. 32 for a ResNet U-Net; default ``feature_stride``), ``receptive_field_px``
     (sets the default halo), ``genes`` (names of the head's outputs), ``input_mean`` /
-    ``input_std`` (RGB normalisation of 0..1 inputs; default ImageNet), ``config``.
+    ``input_std`` (RGB normalisation of 0..1 inputs; default ImageNet), ``config``,
+    ``normalizes_input`` (``features`` normalises 0..1 RGB itself) and
+    ``head_weights_layout`` (``"GC"`` when ``head_weights`` returns ``W`` as ``(G, C)``).
     """
 
     feature_stride: int
@@ -122,20 +125,6 @@ class PredictionReport:
             f"{self.n_already_done} already done, {self.n_tiles} in all; "
             f"store {self.status}: {self.out_path}"
         )
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``'auto'`` picks CUDA, then MPS, then CPU."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
 
 
 def default_halo_px(model: Any, align: int) -> int:
@@ -570,19 +559,19 @@ def _model_interface(
 ) -> tuple[int, int, int, bool, tuple[np.ndarray, np.ndarray]]:
     """``(stride, feature_dim, align, normalize, (W (C, G), b (G,)))`` of a dense model.
 
-    Follows :class:`DenseFeatureModel`, and also accepts the package's PixNet as written
-    today: ``output_stride`` instead of ``feature_stride``, ``features`` that normalises its
-    [0, 1] input itself, and ``head_weights`` returning ``W`` as ``(G, C)``. The alignment is
+    Follows :class:`DenseFeatureModel`; optional attributes: ``normalizes_input`` (True:
+    ``features`` takes RGB in [0, 1] and normalises itself, as PixNet does),
+    ``head_weights_layout`` (``"CG"`` default, ``"GC"`` when ``head_weights`` returns
+    ``W`` as ``(G, C)``, as PixNet's does) and ``input_multiple``. The alignment is
     ``input_multiple``, else the encoder's largest reduction (timm ``feature_info``), else the
     stride.
     """
-    stride = getattr(model, "feature_stride", None) or getattr(model, "output_stride", None)
+    stride = getattr(model, "feature_stride", None)
     if not stride:
         raise TypeError(f"{type(model).__name__} has no feature_stride (input px per feature px)")
     stride = int(stride)
     feature_dim = int(model.feature_dim)
-    pixnet_like = _is_pixnet(model)
-    normalize = not (getattr(model, "normalizes_input", False) or pixnet_like)
+    normalize = not getattr(model, "normalizes_input", False)
     align = getattr(model, "input_multiple", None)
     if not align:
         info = getattr(getattr(model, "encoder", None), "feature_info", None)
@@ -590,17 +579,9 @@ def _model_interface(
     align = math.lcm(int(align), stride)
     W, b = (np.asarray(a, dtype=np.float32) for a in model.head_weights())
     b = b.reshape(-1)
-    if pixnet_like or (W.shape == (b.size, feature_dim) and W.shape[0] != feature_dim):
+    if getattr(model, "head_weights_layout", "CG") == "GC":
         W = W.T  # (G, C) -> (C, G)
     return stride, feature_dim, align, normalize, (np.ascontiguousarray(W), b)
-
-
-def _is_pixnet(model: Any) -> bool:
-    try:
-        from ..models.pixnet import PixNet
-    except Exception:  # being written, or import error elsewhere: treat as generic
-        return False
-    return isinstance(model, PixNet)
 
 
 def _forward(

@@ -22,7 +22,8 @@ from anndata import AnnData
 from ..errors import InputFileError
 
 
-def _write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
+def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
     folder = path.parent
     if not folder.is_dir():
@@ -42,17 +43,17 @@ def _write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
 
 def write_h5ad_atomic(adata: AnnData, path: str | Path) -> Path:
     """Write ``adata`` to ``path`` (``.h5ad``) atomically; returns ``path``."""
-    return _write_atomic(path, lambda tmp: adata.write_h5ad(tmp))
+    return write_atomic(path, lambda tmp: adata.write_h5ad(tmp))
 
 
 def write_csv_atomic(df: pd.DataFrame, path: str | Path, *, index: bool = True) -> Path:
     """Write ``df`` to ``path`` as CSV atomically (index written unless ``index=False``)."""
-    return _write_atomic(path, lambda tmp: df.to_csv(tmp, index=index))
+    return write_atomic(path, lambda tmp: df.to_csv(tmp, index=index))
 
 
 def write_text_atomic(text: str, path: str | Path) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
-    return _write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_png_atomic(rgb: Any, path: str | Path) -> Path:
@@ -61,4 +62,4 @@ def write_png_atomic(rgb: Any, path: str | Path) -> Path:
     from PIL import Image
 
     image = Image.fromarray(np.asarray(rgb, dtype=np.uint8))
-    return _write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
+    return write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))

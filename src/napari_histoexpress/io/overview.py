@@ -7,28 +7,20 @@ from typing import Any
 
 import numpy as np
 
+from ..training.genes import expression_matrix, raw_counts
 from . import spatial
 
 
 def slide_thumbnail(slide: Any, max_side: int = 1600) -> tuple[np.ndarray, float]:
     """``(rgb, scale)``: the slide resized so its longer side is at most ``max_side`` px.
 
-    Reads the smallest pyramid level that is at least ``max_side`` on its longer side (never
-    the full resolution of a big slide); ``scale`` maps level-0 px to thumbnail px.
+    Reads the smallest pyramid level that is big enough (:func:`.thumbnails.make_thumbnails`);
+    ``scale`` maps level-0 px to thumbnail px.
     """
-    from PIL import Image
+    from .thumbnails import make_thumbnails
 
-    h0, w0 = slide.shape
-    target = min(1.0, max_side / max(h0, w0))
-    level = 0
-    for k, arr in enumerate(slide.levels):
-        if max(arr.shape[:2]) >= max(h0, w0) * target:
-            level = k
-    arr = np.asarray(slide.levels[level])
-    out_w, out_h = max(1, round(w0 * target)), max(1, round(h0 * target))
-    if arr.shape[:2] != (out_h, out_w):
-        arr = np.asarray(Image.fromarray(arr).resize((out_w, out_h), Image.Resampling.LANCZOS))
-    return arr, out_w / w0
+    images, scalefactors = make_thumbnails(list(slide.levels), {"overview": max_side})
+    return images["overview"], scalefactors["tissue_overview_scalef"]
 
 
 def spots_overview(
@@ -45,18 +37,10 @@ def spots_overview(
     thumb, scale = slide_thumbnail(slide, max_side)
     xy = spatial.spot_centres_px(adata) * scale
     radius = 0.5 * spatial.spot_diameter_px(adata) * scale
-    x = adata.layers.get("counts", adata.X)
-    totals = np.asarray(x.sum(axis=1)).ravel().astype(float)
     if color_by is not None:
-        col = (
-            adata[:, color_by].X
-            if "counts" not in adata.layers
-            else adata[:, color_by].layers["counts"]
-        )
-        col = np.asarray(col.todense() if hasattr(col, "todense") else col).ravel()
-        values = np.log1p(col / np.maximum(totals, 1) * 1e4)
+        values = expression_matrix(adata, [color_by])[:, 0]
     else:
-        values = totals
+        values = np.asarray(raw_counts(adata).sum(axis=1), dtype=float).ravel()
     lo, hi = np.percentile(values, [1, 99]) if len(values) else (0, 1)
     norm = np.clip((values - lo) / max(hi - lo, 1e-12), 0, 1)
     colours = (matplotlib.colormaps["viridis"](norm)[:, :3] * 255).astype(np.uint8)

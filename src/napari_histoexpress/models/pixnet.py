@@ -209,6 +209,16 @@ class PixNet(nn.Module):
     def config_dict(self) -> dict[str, Any]:
         return self.config.to_dict()
 
+    #: for whole-slide prediction (:mod:`..inference.predict_slide`): ``features`` takes RGB
+    #: in [0, 1] and normalises itself, and ``head_weights`` returns ``W`` as ``(G, C)``.
+    normalizes_input = True
+    head_weights_layout = "GC"
+
+    @property
+    def feature_stride(self) -> int:
+        """Input pixels per feature-map pixel (= ``output_stride``)."""
+        return self.output_stride
+
     @property
     def n_genes(self) -> int:
         return self.config.n_genes

@@ -17,8 +17,9 @@ PIXNET_CPU_DEFAULTS: dict[str, Any] = {"decoder_dim": 64, "out_indices": [1, 2, 
 class TrainConfig:
     """Settings of a training run (saved in ``config.json`` under ``"config"``).
 
-    Defaults are sized for a 2-core CPU (measured: one leave-one-out fold on four her2st
-    sections, 8 epochs × 128 crops of 384 µm at 2 µm/px, trains in about 3–6 minutes);
+    Defaults are sized for a 2-core CPU (``benchmarks/her2st_cv.py``: five leave-one-out
+    folds of four her2st sections each, 8 epochs × 128 crops of 384 µm at 2 µm/px, trained
+    and evaluated in 16.6 min);
     ``model_config`` entries override :data:`PIXNET_CPU_DEFAULTS` for PixNet runs.
     """
 

@@ -75,12 +75,14 @@ def cross_validate(
     genes = choose_genes(sections, config)
     results: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
+    n_resumed = 0
     for name, train_idx, test_idx in folds_of(sections, folds):
         fold_dir = out / f"fold-{name}"
         metrics_path = fold_dir / "metrics.json"
         if metrics_path.exists():
             res = json.loads(metrics_path.read_text())
             log(f"fold {name}: already done")
+            n_resumed += 1
         else:
             log(f"fold {name}: train on {[sections[i].name for i in train_idx]}")
             train(

@@ -36,8 +36,9 @@ def predict_section_spots(
         raise ValueError(f"no spot evaluation for model {name!r}")
     from tqdm.auto import tqdm
 
+    from ..devices import resolve_device
+    from .config import TrainConfig
     from .spot_crops import SpotCropDataset
-    from .train import TrainConfig, resolve_device
 
     cfg = TrainConfig.from_dict(meta.get("config", {}))
     dev = resolve_device(device)
@@ -65,7 +66,7 @@ def predict_section_spots(
             feats = model.features(images)
             # the anchor spot sits at the crop centre (pixel-centre convention of PixNet)
             centres = torch.full((len(idx), 2), size / 2.0 - 0.5)
-            radii = torch.full((len(idx),), float(dataset._radius_um[0] / cfg.mpp))
+            radii = torch.full((len(idx),), float(dataset.spot_radius_um(0) / cfg.mpp))
             pred = model.spot_predictions(
                 feats, centres, radii, images.shape[-2:], batch_index=torch.arange(len(idx))
             )

@@ -202,6 +202,14 @@ class SpotCropDataset(Dataset):
     def __len__(self) -> int:
         return len(self._index)
 
+    def all_targets(self) -> np.ndarray:
+        """Normalised targets of every spot of every section, ``(n_spots, n_genes)``."""
+        return np.concatenate(self._targets)
+
+    def spot_radius_um(self, section: int) -> float:
+        """Spot radius (µm) of section ``section``."""
+        return self._radius_um[section]
+
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose random draws (jitter, augmentation) items use."""
         self.epoch = int(epoch)

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..devices import resolve_device
 from .config import PIXNET_CPU_DEFAULTS, TrainConfig
 from .sections import Section
 
@@ -49,23 +50,6 @@ __all__ = [
     "train_pixnet",
     "train_ridge",
 ]
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` → CUDA if available, else MPS, else CPU; a named device must exist."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available")
-    if device == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise ValueError("device 'mps' requested but MPS is not available")
-    return torch.device(device)
 
 
 def choose_genes(sections: Sequence[Section], config: TrainConfig) -> list[str]:
@@ -177,7 +161,7 @@ def train_pixnet(
     )
     model_cfg = {"n_genes": len(genes), **PIXNET_CPU_DEFAULTS, **config.model_config}
     model = build_model("pixnet", model_cfg)
-    all_targets = np.concatenate(dataset._targets)
+    all_targets = dataset.all_targets()
     model.init_head_bias(all_targets.mean(axis=0))
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
