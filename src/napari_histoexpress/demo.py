@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 #: Brief PixNet training on the sample: coarse working resolution (4 µm/px), small decoder
-#: at stride 4 (a 16 µm/px map). It learns the tissue compartments' marker genes in
-#: under a minute on 2 CPU cores; it is a demonstration, not a benchmark.
+#: at stride 4 (a 16 µm/px map). It learns the tissue compartments' marker genes in a
+#: brief run on 2 CPU cores; it is a demonstration, not a benchmark.
 DEMO_TRAINING: dict[str, Any] = {
     "n_genes": None,
     "epochs": 8,
