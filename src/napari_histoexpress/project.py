@@ -1,0 +1,169 @@
+"""Where a slide's predictions and drawn spots live on disk (Qt-free).
+
+A slide's **project folder** holds everything napari-histoexpress made for it::
+
+    <slide folder>/<slide file name>.histoexpress/
+        maps/<run name>.zarr     dense-map stores (one per trained run)
+        spots.csv                spots drawn or gridded on the slide (restored on reopen)
+
+The project folder sits next to the slide when that folder is writable; otherwise (a
+read-only data share) it goes under the user cache,
+``$HISTOEXPRESS_HOME`` or ``$XDG_CACHE_HOME/napari-histoexpress/projects`` (``~/.cache`` by
+default), named ``<slide file name>-<8 hex digits of the slide's absolute path>.histoexpress``
+so two slides of the same name never share one. Both places are searched when a slide is
+reopened, so a map predicted once is found again instantly.
+
+Spots table (``spots.csv``): one row per circle, columns :data:`SPOT_COLUMNS`:
+``id`` (unique text), ``x_um``, ``y_um`` (centre in µm; slide pixel centres at integer
+pixel indices, so ``x_um = column · µm/px``, as :mod:`.inference.spots` expects),
+``diameter_um``, ``source`` (``drawn`` or ``grid``). Written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputFileError
+
+PROJECT_SUFFIX = ".histoexpress"
+SPOTS_FILE = "spots.csv"
+MAPS_FOLDER = "maps"
+SPOT_COLUMNS = ("id", "x_um", "y_um", "diameter_um", "source")
+
+
+def projects_home() -> Path:
+    """The user-cache folder of project folders for slides in read-only places."""
+    env = os.environ.get("HISTOEXPRESS_HOME")
+    if env:
+        return Path(env) / "projects"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "napari-histoexpress" / "projects"
+
+
+def _writable(folder: Path) -> bool:
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:  # os.access can lie on network and read-only mounts: try for real
+        fd, name = tempfile.mkstemp(prefix=".histoexpress-probe-", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    Path(name).unlink(missing_ok=True)
+    return True
+
+
+def _candidates(slide_path: str | os.PathLike[str]) -> list[Path]:
+    slide = Path(slide_path).expanduser().resolve()
+    digest = hashlib.sha1(str(slide).encode("utf-8")).hexdigest()[:8]
+    return [
+        slide.parent / f"{slide.name}{PROJECT_SUFFIX}",
+        projects_home() / f"{slide.name}-{digest}{PROJECT_SUFFIX}",
+    ]
+
+
+def project_dir(slide_path: str | os.PathLike[str], *, create: bool = False) -> Path:
+    """The project folder of a slide: an existing one if any, else next to the slide when
+    that folder is writable, else under :func:`projects_home`. ``create`` makes it."""
+    beside, cached = _candidates(slide_path)
+    for folder in (beside, cached):
+        if folder.is_dir():
+            return folder
+    folder = beside if _writable(beside.parent) else cached
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def default_map_path(slide_path: str | os.PathLike[str], run_dir: str | os.PathLike[str]) -> Path:
+    """``<project>/maps/<run folder name>.zarr`` (folders created)."""
+    maps = project_dir(slide_path, create=True) / MAPS_FOLDER
+    maps.mkdir(exist_ok=True)
+    return maps / f"{Path(run_dir).resolve().name}.zarr"
+
+
+def find_maps(slide_path: str | os.PathLike[str]) -> list[Path]:
+    """Existing map stores of a slide (both project places), complete ones first, then the
+    most recently modified first."""
+    from .inference.map_store import DenseMapStore
+
+    found: list[tuple[bool, float, Path]] = []
+    for folder in _candidates(slide_path):
+        for path in sorted((folder / MAPS_FOLDER).glob("*.zarr")):
+            try:
+                status = DenseMapStore.open(path, mode="r").status
+            except Exception:  # a broken store is skipped, not fatal
+                continue
+            found.append((status == "complete", path.stat().st_mtime, path))
+    found.sort(key=lambda t: (not t[0], -t[1]))
+    return [p for _, _, p in found]
+
+
+def spots_path(slide_path: str | os.PathLike[str]) -> Path:
+    """Path of the slide's spots table (it may not exist yet)."""
+    return project_dir(slide_path) / SPOTS_FILE
+
+
+def empty_spots() -> pd.DataFrame:
+    """An empty spots table with the right columns and dtypes."""
+    return pd.DataFrame(
+        {
+            "id": pd.Series(dtype=str),
+            "x_um": pd.Series(dtype=float),
+            "y_um": pd.Series(dtype=float),
+            "diameter_um": pd.Series(dtype=float),
+            "source": pd.Series(dtype=str),
+        }
+    )
+
+
+def validate_spots(df: pd.DataFrame, where: str | os.PathLike[str] = "spots table") -> pd.DataFrame:
+    """A clean copy of a spots table: required columns, finite numbers, positive diameters,
+    unique ids (missing ids and sources filled). Raises :class:`InputFileError`."""
+    for col in ("x_um", "y_um", "diameter_um"):
+        if col not in df.columns:
+            raise InputFileError(where, f"missing column {col!r}; need {list(SPOT_COLUMNS)}")
+    out = df.copy()
+    nums = out[["x_um", "y_um", "diameter_um"]].apply(pd.to_numeric, errors="coerce")
+    bad = ~np.isfinite(nums.to_numpy(float)).all(axis=1) | (nums["diameter_um"] <= 0).to_numpy()
+    if bad.any():
+        rows = (np.flatnonzero(bad)[:5] + 2).tolist()
+        raise InputFileError(where, f"invalid or non-positive values on line(s) {rows}")
+    out[["x_um", "y_um", "diameter_um"]] = nums.astype(float)
+    if "id" not in out.columns:
+        out["id"] = [f"spot_{i}" for i in range(len(out))]
+    out["id"] = out["id"].astype(str)
+    if out["id"].duplicated().any():
+        dup = out["id"][out["id"].duplicated()].iloc[0]
+        raise InputFileError(where, f"spot id {dup!r} appears more than once")
+    if "source" not in out.columns:
+        out["source"] = "drawn"
+    out["source"] = out["source"].fillna("drawn").astype(str)
+    extra = [c for c in out.columns if c not in SPOT_COLUMNS]
+    return out[[*SPOT_COLUMNS, *extra]].reset_index(drop=True)
+
+
+def load_spots(slide_path: str | os.PathLike[str]) -> pd.DataFrame:
+    """The slide's saved spots (an empty table when none were saved)."""
+    path = spots_path(slide_path)
+    if not path.exists():
+        return empty_spots()
+    try:
+        df = pd.read_csv(path, dtype={"id": str, "source": str})
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise InputFileError(path, f"cannot read the saved spots ({exc})") from exc
+    return validate_spots(df, path)
+
+
+def save_spots(slide_path: str | os.PathLike[str], spots: pd.DataFrame) -> Path:
+    """Save the slide's spots atomically (an empty table writes just the header)."""
+    from .io.export import write_csv_atomic
+
+    spots = validate_spots(spots)
+    path = project_dir(slide_path, create=True) / SPOTS_FILE
+    return write_csv_atomic(spots, path, index=False)

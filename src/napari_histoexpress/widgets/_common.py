@@ -1,0 +1,113 @@
+"""What the dock widgets share: finding slide layers and their map stores, one signal that
+tells every widget a slide's map changed, and errors shown as napari notifications.
+
+Conventions (all widgets follow them):
+
+- A **slide layer** is an image layer whose ``metadata["histoexpress"] == "slide"`` (made by
+  the reader, :func:`napari_histoexpress._layers.slide_layer_data`); its
+  ``metadata["path"]`` is the slide file and ``metadata["microns_per_pixel"]`` its µm/px.
+- The dense-map store predicted for a slide layer is recorded as
+  ``metadata["histoexpress_map"]`` (a path); :func:`set_slide_map` sets it and emits
+  :data:`hub.map_changed`, :func:`slide_map` opens it (cached per path).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from psygnal import Signal
+
+log = logging.getLogger(__name__)
+
+MAP_KEY = "histoexpress_map"
+
+
+class _Hub:
+    """Signals between the dock widgets (one instance: :data:`hub`)."""
+
+    #: ``(slide_layer)``: a slide layer's map store was set, replaced or finished.
+    map_changed = Signal(object)
+
+
+hub = _Hub()
+
+_STORES: dict[str, Any] = {}
+
+
+def is_slide_layer(layer: Any) -> bool:
+    md = getattr(layer, "metadata", None) or {}
+    return md.get("histoexpress") == "slide"
+
+
+def slide_layers(viewer: Any) -> list[Any]:
+    """The viewer's slide layers, top-most first."""
+    return [layer for layer in reversed(list(viewer.layers)) if is_slide_layer(layer)]
+
+
+def slide_path(layer: Any) -> Path | None:
+    path = (getattr(layer, "metadata", None) or {}).get("path")
+    return Path(path) if path else None
+
+
+def slide_mpp(layer: Any) -> float | None:
+    mpp = (getattr(layer, "metadata", None) or {}).get("microns_per_pixel")
+    return float(mpp) if mpp else None
+
+
+def slide_map_path(layer: Any) -> Path | None:
+    path = (getattr(layer, "metadata", None) or {}).get(MAP_KEY)
+    return Path(path) if path else None
+
+
+def slide_map(layer: Any) -> Any | None:
+    """The :class:`~napari_histoexpress.inference.map_store.DenseMapStore` of a slide layer,
+    or ``None`` when it has none (or it cannot be opened: logged)."""
+    from ..inference.map_store import DenseMapStore
+
+    path = slide_map_path(layer)
+    if path is None:
+        return None
+    key = str(path)
+    if key not in _STORES:
+        try:
+            _STORES[key] = DenseMapStore.open(path, mode="r")
+        except Exception as exc:  # reported; the layer just has no map
+            log.warning("%s: cannot open the map store (%s)", path, exc)
+            return None
+    return _STORES[key]
+
+
+def set_slide_map(layer: Any, path: str | Path | None) -> None:
+    """Record ``path`` as the slide layer's map (``None`` clears it) and tell the widgets."""
+    if path is None:
+        layer.metadata.pop(MAP_KEY, None)
+    else:
+        _STORES.pop(str(Path(path)), None)  # reopen: the store may have grown
+        layer.metadata[MAP_KEY] = str(Path(path))
+    hub.map_changed.emit(layer)
+
+
+def notify_error(message: str | BaseException) -> None:
+    """Show an error to the user as a napari notification (and log it)."""
+    from napari.utils.notifications import show_error
+
+    text = str(message) if not isinstance(message, BaseException) else _describe(message)
+    log.error(text)
+    show_error(text)
+
+
+def notify_info(message: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(message)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return (
+        text
+        if type(exc).__module__.startswith("napari_histoexpress")
+        else (f"{type(exc).__name__}: {text}")
+    )
