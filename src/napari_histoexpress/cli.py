@@ -85,12 +85,15 @@ def _train_config(args: argparse.Namespace) -> Any:
         model_config["decoder_dim"] = args.decoder_dim
     if getattr(args, "out_indices", None):
         model_config["out_indices"] = list(args.out_indices)
+    if getattr(args, "upsample", None):
+        model_config["upsample"] = args.upsample
     return TrainConfig(
         model=args.model,
         n_genes=n_genes,
         gene_file=gene_file,
         epochs=args.epochs,
         lr=args.lr,
+        lr_schedule=args.lr_schedule,
         weight_decay=args.weight_decay,
         batch_size=args.batch_size,
         crops_per_epoch=args.crops_per_epoch,
@@ -111,6 +114,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--genes", help="N (top-N by mean count, default 250) or a gene file")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument(
+        "--lr-schedule",
+        default=d.lr_schedule,
+        choices=["constant", "cosine"],
+        help=f"constant (paper) or cosine with warm-up (default {d.lr_schedule})",
+    )
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--crops-per-epoch", type=int, default=d.crops_per_epoch)
@@ -124,6 +133,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         type=int,
         nargs="+",
         help="backbone levels PixNet decodes (default 1 2 3 4: stride-4 map; 0 1 2 3 4: stride 2)",
+    )
+    p.add_argument(
+        "--upsample",
+        choices=["transposed", "bilinear"],
+        help="PixNet decoder upsampling: transposed conv (paper) or bilinear + 3x3 conv",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--seed", type=int, default=0)

@@ -138,3 +138,15 @@ def test_evaluate_and_ridge_and_cv(sample_section, tmp_path: Path) -> None:
     assert (tmp_path / "cv" / "cv.md").read_text().count("|") > 10
     n = sample_section.adata.n_obs
     assert [r["n_spots"] for r in cv["rows"]] == [n, n, 2 * n]
+
+
+def test_cosine_schedule_warms_up_and_decays() -> None:
+    from napari_histoexpress.training.config import TrainConfig, learning_rate
+
+    lrs = [learning_rate(1e-3, s, 100, "cosine", 0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and max(lrs) == pytest.approx(1e-3)
+    assert int(np.argmax(lrs)) == 9 and lrs[-1] < 1e-5
+    assert np.all(np.diff(lrs[9:]) <= 0)
+    assert learning_rate(1e-3, 50, 100, "constant", 0.1) == 1e-3
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")

@@ -11,9 +11,13 @@ Architecture (paper Eq. 1–4)
 - **Decoder** (U-net style, L−1 steps): ``D_0 = proj(F_L)``; step ``k = 1 .. L−1`` fuses the
   level ``F_{L−k}`` (the paper writes ``F_l`` loosely):
   ``D_k = DFFN(Dconv(D_{k−1}) + δ_k · proj(F_{L−k}))``. ``Dconv`` is a transposed conv with
-  kernel = stride = the stride ratio between the levels (2 for ResNets); if sizes still
-  differ (odd input sizes) the upsampled map is resized to the skip's size. ``δ_k`` is one
-  learnable scalar per level (init ``delta_init``).
+  kernel = stride = the stride ratio between the levels (2 for ResNets; ``upsample =
+  "transposed"``, the paper's choice). A kernel equal to its stride gives every output pixel
+  of a 2×2 block its own weights, which leaves a stride-periodic *checkerboard* in dense maps
+  (Odena et al., Distill 2016). ``upsample = "bilinear"`` replaces it with the usual remedy:
+  bilinear ×2 resize followed by a 3×3 conv (same parameter budget order, no periodic
+  pattern). If sizes still differ (odd input sizes) the upsampled map is resized to the
+  skip's size. ``δ_k`` is one learnable scalar per level (init ``delta_init``).
 - **DFFN** (the paper's ref. [8], "convolution-based two-layer feed-forward block"):
   pre-norm residual ``y + W2(GELU(DW3x3(W1(LN(y)))))`` with 1×1 convs ``W1`` (expand by
   ``ffn_expansion``) and ``W2``. The norm is a per-pixel LayerNorm over channels
@@ -77,7 +81,7 @@ from ..inference.aggregate import circle_pixel_weights
 from ..models.backbones import backbone_transform_stats, create_backbone
 from ..models.registry import register_model
 
-__all__ = ["DFFN", "PixNet", "PixNetConfig", "spot_weight_matrix"]
+__all__ = ["DFFN", "PixNet", "PixNetConfig", "ResizeConv", "spot_weight_matrix"]
 
 
 @dataclass
@@ -93,6 +97,8 @@ class PixNetConfig:
         decoder_dim: decoder channels C (paper 512; default 128, see module docstring).
         ffn_expansion: hidden width of the DFFN = ``ffn_expansion * decoder_dim``.
         aggregation: ``"mean"`` (default, scale-free) or ``"sum"`` (paper Eq. 5).
+        upsample: decoder upsampling, ``"transposed"`` (paper's Dconv) or ``"bilinear"``
+            (bilinear resize + 3×3 conv: no checkerboard; see module docstring).
         delta_init: initial value of the learnable per-level skip scales δ.
         zero_init_last: timm's zero-init of residual branches (random-init backbones only).
         mean, std: input normalisation (RGB in [0, 1]); ``None`` = the backbone's.
@@ -105,6 +111,7 @@ class PixNetConfig:
     decoder_dim: int = 128
     ffn_expansion: int = 2
     aggregation: Literal["mean", "sum"] = "mean"
+    upsample: Literal["transposed", "bilinear"] = "transposed"
     delta_init: float = 1.0
     zero_init_last: bool = False
     mean: tuple[float, float, float] | None = None
@@ -114,6 +121,8 @@ class PixNetConfig:
     def __post_init__(self) -> None:
         if self.aggregation not in ("mean", "sum"):
             raise ValueError(f"aggregation must be 'mean' or 'sum', got {self.aggregation!r}")
+        if self.upsample not in ("transposed", "bilinear"):
+            raise ValueError(f"upsample must be 'transposed' or 'bilinear', got {self.upsample!r}")
         if self.n_genes < 1 or self.decoder_dim < 1 or self.ffn_expansion < 1:
             raise ValueError("n_genes, decoder_dim and ffn_expansion must be >= 1")
         if self.out_indices is not None:
@@ -159,6 +168,19 @@ class DFFN(nn.Module):
         return x + self.fc2(self.act(self.dwconv(self.fc1(self.norm(x)))))
 
 
+class ResizeConv(nn.Module):
+    """Bilinear ×``ratio`` resize then a 3×3 conv (checkerboard-free upsampling)."""
+
+    def __init__(self, dim: int, ratio: int) -> None:
+        super().__init__()
+        self.ratio = int(ratio)
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=self.ratio, mode="bilinear", align_corners=False)
+        return self.conv(x)
+
+
 @register_model("pixnet")
 class PixNet(nn.Module):
     """Dense gene-expression map network (see the module docstring)."""
@@ -181,11 +203,12 @@ class PixNet(nn.Module):
         ups = []
         for fine, coarse in itertools.pairwise(reductions):
             ratio = max(1, round(coarse / fine))
-            ups.append(
-                nn.ConvTranspose2d(dim, dim, ratio, stride=ratio)
-                if ratio > 1
-                else nn.Conv2d(dim, dim, 1)
-            )
+            if ratio == 1:
+                ups.append(nn.Conv2d(dim, dim, 1))
+            elif config.upsample == "bilinear":
+                ups.append(ResizeConv(dim, ratio))
+            else:
+                ups.append(nn.ConvTranspose2d(dim, dim, ratio, stride=ratio))
         # index k fuses level k (fine to coarse), used from the coarse end
         self.up = nn.ModuleList(ups)
         self.delta = nn.Parameter(torch.full((len(channels) - 1,), float(config.delta_init)))

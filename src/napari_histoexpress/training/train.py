@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..devices import resolve_device
-from .config import PIXNET_CPU_DEFAULTS, TrainConfig
+from .config import PIXNET_CPU_DEFAULTS, TrainConfig, learning_rate
 from .sections import Section
 
 TRAINABLE_MODELS = ("pixnet", "ridge")
@@ -184,6 +184,8 @@ def train_pixnet(
 
     gen = torch.Generator().manual_seed(config.seed)
     n_per_epoch = min(config.crops_per_epoch, len(dataset))
+    steps_per_epoch = -(-n_per_epoch // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
     t0 = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         dataset.set_epoch(epoch)
@@ -205,7 +207,16 @@ def train_pixnet(
             leave=False,
             unit="batch",
         )
-        for batch in bar:
+        for step, batch in enumerate(bar):
+            lr = learning_rate(
+                config.lr,
+                epoch * steps_per_epoch + step,
+                total_steps,
+                config.lr_schedule,
+                config.warmup_fraction,
+            )
+            for group in opt.param_groups:
+                group["lr"] = lr
             images = _colour_jitter(batch["image"], config.colour_jitter, gen).to(device)
             feats = model.features(images)
             # spot_crops: pixel (r, c) covers [c, c+1) -> centres at c + 0.5;
