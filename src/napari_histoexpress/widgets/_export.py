@@ -1,0 +1,324 @@
+"""The Export dock widget: a slide's spots and their predicted expression → ``.h5ad`` / ``.csv``.
+
+Thin: the file is made by :func:`napari_histoexpress.io.spot_export.export_spots` (the
+scanpy/squidpy spatial AnnData, or a CSV of one row per spot), in a napari ``thread_worker``
+(always: even a few spots read the slide's pyramid for the hires/lowres images). Spots are
+those of every drawn-spots layer of the chosen slide (:mod:`._spot_layer`), all of them or
+only the drawn or gridded ones. The default output is ``<project>/spots.h5ad``
+(``<project>/spots_expression.csv`` for CSV, never the project's own ``spots.csv`` table).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import project
+from ..io.spot_export import EXPORT_FORMATS, ExportResult, combine_spot_tables, export_spots
+from . import _common, _spot_layer
+from ._common import notify_error, notify_info
+
+#: Spot choices: label → the ``source`` values kept (``None``: all).
+SPOT_CHOICES: dict[str, tuple[str, ...] | None] = {
+    "All spots (drawn + grid)": None,
+    "Drawn spots only": ("drawn",),
+    "Grid spots only": ("grid",),
+}
+#: Default output file name in the slide's project folder, per format.
+DEFAULT_NAMES = {".h5ad": "spots.h5ad", ".csv": "spots_expression.csv"}
+
+
+def notify_warning(message: str) -> None:
+    from napari.utils.notifications import show_warning
+
+    show_warning(message)
+
+
+class ExportWidget(QWidget):
+    """Choose a slide with a map, which spots, a format and a file; Export."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._slides: list[Any] = []
+        self._watched: list[Any] = []
+        self._worker: Any | None = None
+        self._path_is_default = True
+        #: the last successful export (``None`` before)
+        self.last_result: ExportResult | None = None
+
+        self.slide_combo = QComboBox()
+        self.spots_combo = QComboBox()
+        self.spots_combo.addItems(list(SPOT_CHOICES))
+        self.format_combo = QComboBox()
+        self.format_combo.addItems(list(EXPORT_FORMATS))
+        self.path_edit = QLineEdit()
+        self.path_edit.setPlaceholderText("output file (.h5ad or .csv)")
+        self.browse_button = QPushButton("Browse…")
+        self.export_button = QPushButton("Export")
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+
+        path_row = QHBoxLayout()
+        path_row.addWidget(self.path_edit, stretch=1)
+        path_row.addWidget(self.browse_button)
+        form = QFormLayout()
+        form.addRow("Slide", self.slide_combo)
+        form.addRow("Spots", self.spots_combo)
+        form.addRow("Format", self.format_combo)
+        form.addRow("Output", path_row)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.export_button)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.slide_combo.currentIndexChanged.connect(self._on_slide_changed)
+        self.spots_combo.currentIndexChanged.connect(self._refresh_status)
+        self.format_combo.currentTextChanged.connect(self._on_format_changed)
+        self.path_edit.textEdited.connect(self._on_path_edited)
+        self.browse_button.clicked.connect(self.browse)
+        self.export_button.clicked.connect(self.export)
+        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
+        self.viewer.layers.events.removed.connect(self._on_layers_changed)
+        _common.hub.map_changed.connect(self._on_map_changed)
+        self.refresh_slides()
+
+    # ------------------------------------------------------------------ choices
+    @property
+    def slide_layer(self) -> Any | None:
+        i = self.slide_combo.currentIndex()
+        return self._slides[i] if 0 <= i < len(self._slides) else None
+
+    @property
+    def export_format(self) -> str:
+        return self.format_combo.currentText()
+
+    def refresh_slides(self) -> None:
+        """Re-list the slide layers (keeping the current one when possible)."""
+        current = self.slide_layer
+        slides = _common.slide_layers(self.viewer)
+        if [id(s) for s in slides] != [id(s) for s in self._slides]:
+            self._slides = slides
+            self.slide_combo.blockSignals(True)
+            self.slide_combo.clear()
+            self.slide_combo.addItems([layer.name for layer in slides])
+            if current is not None and any(current is s for s in slides):
+                self.slide_combo.setCurrentIndex([id(s) for s in slides].index(id(current)))
+            self.slide_combo.blockSignals(False)
+        self._on_slide_changed()
+
+    def spots(self) -> pd.DataFrame:
+        """The chosen spots of the current slide (all its drawn-spots layers, combined)."""
+        layer = self.slide_layer
+        if layer is None:
+            return project.empty_spots()
+        tables = {
+            lay.name: _spot_layer.spots_table(lay)
+            for lay in _spot_layer.spot_layers(self.viewer, layer)
+        }
+        spots = combine_spot_tables(tables)
+        keep = SPOT_CHOICES[self.spots_combo.currentText()]
+        if keep is not None:
+            spots = spots[spots["source"].isin(keep)].reset_index(drop=True)
+        return spots
+
+    def default_path(self, fmt: str | None = None) -> Path | None:
+        """``<project folder>/spots.h5ad`` (or ``spots_expression.csv``) of the slide."""
+        path = _common.slide_path(self.slide_layer) if self.slide_layer is not None else None
+        if path is None:
+            return None
+        return project.project_dir(path) / DEFAULT_NAMES[fmt or self.export_format]
+
+    # ------------------------------------------------------------------ events
+    def _alive(self) -> bool:
+        """False once Qt deleted the widget (its viewer closed): callbacks disconnect then."""
+        try:
+            self.objectName()
+        except RuntimeError:
+            _common.hub.map_changed.disconnect(self._on_map_changed, missing_ok=True)
+            return False
+        return True
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        if self._alive():
+            self.refresh_slides()
+
+    def _on_map_changed(self, layer: Any) -> None:
+        if self._alive():
+            self._refresh_status()
+
+    def _on_slide_changed(self, *_: Any) -> None:
+        if self._path_is_default:
+            default = self.default_path()
+            self.path_edit.setText(str(default) if default is not None else "")
+        self._watch_spot_layers()
+        self._refresh_status()
+
+    def _on_format_changed(self, fmt: str) -> None:
+        text = self.path_edit.text().strip()
+        if self._path_is_default or not text:
+            default = self.default_path(fmt)
+            self.path_edit.setText(str(default) if default is not None else "")
+        elif Path(text).suffix.lower() != fmt:
+            self.path_edit.setText(str(Path(text).with_suffix(fmt)))
+
+    def _on_path_edited(self, text: str) -> None:
+        self._path_is_default = not text.strip()
+        suffix = Path(text.strip()).suffix.lower()
+        if suffix in EXPORT_FORMATS and suffix != self.export_format:
+            self.format_combo.blockSignals(True)
+            self.format_combo.setCurrentText(suffix)
+            self.format_combo.blockSignals(False)
+
+    def _watch_spot_layers(self) -> None:
+        """Update the spot count when the slide's spots layers change."""
+        for lay in self._watched:
+            lay.events.data.disconnect(self._refresh_status)
+        self._watched = []
+        if self.slide_layer is not None:
+            self._watched = _spot_layer.spot_layers(self.viewer, self.slide_layer)
+            for lay in self._watched:
+                lay.events.data.connect(self._refresh_status)
+
+    def _refresh_status(self, *_: Any) -> None:
+        if not self._alive():
+            return
+        layer = self.slide_layer
+        if layer is None:
+            self.status.setText("No slide open: open a slide and predict its map first.")
+            return
+        if _common.slide_map(layer) is None:
+            self.status.setText(
+                f"{layer.name} has no predicted map yet: predict one in the Predict widget."
+            )
+            return
+        spot_layers = _spot_layer.spot_layers(self.viewer, layer)
+        keep = SPOT_CHOICES[self.spots_combo.currentText()]
+        n = 0
+        for lay in spot_layers:
+            feats = lay.features
+            if keep is None or "source" not in feats or len(feats) != len(lay.data):
+                n += len(lay.data)
+            else:
+                n += int(feats["source"].astype(str).isin(keep).sum())
+        if n == 0:
+            self.status.setText(
+                f"No spots on {layer.name}: draw spots or make a grid in the Spots widget."
+            )
+        else:
+            self.status.setText(
+                f"{n} spot(s) in {len(spot_layers)} layer(s) ready to export with "
+                f"{len(_common.slide_map(layer).genes)} genes."
+            )
+
+    # ------------------------------------------------------------------ actions
+    def browse(self) -> None:
+        """Pick the output file with a save-file dialog."""
+        start = self.path_edit.text().strip() or str(self.default_path() or "")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export spots", start, "AnnData (*.h5ad);;CSV table (*.csv)"
+        )
+        if not path:
+            return
+        suffix = Path(path).suffix.lower()
+        if suffix not in EXPORT_FORMATS:
+            path = str(Path(path).with_suffix(self.export_format))
+        self.path_edit.setText(path)
+        self._on_path_edited(path)
+
+    def output_path(self) -> Path | None:
+        text = self.path_edit.text().strip()
+        if not text:
+            return None
+        path = Path(text).expanduser()
+        if path.suffix.lower() not in EXPORT_FORMATS:
+            path = path.with_name(path.name + self.export_format)
+        return path
+
+    def export(self) -> None:
+        """Check the choices (errors are notified) and export in a worker thread."""
+        if self._worker is not None:
+            return
+        layer = self.slide_layer
+        if layer is None:
+            notify_error("Export: no slide layer; open a slide and predict its map first.")
+            return
+        store = _common.slide_map(layer)
+        if store is None:
+            notify_error(
+                f"Export: {layer.name} has no predicted map; predict one in the Predict widget "
+                "first (or set a saved map on the slide)."
+            )
+            return
+        try:
+            spots = self.spots()
+        except Exception as exc:  # e.g. invalid circles (non-positive diameters)
+            notify_error(exc)
+            return
+        if len(spots) == 0:
+            notify_error(
+                f"Export: no spots on {layer.name} ({self.spots_combo.currentText().lower()}); "
+                "draw spots or make a grid in the Spots widget first."
+            )
+            return
+        path = self.output_path()
+        if path is None:
+            notify_error("Export: choose an output file (.h5ad or .csv).")
+            return
+        slide = _common.slide_path(layer)
+        if slide is not None:
+            if path.resolve() == project.spots_path(slide).resolve():
+                notify_error(
+                    f"{path}: this is the slide's saved spots table; choose another file name."
+                )
+                return
+            if path.parent == project.project_dir(slide):
+                path.parent.mkdir(parents=True, exist_ok=True)
+        self._start(store, spots, path, slide)
+
+    def _start(self, store: Any, spots: pd.DataFrame, path: Path, slide: Path | None) -> None:
+        from napari.qt.threading import thread_worker
+
+        worker = thread_worker(export_spots, start_thread=False, ignore_errors=True)(
+            store, spots, path, slide_path=slide
+        )
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self.export_button.setEnabled(False)
+        self.status.setText(f"Exporting {len(spots)} spot(s) to {path} …")
+        worker.start()
+
+    def _on_returned(self, result: ExportResult) -> None:
+        self.last_result = result
+        message = f"Exported {result.n_spots} spots × {result.n_genes} genes to {result.path}"
+        notify_info(message)
+        for warning in result.warnings:
+            notify_warning(warning)
+        if self._alive():
+            self.status.setText(message + ("" if not result.warnings else " (without image)"))
+
+    def _on_errored(self, exc: BaseException) -> None:
+        notify_error(exc)
+        if self._alive():
+            self.status.setText(f"Export failed: {_common._describe(exc)}")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        if self._alive():
+            self.export_button.setEnabled(True)
