@@ -161,6 +161,39 @@ def st_layers(adata: Any, source: str | Path | None = None) -> list[LayerDataTup
     return layers
 
 
+#: Computed tiles read for the contrast limits of a map whose pyramid is not built yet.
+HEATMAP_LIMIT_TILES = 16
+
+
+def _heatmap_sample(store: Any, gene: str) -> np.ndarray:
+    """Predicted (non-background) values of ``gene`` read with bounded work for contrast limits.
+
+    The coarsest stored pyramid level when the pyramid is built (a few thousand pixels);
+    otherwise (a partial run) at most :data:`HEATMAP_LIMIT_TILES` computed tiles of level 0,
+    evenly spread over the computed ones: pooling level 0 lazily would read the whole map.
+    """
+    g = store.gene_index(gene)
+    W, b = store.head
+    w, bias = W[:, g], float(b[g])
+    n = store.n_levels
+    if n == 1 or int(store.attrs.get("pyramid_levels", 0)) >= n:
+        feats = np.asarray(store.features_level(n - 1), dtype=np.float32)
+        predicted = np.any(feats != 0, axis=-1)  # background chunks read as the fill value 0
+        values = feats @ w + bias
+        return values[predicted] if predicted.any() else values.ravel()
+    rows, cols = np.nonzero(store.coverage == 1)
+    if len(rows) == 0:
+        return np.array([bias], np.float32)
+    pick = np.unique(np.linspace(0, len(rows) - 1, min(HEATMAP_LIMIT_TILES, len(rows))).astype(int))
+    level0 = store.features_level(0)
+    ch, cw = store.chunk
+    parts = []
+    for r, c in zip(rows[pick], cols[pick], strict=True):
+        feats = np.asarray(level0[r * ch : (r + 1) * ch, c * cw : (c + 1) * cw], np.float32)
+        parts.append((feats @ w + bias).ravel())
+    return np.concatenate(parts)
+
+
 def gene_heatmap_layer_data(
     store: Any,
     gene: str,
@@ -176,15 +209,14 @@ def gene_heatmap_layer_data(
     ``[j, j + 1) · map_mpp`` from the slide's corner, and napari puts slide pixel ``p`` at
     world ``p · slide_mpp`` (pixel centres), so the layer's ``scale`` is ``map_mpp`` and its
     ``translate`` is ``(map_mpp − slide_mpp) / 2``. Contrast limits are the given robust
-    percentiles of the coarsest level over predicted (non-background) pixels.
+    percentiles of the coarsest level over predicted (non-background) pixels, or of a few
+    computed tiles while the pyramid is not built (:func:`_heatmap_sample`): creating the
+    layer never reads the whole map.
     """
     map_mpp = float(store.map_mpp)
     slide_mpp = float(store.attrs.get("slide", {}).get("mpp") or map_mpp)
     levels = [store.gene_map(gene, level=k) for k in range(store.n_levels)]
-    coarse = np.asarray(levels[-1], dtype=np.float32)
-    feats = np.asarray(store.features_level(store.n_levels - 1), dtype=np.float32)
-    predicted = np.any(feats != 0, axis=-1)  # background chunks read as the fill value 0
-    values = coarse[predicted] if predicted.any() else coarse.ravel()
+    values = _heatmap_sample(store, gene)
     lo, hi = (float(v) for v in np.percentile(values, percentiles))
     if not hi > lo:
         hi = lo + 1e-6

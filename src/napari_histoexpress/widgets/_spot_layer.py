@@ -115,3 +115,19 @@ def spots_layer_data(
         "metadata": {"histoexpress": SPOTS_KIND, "slide": slide_name},
     }
     return (data, kwargs, "shapes")
+
+
+# --------------------------------------------------------------------------- measured spots
+#: ``metadata["histoexpress"]`` of the measured ST spots Points layer made by the reader
+#: (:func:`napari_histoexpress._layers.spots_layer_data`; AnnData in ``metadata["adata"]``).
+MEASURED_SPOTS_KIND = "spots"
+
+
+def is_measured_spots_layer(layer: Any) -> bool:
+    md = getattr(layer, "metadata", None) or {}
+    return md.get("histoexpress") == MEASURED_SPOTS_KIND and md.get("adata") is not None
+
+
+def measured_spot_layers(viewer: Any) -> list[Any]:
+    """The viewer's measured-spots (Points) layers, top-most first."""
+    return [layer for layer in reversed(list(viewer.layers)) if is_measured_spots_layer(layer)]

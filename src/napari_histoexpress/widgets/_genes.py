@@ -1,0 +1,399 @@
+"""The Genes dock widget: search the model's genes, overlay their predicted heatmaps, and
+compare them with measured ST spots of the same slide.
+
+Thin: gene search is :mod:`napari_histoexpress.models.gene_aliases`, heatmap layers are
+:func:`napari_histoexpress._layers.gene_heatmap_layer_data` (lazy per-tile pyramid; the
+click reads only the coarsest level), measured-vs-predicted correlations are
+:mod:`napari_histoexpress.inference.measured_vs_predicted` (computed in a worker thread,
+cached per map and AnnData).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import _layers
+from ..inference import measured_vs_predicted as mvp
+from ..models.gene_aliases import aliases_of, search_genes
+from . import _common, _spot_layer
+
+#: Colormaps offered for heatmaps (napari names).
+COLORMAPS = ("magma", "inferno", "plasma", "viridis", "turbo", "fire", "gray", "red", "green")
+GENE_ROLE = Qt.ItemDataRole.UserRole
+
+
+def _is_heatmap(layer: Any) -> bool:
+    return (getattr(layer, "metadata", None) or {}).get("histoexpress") == "heatmap"
+
+
+class GenesWidget(QWidget):
+    """Pick a slide with a map, search its genes, click one to overlay its heatmap."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._slides: list[Any] = []
+        self._store: Any | None = None
+        self._current: Any | None = None  # last heatmap layer shown / selected
+        self._worker: Any | None = None
+        self._worker_key: tuple[int, int] | None = None
+        self._pending_gene: str | None = None
+        self._comparison_key: tuple[int, int] | None = None
+        #: the latest :class:`~.measured_vs_predicted.MeasuredVsPredicted` shown
+        self.comparison: mvp.MeasuredVsPredicted | None = None
+        #: seconds the last click took to create (or select) the heatmap layer
+        self.last_click_seconds: float | None = None
+
+        self.slide_combo = QComboBox()
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        self.filter_edit = QLineEdit()
+        self.filter_edit.setPlaceholderText("Search genes: symbol or alias (HER2, PD-L1, Ki-67)")
+        self.filter_edit.setClearButtonEnabled(True)
+        self.gene_list = QListWidget()
+        self.colormap_combo = QComboBox()
+        self.colormap_combo.addItems(list(COLORMAPS))
+        self.opacity_slider = QSlider(Qt.Orientation.Horizontal)
+        self.opacity_slider.setRange(0, 100)
+        self.opacity_slider.setValue(60)
+        self.pcc_label = QLabel()
+        self.pcc_label.setWordWrap(True)
+        self.mean_pcc_label = QLabel()
+        self.mean_pcc_label.setWordWrap(True)
+
+        top = QFormLayout()
+        top.addRow("Slide", self.slide_combo)
+        controls = QFormLayout()
+        controls.addRow("Colormap", self.colormap_combo)
+        controls.addRow("Opacity", self.opacity_slider)
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addWidget(self.status)
+        layout.addWidget(self.filter_edit)
+        layout.addWidget(self.gene_list, stretch=1)
+        layout.addLayout(controls)
+        layout.addWidget(self.pcc_label)
+        layout.addWidget(self.mean_pcc_label)
+
+        self.slide_combo.currentIndexChanged.connect(self._on_slide_changed)
+        self.filter_edit.textChanged.connect(self.apply_filter)
+        self.gene_list.itemClicked.connect(self._on_item_clicked)
+        self.gene_list.itemActivated.connect(self._on_item_clicked)
+        self.colormap_combo.currentTextChanged.connect(self._on_colormap)
+        self.opacity_slider.valueChanged.connect(self._on_opacity)
+        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
+        self.viewer.layers.events.removed.connect(self._on_layers_changed)
+        self.viewer.layers.selection.events.active.connect(self._on_active_layer)
+        _common.hub.map_changed.connect(self._on_map_changed)
+        self.refresh_slides()
+
+    # ------------------------------------------------------------------ slides
+    @property
+    def slide_layer(self) -> Any | None:
+        i = self.slide_combo.currentIndex()
+        return self._slides[i] if 0 <= i < len(self._slides) else None
+
+    @property
+    def store(self) -> Any | None:
+        return self._store
+
+    def refresh_slides(self) -> None:
+        """Re-list the slide layers that have a map (keeps the current one when possible)."""
+        slides = [
+            layer
+            for layer in _common.slide_layers(self.viewer)
+            if _common.slide_map(layer) is not None
+        ]
+        if [id(s) for s in slides] == [id(s) for s in self._slides] and self._store is not None:
+            return
+        current = self.slide_layer
+        self._slides = slides
+        self.slide_combo.blockSignals(True)
+        self.slide_combo.clear()
+        self.slide_combo.addItems([layer.name for layer in slides])
+        if current is not None and any(current is s for s in slides):
+            self.slide_combo.setCurrentIndex([id(s) for s in slides].index(id(current)))
+        self.slide_combo.blockSignals(False)
+        self._on_slide_changed()
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        if not self._alive():
+            return
+        self.refresh_slides()
+        if self._current is not None and self._current not in self.viewer.layers:
+            self._current = None
+
+    def _on_map_changed(self, layer: Any) -> None:
+        if not self._alive():
+            return
+        if layer is self.slide_layer:
+            self._slides = []  # force a reload of the (new) store
+        self.refresh_slides()
+
+    def _on_slide_changed(self, *_: Any) -> None:
+        layer = self.slide_layer
+        self._store = _common.slide_map(layer) if layer is not None else None
+        self.comparison = None
+        self._comparison_key = None
+        self.pcc_label.setText("")
+        self.mean_pcc_label.setText("")
+        if self._store is None:
+            self.gene_list.clear()
+            if not _common.slide_layers(self.viewer):
+                self.status.setText(
+                    "No slide open: open a slide (File ▸ Open, or drop an .ome.tif/.svs/.h5ad) "
+                    "and predict its map in the Predict widget."
+                )
+            else:
+                self.status.setText(
+                    "No slide has a predicted map yet: predict one in the Predict widget "
+                    "(or set a saved map on the slide)."
+                )
+            return
+        self.apply_filter(self.filter_edit.text())
+        self._update_measured_status()
+
+    # ------------------------------------------------------------------ gene list
+    def genes(self) -> list[str]:
+        return list(self._store.genes) if self._store is not None else []
+
+    def listed_genes(self) -> list[str]:
+        """The gene symbols currently listed, in order."""
+        return [str(self.gene_list.item(i).data(GENE_ROLE)) for i in range(self.gene_list.count())]
+
+    def apply_filter(self, text: str = "") -> None:
+        """List the genes matching ``text`` (symbols, then aliases; case-insensitive)."""
+        self.gene_list.clear()
+        genes = self.genes()
+        if not genes:
+            return
+        for m in search_genes(text, genes):
+            label = m.gene if m.alias is None else f"{m.gene}  ({m.alias})"
+            item = QListWidgetItem(label)
+            item.setData(GENE_ROLE, m.gene)
+            aliases = aliases_of(m.gene)
+            if aliases:
+                item.setToolTip(f"{m.gene}: also known as {', '.join(aliases)}")
+            self.gene_list.addItem(item)
+        status = "partial map" if self._store.status != "complete" else "map"
+        shown = self.gene_list.count()
+        self.status.setText(
+            f"{shown} of {len(genes)} genes ({status} {self._store.path.name}). "
+            "Click a gene to overlay its prediction."
+            if shown
+            else f"No gene matches {text!r} (of {len(genes)})."
+        )
+
+    def _on_item_clicked(self, item: QListWidgetItem) -> None:
+        gene = item.data(GENE_ROLE)
+        if gene:
+            self.show_gene(str(gene))
+
+    # ------------------------------------------------------------------ heatmaps
+    def heatmap_layer(self, gene: str) -> Any | None:
+        """This map's heatmap layer of ``gene`` when shown."""
+        if self._store is None:
+            return None
+        path = str(self._store.path)
+        for layer in self.viewer.layers:
+            md = layer.metadata or {}
+            if _is_heatmap(layer) and md.get("gene") == gene and md.get("map") == path:
+                return layer
+        return None
+
+    def show_gene(self, gene: str) -> Any | None:
+        """Overlay ``gene``'s heatmap (or select it when shown) and compare with measured spots."""
+        if self._store is None:
+            self.status.setText("No map to show genes from: choose a slide with a predicted map.")
+            return None
+        t0 = time.perf_counter()
+        layer = self.heatmap_layer(gene)
+        if layer is None:
+            try:
+                data, kwargs, _ = _layers.gene_heatmap_layer_data(
+                    self._store,
+                    gene,
+                    colormap=self.colormap_combo.currentText(),
+                    opacity=self.opacity_slider.value() / 100.0,
+                )
+                layer = self.viewer.add_image(data, **kwargs)
+            except Exception as exc:  # a broken/changed store: say which
+                _common.notify_error(f"{self._store.path}: cannot show {gene!r} ({exc})")
+                return None
+        else:
+            layer.visible = True
+            self.viewer.layers.selection.active = layer
+        self._current = layer
+        self._sync_controls(layer)
+        self.last_click_seconds = time.perf_counter() - t0
+        self.status.setText(f"{gene}: shown in {self.last_click_seconds * 1e3:.0f} ms.")
+        self._compare(gene)
+        return layer
+
+    def target_heatmap(self) -> Any | None:
+        """The heatmap the colormap/opacity controls act on: the selected one, else the last."""
+        active = self.viewer.layers.selection.active
+        if active is not None and _is_heatmap(active):
+            return active
+        if self._current is not None and self._current in self.viewer.layers:
+            return self._current
+        return None
+
+    def _on_active_layer(self, event: Any = None) -> None:
+        if not self._alive():
+            return
+        active = self.viewer.layers.selection.active
+        if active is not None and _is_heatmap(active):
+            self._current = active
+            self._sync_controls(active)
+
+    def _sync_controls(self, layer: Any) -> None:
+        name = layer.colormap.name
+        self.colormap_combo.blockSignals(True)
+        if self.colormap_combo.findText(name) < 0:
+            self.colormap_combo.addItem(name)
+        self.colormap_combo.setCurrentText(name)
+        self.colormap_combo.blockSignals(False)
+        self.opacity_slider.blockSignals(True)
+        self.opacity_slider.setValue(round(float(layer.opacity) * 100))
+        self.opacity_slider.blockSignals(False)
+
+    def _on_colormap(self, name: str) -> None:
+        layer = self.target_heatmap()
+        if layer is not None and name:
+            layer.colormap = name
+
+    def _on_opacity(self, value: int) -> None:
+        layer = self.target_heatmap()
+        if layer is not None:
+            layer.opacity = value / 100.0
+
+    # ------------------------------------------------------------------ measured vs predicted
+    def measured_spots_layer(self) -> Any | None:
+        """The measured-spots layer of the chosen slide: one whose AnnData's source image is
+        the slide file, else the only measured-spots layer of the viewer (if just one)."""
+        slide = self.slide_layer
+        layers = _spot_layer.measured_spot_layers(self.viewer)
+        if slide is None or not layers:
+            return None
+        path = _common.slide_path(slide)
+        if path is not None:
+            for layer in layers:
+                lib = layer.metadata.get("library_id")
+                if mvp.matches_slide(layer.metadata["adata"], path, lib):
+                    return layer
+        return layers[0] if len(layers) == 1 else None
+
+    def _update_measured_status(self) -> None:
+        spots = self.measured_spots_layer()
+        if spots is None:
+            self.pcc_label.setText(
+                "No measured spots for this slide (open its .h5ad or Space Ranger folder to "
+                "compare measured with predicted)."
+            )
+        else:
+            self.pcc_label.setText(f"Measured spots: {spots.name}. Click a gene to compare.")
+
+    def _compare(self, gene: str) -> None:
+        spots = self.measured_spots_layer()
+        if spots is None or self._store is None:
+            self._update_measured_status()
+            return
+        adata = spots.metadata["adata"]
+        if gene not in set(map(str, adata.var_names)):
+            self.pcc_label.setText(f"{gene} is not measured in {spots.name}.")
+        else:
+            self._colour_spots(spots, adata, gene)
+        key = (id(self._store), id(adata))
+        self._pending_gene = gene
+        if self._comparison_key == key and self.comparison is not None:
+            self._show_pcc(gene)
+            return
+        if self._worker is not None and self._worker_key == key:
+            return  # running: it shows the latest clicked gene when done
+        self._start_comparison(self._store, adata, spots.metadata.get("library_id"), key)
+
+    def _colour_spots(self, spots: Any, adata: Any, gene: str) -> None:
+        try:
+            if gene not in spots.features.columns:
+                target_sum, _ = mvp.model_target_sum(self._store)
+                features = spots.features.copy()
+                features[gene] = mvp.measured_values(adata, gene, target_sum)
+                spots.features = features
+            _layers.color_spots_by(spots, gene)
+        except Exception as exc:
+            _common.notify_error(f"{spots.name}: cannot colour the spots by {gene} ({exc})")
+
+    def _start_comparison(self, store: Any, adata: Any, library_id: Any, key: Any) -> None:
+        from napari.qt.threading import create_worker
+
+        self.pcc_label.setText("Comparing measured and predicted values…")
+        worker = create_worker(mvp.cached_compare, store, adata, library_id=library_id)
+        self._worker, self._worker_key = worker, key
+
+        def done(result: mvp.MeasuredVsPredicted) -> None:
+            if not self._alive() or self._store is not store:
+                return
+            self.comparison, self._comparison_key = result, key
+            if self._pending_gene is not None:
+                self._show_pcc(self._pending_gene)
+
+        def failed(exc: BaseException) -> None:
+            _common.notify_error(f"{store.path}: cannot compare with the measured spots ({exc})")
+            if self._alive():
+                self.pcc_label.setText(f"Measured vs predicted: not available ({exc}).")
+
+        def finished() -> None:
+            if self._worker is worker:
+                self._worker, self._worker_key = None, None
+
+        worker.returned.connect(done)
+        worker.errored.connect(failed)
+        worker.finished.connect(finished)
+        worker.start()
+
+    def _show_pcc(self, gene: str) -> None:
+        res = self.comparison
+        if res is None:
+            return
+        n = f"{res.n_spots_used} of {res.n_spots_total} spots"
+        if gene not in res.genes:
+            self.pcc_label.setText(f"{gene} is not a gene of the map.")
+        elif gene in res.missing_genes:
+            self.pcc_label.setText(f"PCC {gene}: not measured in this section.")
+        else:
+            r = res.pcc_of(gene)
+            value = f"{r:.3f}" if math.isfinite(r) else "undefined (constant values)"
+            self.pcc_label.setText(f"PCC {gene} measured vs predicted ({n}): {value}")
+        mean = res.mean_pcc
+        mean_txt = f"{mean:.3f}" if math.isfinite(mean) else "undefined"
+        extra = f", {len(res.zero_variance_genes)} constant" if res.zero_variance_genes else ""
+        self.mean_pcc_label.setText(
+            f"Mean PCC over {res.n_genes_pcc} of {len(res.genes)} genes: {mean_txt} "
+            f"({len(res.missing_genes)} not measured{extra})"
+        )
+
+    # ------------------------------------------------------------------ lifetime
+    def _alive(self) -> bool:
+        """False once Qt deleted the widget (its viewer closed): callbacks disconnect then."""
+        try:
+            self.objectName()
+        except RuntimeError:
+            _common.hub.map_changed.disconnect(self._on_map_changed, missing_ok=True)
+            return False
+        return True
