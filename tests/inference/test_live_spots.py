@@ -1,0 +1,119 @@
+"""Live spot expression: same numbers as predict_circles, chunk cache, memoised spots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_histoexpress.errors import InputFileError
+from napari_histoexpress.inference.live_spots import SpotExpression, rank_genes
+from napari_histoexpress.inference.map_store import DenseMapStore
+from napari_histoexpress.inference.spots import aggregate_circles, circles_to_grid, predict_circles
+
+GENES = [f"g{i}" for i in range(7)]
+
+
+def _store(tmp_path: Path, shape=(150, 130), c=6, chunk=32, dtype="float32", mpp=True):
+    rng = np.random.default_rng(3)
+    W = rng.normal(size=(c, len(GENES))).astype(np.float32)
+    b = rng.normal(size=len(GENES)).astype(np.float32)
+    slide = {"path": "/data/slide.tif", "shape": [shape[0] * 4, shape[1] * 4], "mpp": 0.5}
+    store = DenseMapStore.create(
+        tmp_path / "m.zarr", map_shape=shape, feature_dim=c, genes=GENES, head_W=W, head_b=b,
+        map_mpp=2.0 if mpp else None, chunk=chunk, dtype=dtype,
+        attrs={"slide": slide if mpp else {**slide, "mpp": None}},
+    )  # fmt: skip
+    feats = rng.normal(size=(*shape, c)).astype(np.float32)
+    for y in range(0, shape[0], chunk):
+        for x in range(0, shape[1], chunk):
+            t = SimpleNamespace(map_y0=y, map_x0=x, row=y // chunk, col=x // chunk)
+            store.write_tile(t, feats[y : y + chunk, x : x + chunk])
+            store.mark_done(t)
+    return store
+
+
+def _spots(n: int, seed: int = 0, diameters=(2.0, 8.0, 16.0, 55.0, 100.0)) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "id": [f"s{i}" for i in range(n)],
+            "x_um": rng.uniform(-20, 280, n),  # some over the map's border (260 µm wide)
+            "y_um": rng.uniform(-20, 320, n),
+            "diameter_um": rng.choice(diameters, n),
+        }
+    )
+
+
+def test_values_equal_predict_circles(tmp_path: Path) -> None:
+    store = _store(tmp_path, dtype="float16")
+    spots = _spots(40)
+    expr = SpotExpression(store)
+    vals = expr.values(spots)
+    ref = predict_circles(store, spots)
+    assert vals.shape == (40, len(GENES))
+    assert np.array_equal(np.isnan(vals), np.isnan(ref.X))
+    np.testing.assert_allclose(vals, ref.X, rtol=1e-5, atol=1e-5)  # X is float32
+    # float64 pooled features: equal to aggregate_circles to rounding, bit for bit alone
+    centres, radii = circles_to_grid(
+        spots.x_um.to_numpy(), spots.y_um.to_numpy(), spots.diameter_um.to_numpy(),
+        map_mpp=2.0, slide_mpp=0.5,
+    )  # fmt: skip
+    pooled_ref, area_ref = aggregate_circles(store, centres, radii)
+    fresh = SpotExpression(store)
+    pooled, area = fresh.features(spots)
+    np.testing.assert_allclose(pooled, pooled_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(area, area_ref, rtol=1e-12)
+    for i in (0, 5, 17):
+        one, a1 = SpotExpression(store).features(spots.iloc[[i]])
+        p1, r1 = aggregate_circles(store, centres[[i]], radii[[i]])
+        assert np.array_equal(one, p1, equal_nan=True) and np.array_equal(a1, r1)
+
+
+def test_outside_map_is_nan_and_aggregate_skips_it(tmp_path: Path) -> None:
+    expr = SpotExpression(_store(tmp_path))
+    spots = pd.DataFrame(
+        {"x_um": [100.0, 5000.0, 60.0], "y_um": [100.0, 5000.0, 80.0], "diameter_um": [55.0] * 3}
+    )
+    vals = expr.values(spots)
+    assert np.isnan(vals[1]).all() and np.isfinite(vals[[0, 2]]).all()
+    np.testing.assert_allclose(expr.aggregate(spots), vals[[0, 2]].mean(axis=0), rtol=1e-10)
+    assert np.isnan(expr.aggregate(spots.iloc[[1]])).all()
+    assert np.isnan(expr.aggregate(spots.iloc[[]])).all()
+
+
+def test_chunk_cache_and_memo(tmp_path: Path) -> None:
+    expr = SpotExpression(_store(tmp_path), cache_mb=1.0)
+    spot = pd.DataFrame({"x_um": [100.0], "y_um": [100.0], "diameter_um": [16.0]})
+    first = expr.values(spot)
+    misses = expr.stats.misses
+    assert misses >= 1 and expr.pending(spot) == 0
+    np.testing.assert_array_equal(expr.values(spot), first)  # memoised: no read at all
+    assert expr.stats.misses == misses and expr.stats.hits == 0
+    moved = spot.assign(x_um=101.5)  # same chunk: served from the chunk cache
+    assert expr.pending(moved) == 1
+    assert not np.allclose(expr.values(moved), first)
+    assert expr.stats.misses == misses and expr.stats.hits >= 1
+    # the byte budget bounds the cache (32x32x6 float32 chunks = 24 KiB, budget 1 MiB)
+    many = _spots(200, seed=5, diameters=(100.0,))
+    expr.values(many)
+    assert 0 < expr.stats.bytes <= 1 * 2**20
+    expr.clear_cache()
+    assert expr.stats.bytes == 0 and expr.pending(spot) == 1
+
+
+def test_needs_mpp_and_valid_spots(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match="µm/px"):
+        SpotExpression(_store(tmp_path, mpp=False))
+    expr = SpotExpression(_store(tmp_path / "b"))
+    with pytest.raises(ValueError, match="positive"):
+        expr.values(pd.DataFrame({"x_um": [1.0], "y_um": [1.0], "diameter_um": [0.0]}))
+
+
+def test_rank_genes() -> None:
+    table = rank_genes(["a", "b", "c", "d"], np.array([0.5, np.nan, 2.0, -1.0]))
+    assert table["gene"].tolist() == ["c", "a", "d", "b"]
+    assert table["value"].iloc[0] == 2.0 and np.isnan(table["value"].iloc[-1])
