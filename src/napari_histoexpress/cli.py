@@ -217,16 +217,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_spots(args: argparse.Namespace) -> int:
-    from .inference.spots import predict_circles, read_circles
-    from .io.export import write_csv_atomic, write_h5ad_atomic
+    from .inference.map_store import DenseMapStore
+    from .inference.spots import read_circles
+    from .io.spot_export import export_spots
 
-    adata = predict_circles(args.map, read_circles(args.circles))
-    out = Path(args.out)
-    if out.suffix.lower() == ".csv":
-        write_csv_atomic(adata.to_df().join(adata.obs), out)
-    else:
-        write_h5ad_atomic(adata, out)
-    print(f"{adata.n_obs} circles x {adata.n_vars} genes -> {out}")
+    store = DenseMapStore.open(args.map, mode="r")
+    result = export_spots(store, read_circles(args.circles), args.out)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{result.n_spots} circles x {result.n_genes} genes -> {result.path}")
     return 0
 
 

@@ -109,6 +109,8 @@ def test_cli_train_predict_spots_on_sample(tmp_path: Path) -> None:
     assert main(["spots", "--map", str(store), "--circles", str(circles), "--out", str(out)]) == 0
     spots = ad.read_h5ad(out)
     assert spots.shape == (2, 5) and np.isfinite(spots.X).all()
+    (lib,) = spots.uns["spatial"].values()  # ready for sc.pl.spatial: image + scalefactors
+    assert lib["images"]["hires"].ndim == 3 and lib["scalefactors"]["tissue_hires_scalef"] > 0
     csv = tmp_path / "spots.csv"
     assert main(["spots", "--map", str(store), "--circles", str(circles), "--out", str(csv)]) == 0
     assert len(pd.read_csv(csv)) == 2
