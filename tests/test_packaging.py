@@ -68,7 +68,9 @@ def test_wheel_carries_real_manifest_and_sample_data(wheel: Path) -> None:
         names = set(zf.namelist())
         assert "napari_histoexpress/napari.yaml" in names
         assert zf.read("napari_histoexpress/napari.yaml") == (REPO / "napari.yaml").read_bytes()
-        shipped = sorted(p.name for p in (REPO / "sample_data").iterdir() if p.is_file())
+        root = REPO / "sample_data"
+        shipped = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        assert "demo_run/weights.safetensors" in shipped
         for name in shipped:
             member = f"napari_histoexpress/sample_data/{name}"
             assert member in names, member

@@ -1,10 +1,15 @@
 """napari reader contribution: slides (one multiscale RGB layer) and ST data (slide + spots).
 
-Dispatch only; the reading is done by :mod:`napari_histoexpress.io`.
+Dispatch only; the reading is done by :mod:`napari_histoexpress.io`. A slide whose project
+folder already holds a complete dense-map store (:func:`napari_histoexpress.project.complete_map`)
+opens with that store recorded in ``metadata["histoexpress_map"]`` (the key of
+``widgets._common.MAP_KEY``), so a slide predicted once shows its genes again with no
+computation.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +17,26 @@ from typing import Any
 from ._layers import LayerDataTuple, slide_layer_data, st_layers
 
 ReaderFunction = Callable[[Any], list[LayerDataTuple]]
+
+#: Slide-layer metadata key of its map store (same as ``widgets._common.MAP_KEY``; the
+#: reader does not import the widgets).
+MAP_KEY = "histoexpress_map"
+
+log = logging.getLogger(__name__)
+
+
+def _with_stored_map(layer: LayerDataTuple, slide_path: Path) -> LayerDataTuple:
+    """Record the slide's stored complete map (if any) in the layer's metadata."""
+    from .project import complete_map
+
+    try:
+        stored = complete_map(slide_path)
+    except OSError as exc:  # an unreadable project folder never blocks opening the slide
+        log.warning("%s: cannot look for stored maps (%s)", slide_path, exc)
+        stored = None
+    if stored is not None:
+        layer[1]["metadata"][MAP_KEY] = str(stored)
+    return layer
 
 
 def _is_spaceranger_folder(path: Path) -> bool:
@@ -52,7 +77,7 @@ def read(path: str | Sequence[str]) -> list[LayerDataTuple]:
         if _kind(p) == "slide":
             from .io.slides import open_slide
 
-            layers.append(slide_layer_data(open_slide(p)))
+            layers.append(_with_stored_map(slide_layer_data(open_slide(p)), p))
         else:
             from .io.st_datasets import read_st_dataset
 

@@ -192,25 +192,18 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- dense maps
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .inference.predict_slide import predict_slide
-    from .models.checkpoint import load_checkpoint
+    from .inference.predict_run import predict_with_run
 
-    model, meta = load_checkpoint(args.run)
-    if not hasattr(model, "features"):
-        raise HistoExpressError(f"{args.run}: model {meta['model']!r} has no dense map")
-    report = predict_slide(
-        model,
+    report = predict_with_run(
+        args.run,
         args.slide,
         args.out,
-        model_mpp=float(meta["extra"]["microns_per_pixel"]),
         slide_mpp=args.mpp,
         tile_px=args.tile_px,
-        device=args.device,
         batch_size=args.batch_size,
+        device=args.device,
         progress=True,
         resume=not args.restart,
-        genes=list(meta["genes"]),
-        provenance={"run_dir": str(Path(args.run).resolve()), "model": meta["model"]},
     )
     print(report.summary())
     return 0

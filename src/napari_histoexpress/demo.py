@@ -35,6 +35,35 @@ DEMO_TRAINING: dict[str, Any] = {
 }
 
 
+#: Folder name of the bundled demo run inside ``sample_data/`` (``scripts/make_demo_run.py``).
+DEMO_RUN_FOLDER = "demo_run"
+
+
+def bundled_demo_run() -> Path:
+    """The run folder shipped with the package: a small PixNet trained on the sample's spots.
+
+    ``sample_data/demo_run/`` (``config.json`` + float16 ``weights.safetensors``), made by
+    ``scripts/make_demo_run.py``: ResNet18 stem + layer1–2 with a 32-channel decoder at
+    4 µm/px, trained on the 207 measured spots of the synthetic sample. It is for trying the
+    plugin on the sample slide, not for real tissue. Raises :class:`InputFileError` when the
+    install does not carry it.
+    """
+    from .errors import InputFileError
+    from .io.synthetic import shipped_sample_folder
+    from .models.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+
+    folder = shipped_sample_folder()
+    candidates = [folder / DEMO_RUN_FOLDER] if folder is not None else []
+    candidates.append(Path(__file__).resolve().parents[2] / "sample_data" / DEMO_RUN_FOLDER)
+    for run in candidates:
+        if (run / CONFIG_NAME).is_file() and (run / WEIGHTS_NAME).is_file():
+            return run
+    raise InputFileError(
+        candidates[0],
+        "the bundled demo run is not installed; regenerate it with scripts/make_demo_run.py",
+    )
+
+
 def _measured_part(out: Path, log: Callable[[str], None]) -> tuple[Any, Any, dict[str, Path]]:
     import anndata as ad
 

@@ -80,10 +80,14 @@ def project_dir(slide_path: str | os.PathLike[str], *, create: bool = False) -> 
     return folder
 
 
-def default_map_path(slide_path: str | os.PathLike[str], run_dir: str | os.PathLike[str]) -> Path:
-    """``<project>/maps/<run folder name>.zarr`` (folders created)."""
-    maps = project_dir(slide_path, create=True) / MAPS_FOLDER
-    maps.mkdir(exist_ok=True)
+def default_map_path(
+    slide_path: str | os.PathLike[str], run_dir: str | os.PathLike[str], *, create: bool = True
+) -> Path:
+    """``<project>/maps/<run folder name>.zarr`` (folders created unless ``create=False``,
+    e.g. to show the path before predicting)."""
+    maps = project_dir(slide_path, create=create) / MAPS_FOLDER
+    if create:
+        maps.mkdir(exist_ok=True)
     return maps / f"{Path(run_dir).resolve().name}.zarr"
 
 
@@ -102,6 +106,19 @@ def find_maps(slide_path: str | os.PathLike[str]) -> list[Path]:
             found.append((status == "complete", path.stat().st_mtime, path))
     found.sort(key=lambda t: (not t[0], -t[1]))
     return [p for _, _, p in found]
+
+
+def complete_map(slide_path: str | os.PathLike[str]) -> Path | None:
+    """The slide's most recent *complete* map store (:func:`find_maps`), or ``None``."""
+    from .inference.map_store import DenseMapStore
+
+    for path in find_maps(slide_path):
+        try:
+            if DenseMapStore.open(path, mode="r").status == "complete":
+                return path
+        except Exception:  # skipped, as in find_maps
+            continue
+    return None
 
 
 def spots_path(slide_path: str | os.PathLike[str]) -> Path:

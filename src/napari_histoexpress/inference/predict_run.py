@@ -1,0 +1,141 @@
+"""Whole-slide prediction with a trained run folder (Qt-free; the CLI and the Predict widget).
+
+:func:`predict_with_run` = load the run's checkpoint (:func:`~..models.checkpoint.load_checkpoint`,
+any registered model), check it can make a dense map, then :func:`~.predict_slide.predict_slide`
+at the run's training resolution (``config.json`` → ``extra.microns_per_pixel``) with the
+run's gene names, and the run folder and model name recorded in the store's provenance.
+
+:func:`check_run` does the cheap part (read and check ``config.json``, no weights) so a user
+interface can say at once whether a folder is usable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import HistoExpressError, InputFileError
+from .predict_slide import PredictionReport
+
+__all__ = ["RunInfo", "check_run", "predict_with_run", "run_model_mpp"]
+
+
+class RunInfo:
+    """What :func:`check_run` found in a run folder's ``config.json``."""
+
+    def __init__(self, run_dir: Path, meta: dict[str, Any]) -> None:
+        self.run_dir = run_dir
+        self.meta = meta
+        self.model = str(meta["model"])
+        self.genes = [str(g) for g in meta["genes"]]
+        self.model_mpp = run_model_mpp(run_dir, meta)
+
+    def describe(self) -> str:
+        return (
+            f"{self.run_dir.name}: {self.model}, {len(self.genes)} genes, {self.model_mpp:g} µm/px"
+        )
+
+
+def run_model_mpp(run_dir: str | os.PathLike[str], meta: dict[str, Any]) -> float:
+    """The working µm/px a run was trained at (``extra.microns_per_pixel``)."""
+    from ..models.checkpoint import CONFIG_NAME
+
+    value = (meta.get("extra") or {}).get("microns_per_pixel")
+    try:
+        mpp = float(value)
+    except (TypeError, ValueError):
+        mpp = float("nan")
+    if not mpp > 0:
+        raise InputFileError(
+            Path(run_dir) / CONFIG_NAME,
+            f"the run does not record its working resolution (extra.microns_per_pixel = "
+            f"{value!r}); it cannot predict a slide",
+        )
+    return mpp
+
+
+def check_run(run_dir: str | os.PathLike[str]) -> RunInfo:
+    """Read and check a run folder's ``config.json`` (no weights are loaded).
+
+    Raises :class:`InputFileError` when it is not a checkpoint folder or lacks its µm/px.
+    """
+    from ..models.checkpoint import read_checkpoint_config
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputFileError(run_dir, "run folder not found")
+    return RunInfo(run_dir, read_checkpoint_config(run_dir))
+
+
+def _is_dense(model: Any) -> bool:
+    return callable(getattr(model, "features", None)) and callable(
+        getattr(model, "head_weights", None)
+    )
+
+
+def predict_with_run(
+    run_dir: str | os.PathLike[str],
+    slide_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    slide_mpp: float | None = None,
+    tile_px: int = 512,
+    batch_size: int = 4,
+    device: str = "auto",
+    progress: Callable[[int, int], None] | Any | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume: bool = True,
+) -> PredictionReport:
+    """Predict the dense map of ``slide_path`` with the run in ``run_dir`` into ``out_path``.
+
+    Args:
+        run_dir: a checkpoint folder (``config.json`` + ``weights.safetensors``).
+        slide_path: the slide file.
+        out_path: the map store to write (resumed when it exists and ``resume``).
+        slide_mpp: the slide's µm/px when its file does not say.
+        tile_px, batch_size: as :func:`~.predict_slide.predict_slide`.
+        device: ``'auto'``, ``'cpu'``, ``'cuda'`` or ``'mps'`` (an unavailable one raises
+            :class:`HistoExpressError` before anything is loaded).
+        progress: ``callable(done, total)``, a tqdm-like bar, or ``True`` for a tqdm bar.
+        should_stop: polled before each batch; True stops cleanly (a partial, resumable store).
+        resume: keep finished tiles of an existing compatible store.
+
+    Raises:
+        InputFileError: not a run folder, weights that do not fit, no µm/px in the run or
+            the slide, an unreadable slide, an incompatible store to resume.
+        HistoExpressError: the run's model makes no dense map (e.g. the ridge baseline),
+            or the device is unavailable.
+    """
+    from ..devices import resolve_device
+    from ..models.checkpoint import load_checkpoint
+    from .predict_slide import predict_slide
+
+    run_dir = Path(run_dir)
+    info = check_run(run_dir)
+    try:
+        torch_device = resolve_device(device)
+    except ValueError as exc:
+        raise HistoExpressError(f"{exc}; choose 'auto' or 'cpu'") from exc
+    model, meta = load_checkpoint(run_dir)
+    if not _is_dense(model):
+        raise HistoExpressError(
+            f"{run_dir}: model {meta['model']!r} has no dense map; only dense-map models "
+            "(e.g. pixnet) can predict a whole slide"
+        )
+    return predict_slide(
+        model,
+        slide_path,
+        out_path,
+        model_mpp=info.model_mpp,
+        slide_mpp=slide_mpp,
+        tile_px=tile_px,
+        device=torch_device,
+        batch_size=batch_size,
+        progress=progress,
+        should_stop=should_stop,
+        resume=resume,
+        genes=list(meta["genes"]),
+        provenance={"run_dir": str(run_dir.resolve()), "model": meta["model"]},
+    )

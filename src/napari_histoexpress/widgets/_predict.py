@@ -1,0 +1,455 @@
+"""The Predict dock widget: a trained run + a slide layer → the slide's dense-map store.
+
+Thin: the work is :func:`napari_histoexpress.inference.predict_run.predict_with_run`, run in a
+napari ``thread_worker`` that yields ``(done, total)`` progress to the GUI thread. The store
+goes to the slide's project folder (:func:`napari_histoexpress.project.default_map_path`);
+Cancel stops before the next batch and leaves a valid partial store, which the next Predict
+resumes (finished tiles kept). On success the store is recorded on the slide layer with
+:func:`._common.set_slide_map` (the Genes widget then lists its genes).
+
+Reuse: when a slide layer is inserted or selected and its slide already has a complete map
+(:func:`napari_histoexpress.project.complete_map`), that map is set at once, with no
+computation.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import _common
+
+if TYPE_CHECKING:
+    import napari
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+#: Tile core side (working px): the CLI's default.
+DEFAULT_TILE_PX = 512
+
+
+def _predict_generator(
+    run_dir: Path,
+    slide: Path,
+    out: Path,
+    slide_mpp: float | None,
+    device: str,
+    tile_px: int,
+    stop: threading.Event,
+) -> Any:
+    """Generator run by the worker: yields ``(done, total)``, returns ``{"report": ...}`` or
+    ``{"error": exception}``.
+
+    :func:`predict_with_run` reports progress through a callback; it runs in a helper
+    thread whose callbacks are queued and yielded here, so the worker can stream them.
+    Errors are returned, not raised: the widget shows them with ``notify_error`` (a raised
+    one would also pop up napari's traceback notification).
+    """
+    from ..inference.predict_run import predict_with_run
+
+    updates: queue.Queue[tuple[int, int] | None] = queue.Queue()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["report"] = predict_with_run(
+                run_dir,
+                slide,
+                out,
+                slide_mpp=slide_mpp,
+                device=device,
+                tile_px=tile_px,
+                progress=lambda done, total: updates.put((done, total)),
+                should_stop=stop.is_set,
+                resume=True,
+            )
+        except Exception as exc:  # handed to the GUI thread, shown by the widget
+            outcome["error"] = exc
+        finally:
+            updates.put(None)
+
+    thread = threading.Thread(target=target, name="histoexpress-predict", daemon=True)
+    thread.start()
+    while (item := updates.get()) is not None:
+        yield item
+    thread.join()
+    return outcome
+
+
+class PredictWidget(QWidget):
+    """Predict a slide layer's dense gene-expression map with a trained run folder."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._layers: list[Any] = []
+        self._worker: Any = None
+        self._stop = threading.Event()
+        self._job: dict[str, Any] = {}
+        #: The last finished prediction's report (``None`` before any).
+        self.last_report: Any = None
+
+        self.slide_combo = QComboBox()
+        self.run_edit = QLineEdit()
+        self.run_edit.setPlaceholderText("run folder (config.json + weights.safetensors)")
+        self.browse_button = QPushButton("Browse…")
+        self.demo_button = QPushButton("Bundled demo run")
+        self.demo_button.setToolTip(
+            "A small PixNet trained on the synthetic sample (for trying the plugin on it)"
+        )
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICES)
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(64, 4096)
+        self.tile_spin.setSingleStep(64)
+        self.tile_spin.setValue(DEFAULT_TILE_PX)
+        self.tile_spin.setToolTip("tile core side in working pixels (a multiple of 32)")
+        self.out_label = QLabel("—")
+        self.out_label.setWordWrap(True)
+        self.out_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.predict_button = QPushButton("Predict")
+        self.cancel_button = QPushButton("Cancel")
+        self.progress_bar = QProgressBar()
+        self.rate_label = QLabel("")
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+
+        run_row = QHBoxLayout()
+        run_row.addWidget(self.run_edit, 1)
+        run_row.addWidget(self.browse_button)
+        form = QFormLayout()
+        form.addRow("slide", self.slide_combo)
+        form.addRow("run", run_row)
+        form.addRow("", self.demo_button)
+        form.addRow("device", self.device_combo)
+        form.addRow("tile px", self.tile_spin)
+        form.addRow("map store", self.out_label)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.predict_button)
+        buttons.addWidget(self.cancel_button)
+        progress_row = QHBoxLayout()
+        progress_row.addWidget(self.progress_bar, 1)
+        progress_row.addWidget(self.rate_label)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addLayout(progress_row)
+        layout.addWidget(self.status_label)
+        layout.addStretch(1)
+
+        self.slide_combo.currentIndexChanged.connect(self._on_slide_selected)
+        self.run_edit.editingFinished.connect(self._on_run_changed)
+        self.browse_button.clicked.connect(self._browse)
+        self.demo_button.clicked.connect(self.use_demo_run)
+        self.device_combo.currentTextChanged.connect(self._on_device_changed)
+        self.predict_button.clicked.connect(self.predict)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        self.viewer.layers.events.removed.connect(self._on_layers_changed)
+        _common.hub.map_changed.connect(self._on_map_changed)
+
+        self._refresh_slides()
+        for layer in _common.slide_layers(self.viewer):
+            self._reuse_stored_map(layer)
+        self._set_busy(False)
+        self._update_status()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def current_layer(self) -> Any | None:
+        i = self.slide_combo.currentIndex()
+        return self._layers[i] if 0 <= i < len(self._layers) else None
+
+    def run_dir(self) -> Path | None:
+        text = self.run_edit.text().strip()
+        return Path(text).expanduser() if text else None
+
+    def output_path(self, *, create: bool = False) -> Path | None:
+        """Where the selected slide's map goes for the chosen run (``None`` if unknown)."""
+        from ..project import default_map_path
+
+        layer, run = self.current_layer(), self.run_dir()
+        path = _common.slide_path(layer) if layer is not None else None
+        if path is None or run is None:
+            return None
+        return default_map_path(path, run, create=create)
+
+    def _set_busy(self, busy: bool) -> None:
+        self.predict_button.setEnabled(not busy and bool(self._layers))
+        self.cancel_button.setEnabled(busy)
+        for w in (
+            self.slide_combo,
+            self.run_edit,
+            self.browse_button,
+            self.demo_button,
+            self.device_combo,
+            self.tile_spin,
+        ):
+            w.setEnabled(not busy)
+
+    def _set_status(self, text: str) -> None:
+        self.status_label.setText(text)
+
+    # ------------------------------------------------------------------ layers
+    def _refresh_slides(self) -> None:
+        current = self.current_layer()
+        self._layers = _common.slide_layers(self.viewer)
+        self.slide_combo.blockSignals(True)
+        self.slide_combo.clear()
+        self.slide_combo.addItems([layer.name for layer in self._layers])
+        if current is not None and current in self._layers:
+            self.slide_combo.setCurrentIndex(self._layers.index(current))
+        self.slide_combo.blockSignals(False)
+        if not self.busy:
+            self._set_busy(False)
+        self._update_output()
+
+    def _on_layer_inserted(self, event: Any) -> None:
+        layer = getattr(event, "value", None)
+        self._refresh_slides()
+        if layer is not None and _common.is_slide_layer(layer):
+            if not self.busy:
+                self.slide_combo.setCurrentIndex(self._layers.index(layer))
+            self._reuse_stored_map(layer)
+        self._update_status()
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        self._refresh_slides()
+        self._update_status()
+
+    def _on_slide_selected(self, index: int) -> None:
+        layer = self.current_layer()
+        if layer is not None:
+            self._reuse_stored_map(layer)
+        self._update_output()
+        self._update_status()
+
+    def _on_map_changed(self, layer: Any) -> None:
+        try:
+            if layer is self.current_layer() and not self.busy:
+                self._update_status()
+        except RuntimeError:  # this widget's Qt object is gone (viewer closed)
+            _common.hub.map_changed.disconnect(self._on_map_changed)
+
+    def _reuse_stored_map(self, layer: Any) -> None:
+        """Set a complete stored map of the layer's slide, if it has none yet."""
+        from ..project import complete_map
+
+        if _common.slide_map_path(layer) is not None:
+            return
+        path = _common.slide_path(layer)
+        if path is None:
+            return
+        try:
+            stored = complete_map(path)
+        except OSError:
+            return
+        if stored is not None:
+            _common.set_slide_map(layer, stored)
+
+    # ------------------------------------------------------------------ inputs
+    def _browse(self) -> None:
+        start = str(self.run_dir() or Path.home())
+        folder = QFileDialog.getExistingDirectory(self, "Choose a trained run folder", start)
+        if folder:
+            self.set_run_dir(folder)
+
+    def use_demo_run(self) -> None:
+        """Choose the run bundled with the package (``demo.bundled_demo_run``)."""
+        from ..demo import bundled_demo_run
+
+        try:
+            self.set_run_dir(bundled_demo_run())
+        except Exception as exc:
+            _common.notify_error(exc)
+
+    def set_run_dir(self, path: str | Path) -> None:
+        self.run_edit.setText(str(path))
+        self._on_run_changed()
+
+    def _on_run_changed(self) -> None:
+        self._update_output()
+        self._update_status()
+
+    def _on_device_changed(self, device: str) -> None:
+        problem = self._device_problem(device)
+        if problem:
+            _common.notify_error(problem)
+            self._set_status(problem)
+
+    @staticmethod
+    def _device_problem(device: str) -> str | None:
+        from ..devices import resolve_device
+
+        try:
+            resolve_device(device)
+        except ValueError as exc:
+            return f"{exc}; choose 'auto' or 'cpu'"
+        return None
+
+    def _update_output(self) -> None:
+        try:
+            out = self.output_path()
+        except OSError:
+            out = None
+        self.out_label.setText(str(out) if out is not None else "—")
+
+    def _update_status(self) -> None:
+        """Say what the widget can do now (idle only)."""
+        if self.busy:
+            return
+        layer = self.current_layer()
+        if layer is None:
+            self._set_status("No slide layer: open a slide (File ▸ Open) to predict its map.")
+            return
+        stored = _common.slide_map_path(layer)
+        if stored is not None:
+            self._set_status(f"Using stored map {stored}")
+            return
+        if _common.slide_path(layer) is None:
+            self._set_status(f"{layer.name}: no slide file behind this layer; open the slide.")
+            return
+        run = self.run_dir()
+        if run is None:
+            self._set_status("Choose a run folder (Browse…) or the bundled demo run.")
+            return
+        from ..inference.predict_run import check_run
+
+        try:
+            info = check_run(run)
+        except Exception as exc:
+            self._set_status(str(exc))
+            return
+        out = self.output_path()
+        partial = out is not None and out.exists()
+        self._set_status(
+            f"Ready: {info.describe()}."
+            + (" A partial map exists: Predict resumes it." if partial else "")
+        )
+
+    # ------------------------------------------------------------------ run
+    def predict(self) -> None:
+        """Start predicting the selected slide with the chosen run (in a thread worker)."""
+        from napari.qt.threading import thread_worker
+
+        from ..inference.predict_run import check_run
+
+        if self.busy:
+            return
+        layer = self.current_layer()
+        try:
+            if layer is None:
+                raise ValueError("no slide layer: open a slide first")
+            slide = _common.slide_path(layer)
+            if slide is None:
+                raise ValueError(f"{layer.name}: this layer has no slide file to predict")
+            mpp = _common.slide_mpp(layer)
+            if mpp is None:
+                raise ValueError(
+                    f"{slide}: the slide's µm/px is unknown; set it with "
+                    "napari_histoexpress.set_microns_per_pixel(layer, mpp) first"
+                )
+            run = self.run_dir()
+            if run is None:
+                raise ValueError("choose a run folder (Browse…) or the bundled demo run")
+            check_run(run)
+            device = self.device_combo.currentText()
+            problem = self._device_problem(device)
+            if problem:
+                raise ValueError(problem)
+            tile_px = int(self.tile_spin.value())
+            if tile_px % 32:
+                raise ValueError(f"tile px must be a multiple of 32, got {tile_px}")
+            out = self.output_path(create=True)
+            assert out is not None
+        except Exception as exc:
+            _common.notify_error(exc)
+            self._set_status(f"Error: {_common._describe(exc)}")
+            return
+
+        self._stop.clear()
+        self._job = {"layer": layer, "out": out, "t0": None, "done0": 0}
+        self.progress_bar.setRange(0, 0)  # busy until the first update
+        self.rate_label.setText("")
+        self._set_status(f"Predicting {layer.name} with {run.name} → {out}")
+        worker = thread_worker(_predict_generator, start_thread=False, ignore_errors=True)(
+            run, slide, out, mpp, device, tile_px, self._stop
+        )
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self._set_busy(True)
+        worker.start()
+
+    def cancel(self) -> None:
+        """Stop after the current batch; the partial store stays valid and resumable."""
+        if self.busy:
+            self._stop.set()
+            self.cancel_button.setEnabled(False)
+            self._set_status("Cancelling after the current batch…")
+
+    def _on_progress(self, update: tuple[int, int]) -> None:
+        done, total = update
+        now = time.perf_counter()
+        if self._job.get("t0") is None:
+            self._job["t0"], self._job["done0"] = now, done
+        self.progress_bar.setRange(0, max(1, total))
+        self.progress_bar.setValue(done)
+        elapsed = now - self._job["t0"]
+        computed = done - self._job["done0"]
+        if elapsed > 0 and computed > 0:
+            self.rate_label.setText(f"{computed / elapsed:.2f} tiles/s")
+        self._job["last"] = update
+
+    def _on_returned(self, outcome: dict[str, Any]) -> None:
+        report = outcome.get("report")
+        if report is None:
+            self._on_errored(outcome.get("error") or RuntimeError("the prediction stopped"))
+            return
+        self.last_report = report
+        layer, out = self._job.get("layer"), self._job.get("out")
+        if report.status == "complete":
+            self.progress_bar.setRange(0, 1)
+            self.progress_bar.setValue(1)
+            self.rate_label.setText(f"{report.tiles_per_s:.2f} tiles/s")
+            if layer is not None:
+                _common.set_slide_map(layer, out)
+            _common.notify_info(f"Prediction finished: {report.summary()}")
+            self._set_status(f"Done: {report.summary()}")
+        else:
+            done = self._job.get("last", (0, report.n_tiles))[0]
+            self._set_status(
+                f"Cancelled: {done} of {report.n_tiles} tiles done; the partial map "
+                f"{out} is kept and Predict resumes it."
+            )
+
+    def _on_errored(self, exc: BaseException) -> None:
+        _common.notify_error(exc)
+        self._set_status(f"Error: {_common._describe(exc)}")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._job.pop("t0", None)
+        self._set_busy(False)

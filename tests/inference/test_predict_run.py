@@ -1,0 +1,139 @@
+"""predict_with_run: a run folder + a slide -> a dense-map store (what the CLI and widget call)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_histoexpress.errors import HistoExpressError, InputFileError
+from napari_histoexpress.inference.map_store import DenseMapStore
+from napari_histoexpress.inference.predict_run import check_run, predict_with_run
+from napari_histoexpress.inference.predict_slide import predict_slide
+from napari_histoexpress.models.checkpoint import load_checkpoint, save_checkpoint
+from napari_histoexpress.models.registry import register_model
+
+GENES = ["ERBB2", "KRT19", "PTPRC"]
+MODEL_MPP = 4.0
+
+
+@pytest.fixture(scope="module")
+def sample_slide() -> Path:
+    from napari_histoexpress.io.synthetic import sample_paths
+
+    return Path(sample_paths()["image"])
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from napari_histoexpress.models.pixnet import PixNet, PixNetConfig
+
+    torch.manual_seed(0)
+    model = PixNet(PixNetConfig(n_genes=len(GENES), out_indices=(1, 2), decoder_dim=8)).eval()
+    run = tmp_path_factory.mktemp("runs") / "tiny_run"
+    save_checkpoint(run, model, {"note": "test"}, GENES, extra={"microns_per_pixel": MODEL_MPP})
+    return run
+
+
+def test_same_map_as_predict_slide_with_provenance(
+    run_dir: Path, sample_slide: Path, tmp_path: Path
+) -> None:
+    report = predict_with_run(run_dir, sample_slide, tmp_path / "a.zarr", tile_px=128, device="cpu")
+    assert report.status == "complete" and report.n_computed > 0
+    model, _ = load_checkpoint(run_dir)
+    predict_slide(
+        model, sample_slide, tmp_path / "b.zarr", model_mpp=MODEL_MPP, tile_px=128,
+        device="cpu", genes=GENES,
+    )  # fmt: skip
+    a = DenseMapStore.open(tmp_path / "a.zarr")
+    b = DenseMapStore.open(tmp_path / "b.zarr")
+    assert a.genes == GENES
+    assert a.map_mpp == pytest.approx(MODEL_MPP * model.feature_stride)
+    np.testing.assert_array_equal(np.asarray(a.features_level(0)), np.asarray(b.features_level(0)))
+    prov = a.attrs["provenance"]
+    assert prov["run_dir"] == str(run_dir.resolve())
+    assert prov["model"] == "pixnet"
+
+
+def test_cancel_then_resume_keeps_finished_tiles(
+    run_dir: Path, sample_slide: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "m.zarr"
+    seen: list[tuple[int, int]] = []
+
+    def stop() -> bool:  # stop once the first batch is written
+        return any(done > seen[0][0] for done, _ in seen)
+
+    first = predict_with_run(
+        run_dir, sample_slide, out, tile_px=64, device="cpu",
+        progress=lambda d, t: seen.append((d, t)), should_stop=stop,
+    )  # fmt: skip
+    assert first.status == "partial"
+    assert 0 < first.n_computed < first.n_tiles - first.n_skipped_background
+    done_before = DenseMapStore.open(out).done_mask.copy()
+    second = predict_with_run(run_dir, sample_slide, out, tile_px=64, device="cpu")
+    assert second.status == "complete"
+    assert second.n_already_done == int(done_before.sum())
+    assert second.n_computed == first.n_tiles - int(done_before.sum())
+
+
+def test_errors_name_the_run(run_dir: Path, sample_slide: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match="not a checkpoint folder"):
+        predict_with_run(tmp_path, sample_slide, tmp_path / "x.zarr")
+    with pytest.raises(InputFileError, match="run folder not found"):
+        check_run(tmp_path / "missing")
+
+    no_mpp = tmp_path / "no_mpp"
+    no_mpp.mkdir()
+    meta = json.loads((run_dir / "config.json").read_text())
+    meta["extra"] = {}
+    (no_mpp / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(InputFileError, match=r"config\.json.*microns_per_pixel"):
+        predict_with_run(no_mpp, sample_slide, tmp_path / "x.zarr")
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_unavailable_device_is_refused(
+    run_dir: Path, sample_slide: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(HistoExpressError, match="CUDA is not available"):
+        predict_with_run(run_dir, sample_slide, tmp_path / "x.zarr", device="cuda")
+
+
+@register_model("test-spot-only")
+class _SpotOnly(torch.nn.Module):
+    """A registered model without a dense map (like the ridge baseline)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(2))
+
+    @classmethod
+    def from_config(cls, config: dict) -> _SpotOnly:
+        return cls()
+
+    def config_dict(self) -> dict:
+        return {}
+
+
+def test_model_without_dense_map_is_refused(sample_slide: Path, tmp_path: Path) -> None:
+    run = tmp_path / "spot_run"
+    save_checkpoint(run, _SpotOnly(), {}, ["A", "B"], extra={"microns_per_pixel": 2.0})
+    with pytest.raises(HistoExpressError, match=r"spot_run.*'test-spot-only' has no dense map"):
+        predict_with_run(run, sample_slide, tmp_path / "x.zarr", device="cpu")
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_slide_without_mpp(run_dir: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    png = tmp_path / "plain.png"
+    Image.fromarray(np.full((256, 256, 3), 200, np.uint8)).save(png)
+    with pytest.raises(InputFileError, match=r"plain\.png.*µm per pixel unknown"):
+        predict_with_run(run_dir, png, tmp_path / "x.zarr", device="cpu")
+    report = predict_with_run(run_dir, png, tmp_path / "y.zarr", slide_mpp=0.5, device="cpu")
+    assert report.status == "complete"
