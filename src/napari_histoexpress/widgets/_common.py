@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from psygnal import Signal
+from qtpy.QtWidgets import QComboBox
 
 log = logging.getLogger(__name__)
 
@@ -111,3 +112,49 @@ def _describe(exc: BaseException) -> str:
         if type(exc).__module__.startswith("napari_histoexpress")
         else (f"{type(exc).__name__}: {text}")
     )
+
+
+class SlideCombo(QComboBox):
+    """A combo box of the viewer's slide layers (optionally only those with a map) that
+    keeps the chosen layer when the list is refreshed. ``currentIndexChanged`` fires only
+    when the user (or :meth:`select`) changes the choice, not on :meth:`refresh`."""
+
+    def __init__(self, viewer: Any, *, require_map: bool = False, parent: Any = None) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self._require_map = require_map
+        self._layers: list[Any] = []
+
+    @property
+    def layers(self) -> list[Any]:
+        return list(self._layers)
+
+    def current_layer(self) -> Any | None:
+        i = self.currentIndex()
+        return self._layers[i] if 0 <= i < len(self._layers) else None
+
+    def select(self, layer: Any) -> None:
+        """Choose ``layer`` (if listed)."""
+        for i, candidate in enumerate(self._layers):
+            if candidate is layer:
+                self.setCurrentIndex(i)
+                return
+
+    def refresh(self) -> bool:
+        """Re-list the slide layers; returns whether the chosen layer changed."""
+        layers = [
+            layer
+            for layer in slide_layers(self._viewer)
+            if not self._require_map or slide_map(layer) is not None
+        ]
+        current = self.current_layer()
+        if [id(x) for x in layers] != [id(x) for x in self._layers]:
+            self.blockSignals(True)
+            self._layers = layers
+            self.clear()
+            self.addItems([layer.name for layer in layers])
+            for i, layer in enumerate(layers):
+                if layer is current:
+                    self.setCurrentIndex(i)
+            self.blockSignals(False)
+        return self.current_layer() is not current

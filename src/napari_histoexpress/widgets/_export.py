@@ -53,14 +53,13 @@ class ExportWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self._slides: list[Any] = []
         self._watched: list[Any] = []
         self._worker: Any | None = None
         self._path_is_default = True
         #: the last successful export (``None`` before)
         self.last_result: ExportResult | None = None
 
-        self.slide_combo = QComboBox()
+        self.slide_combo = _common.SlideCombo(self.viewer)
         self.spots_combo = QComboBox()
         self.spots_combo.addItems(list(SPOT_CHOICES))
         self.format_combo = QComboBox()
@@ -100,8 +99,7 @@ class ExportWidget(QWidget):
     # ------------------------------------------------------------------ choices
     @property
     def slide_layer(self) -> Any | None:
-        i = self.slide_combo.currentIndex()
-        return self._slides[i] if 0 <= i < len(self._slides) else None
+        return self.slide_combo.current_layer()
 
     @property
     def export_format(self) -> str:
@@ -109,16 +107,7 @@ class ExportWidget(QWidget):
 
     def refresh_slides(self) -> None:
         """Re-list the slide layers (keeping the current one when possible)."""
-        current = self.slide_layer
-        slides = _common.slide_layers(self.viewer)
-        if [id(s) for s in slides] != [id(s) for s in self._slides]:
-            self._slides = slides
-            self.slide_combo.blockSignals(True)
-            self.slide_combo.clear()
-            self.slide_combo.addItems([layer.name for layer in slides])
-            if current is not None and any(current is s for s in slides):
-                self.slide_combo.setCurrentIndex([id(s) for s in slides].index(id(current)))
-            self.slide_combo.blockSignals(False)
+        self.slide_combo.refresh()
         self._on_slide_changed()
 
     def spots(self) -> pd.DataFrame:

@@ -47,7 +47,6 @@ class GenesWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self._slides: list[Any] = []
         self._store: Any | None = None
         self._current: Any | None = None  # last heatmap layer shown / selected
         self._worker: Any | None = None
@@ -59,7 +58,7 @@ class GenesWidget(QWidget):
         #: seconds the last click took to create (or select) the heatmap layer
         self.last_click_seconds: float | None = None
 
-        self.slide_combo = QComboBox()
+        self.slide_combo = _common.SlideCombo(self.viewer, require_map=True)
         self.status = QLabel()
         self.status.setWordWrap(True)
         self.filter_edit = QLineEdit()
@@ -105,31 +104,17 @@ class GenesWidget(QWidget):
     # ------------------------------------------------------------------ slides
     @property
     def slide_layer(self) -> Any | None:
-        i = self.slide_combo.currentIndex()
-        return self._slides[i] if 0 <= i < len(self._slides) else None
+        return self.slide_combo.current_layer()
 
     @property
     def store(self) -> Any | None:
         return self._store
 
-    def refresh_slides(self) -> None:
-        """Re-list the slide layers that have a map (keeps the current one when possible)."""
-        slides = [
-            layer
-            for layer in _common.slide_layers(self.viewer)
-            if _common.slide_map(layer) is not None
-        ]
-        if [id(s) for s in slides] == [id(s) for s in self._slides] and self._store is not None:
-            return
-        current = self.slide_layer
-        self._slides = slides
-        self.slide_combo.blockSignals(True)
-        self.slide_combo.clear()
-        self.slide_combo.addItems([layer.name for layer in slides])
-        if current is not None and any(current is s for s in slides):
-            self.slide_combo.setCurrentIndex([id(s) for s in slides].index(id(current)))
-        self.slide_combo.blockSignals(False)
-        self._on_slide_changed()
+    def refresh_slides(self, *, reload: bool = False) -> None:
+        """Re-list the slide layers that have a map (keeps the current one when possible);
+        ``reload`` re-reads the current slide's store even if the choice is unchanged."""
+        if self.slide_combo.refresh() or reload or self._store is None:
+            self._on_slide_changed()
 
     def _on_layers_changed(self, event: Any = None) -> None:
         if not self._alive():
@@ -141,9 +126,7 @@ class GenesWidget(QWidget):
     def _on_map_changed(self, layer: Any) -> None:
         if not self._alive():
             return
-        if layer is self.slide_layer:
-            self._slides = []  # force a reload of the (new) store
-        self.refresh_slides()
+        self.refresh_slides(reload=layer is self.slide_layer)
 
     def _on_slide_changed(self, *_: Any) -> None:
         layer = self.slide_layer

@@ -99,14 +99,13 @@ class PredictWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self._layers: list[Any] = []
         self._worker: Any = None
         self._stop = threading.Event()
         self._job: dict[str, Any] = {}
         #: The last finished prediction's report (``None`` before any).
         self.last_report: Any = None
 
-        self.slide_combo = QComboBox()
+        self.slide_combo = _common.SlideCombo(self.viewer)
         self.run_edit = QLineEdit()
         self.run_edit.setPlaceholderText("run folder (config.json + weights.safetensors)")
         self.browse_button = QPushButton("Browse…")
@@ -177,8 +176,7 @@ class PredictWidget(QWidget):
         return self._worker is not None
 
     def current_layer(self) -> Any | None:
-        i = self.slide_combo.currentIndex()
-        return self._layers[i] if 0 <= i < len(self._layers) else None
+        return self.slide_combo.current_layer()
 
     def run_dir(self) -> Path | None:
         text = self.run_edit.text().strip()
@@ -195,7 +193,7 @@ class PredictWidget(QWidget):
         return default_map_path(path, run, create=create)
 
     def _set_busy(self, busy: bool) -> None:
-        self.predict_button.setEnabled(not busy and bool(self._layers))
+        self.predict_button.setEnabled(not busy and bool(self.slide_combo.layers))
         self.cancel_button.setEnabled(busy)
         for w in (
             self.slide_combo,
@@ -212,14 +210,7 @@ class PredictWidget(QWidget):
 
     # ------------------------------------------------------------------ layers
     def _refresh_slides(self) -> None:
-        current = self.current_layer()
-        self._layers = _common.slide_layers(self.viewer)
-        self.slide_combo.blockSignals(True)
-        self.slide_combo.clear()
-        self.slide_combo.addItems([layer.name for layer in self._layers])
-        if current is not None and current in self._layers:
-            self.slide_combo.setCurrentIndex(self._layers.index(current))
-        self.slide_combo.blockSignals(False)
+        self.slide_combo.refresh()
         if not self.busy:
             self._set_busy(False)
         self._update_output()
@@ -229,7 +220,7 @@ class PredictWidget(QWidget):
         self._refresh_slides()
         if layer is not None and _common.is_slide_layer(layer):
             if not self.busy:
-                self.slide_combo.setCurrentIndex(self._layers.index(layer))
+                self.slide_combo.select(layer)
             self._reuse_stored_map(layer)
         self._update_status()
 

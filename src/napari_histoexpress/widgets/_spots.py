@@ -137,7 +137,7 @@ class SpotsWidget(QWidget):
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
-        self.slide_combo = QComboBox()
+        self.slide_combo = _common.SlideCombo(self.viewer)
         self.slide_combo.currentIndexChanged.connect(self._on_slide_changed)
         self.status = QLabel()
         self.status.setWordWrap(True)
@@ -215,22 +215,10 @@ class SpotsWidget(QWidget):
 
     # ------------------------------------------------------------------ slides
     def current_slide(self) -> Any | None:
-        name = self.slide_combo.currentText()
-        for layer in _common.slide_layers(self.viewer):
-            if layer.name == name:
-                return layer
-        return None
+        return self.slide_combo.current_layer()
 
     def _refresh_slides(self) -> None:
-        names = [layer.name for layer in _common.slide_layers(self.viewer)]
-        current = self.slide_combo.currentText()
-        self.slide_combo.blockSignals(True)
-        self.slide_combo.clear()
-        self.slide_combo.addItems(names)
-        if current in names:
-            self.slide_combo.setCurrentText(current)
-        self.slide_combo.blockSignals(False)
-        if self.slide_combo.currentText() != current:
+        if self.slide_combo.refresh():
             self._on_slide_changed()
         else:
             self._update_status()
