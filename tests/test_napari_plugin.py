@@ -132,7 +132,6 @@ def test_open_sample_data(make_napari_viewer) -> None:
 
 def test_gene_heatmap_layer_aligns_with_the_slide(make_napari_viewer, tmp_path: Path) -> None:
     """A stored map shown as a heatmap: lazy multiscale, µm-aligned with the slide layer."""
-    from types import SimpleNamespace
 
     from napari.layers import Layer
 
@@ -149,11 +148,7 @@ def test_gene_heatmap_layer_aligns_with_the_slide(make_napari_viewer, tmp_path: 
     )  # fmt: skip
     yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
     feats = np.stack([xx + 1, yy + 1], axis=-1)
-    for y in range(0, shape[0], chunk):
-        for x in range(0, shape[1], chunk):
-            t = SimpleNamespace(map_y0=y, map_x0=x, row=y // chunk, col=x // chunk)
-            store.write_tile(t, feats[y : y + chunk, x : x + chunk])
-            store.mark_done(t)
+    store.write_all(feats)
     viewer = make_napari_viewer()
     layer = viewer.add_layer(Layer.create(*gene_heatmap_layer_data(store, "PTPRC")))
     assert layer.name == "PTPRC" and layer.multiscale

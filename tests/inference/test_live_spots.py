@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -28,11 +27,7 @@ def _store(tmp_path: Path, shape=(150, 130), c=6, chunk=32, dtype="float32", mpp
         attrs={"slide": slide if mpp else {**slide, "mpp": None}},
     )  # fmt: skip
     feats = rng.normal(size=(*shape, c)).astype(np.float32)
-    for y in range(0, shape[0], chunk):
-        for x in range(0, shape[1], chunk):
-            t = SimpleNamespace(map_y0=y, map_x0=x, row=y // chunk, col=x // chunk)
-            store.write_tile(t, feats[y : y + chunk, x : x + chunk])
-            store.mark_done(t)
+    store.write_all(feats)
     return store
 
 

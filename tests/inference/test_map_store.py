@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,19 +24,16 @@ def _store(tmp_path: Path, shape=(37, 53), c=4, g=3, chunk=16, dtype="float32"):
     return store, feats, W, b
 
 
-def _fill(store: DenseMapStore, feats: np.ndarray, chunk: int = 16) -> None:
-    h, w = feats.shape[:2]
-    for y in range(0, h, chunk):
-        for x in range(0, w, chunk):
-            t = SimpleNamespace(map_y0=y, map_x0=x, row=y // chunk, col=x // chunk)
-            store.write_tile(t, feats[y : y + chunk, x : x + chunk])
-            store.mark_done(t)
+def _fill(store: DenseMapStore, feats: np.ndarray) -> None:
+    store.write_all(feats)
 
 
 def test_create_write_and_reopen(tmp_path: Path) -> None:
     store, feats, W, _b = _store(tmp_path)
     assert store.status == "partial" and store.tile_grid == (3, 4) and store.chunk == (16, 16)
     assert not store.done_mask.any()
+    with pytest.raises(ValueError, match="cover the map"):
+        store.write_all(feats[:-1])
     _fill(store, feats)
     store.set_status("complete")
     ro = DenseMapStore.open(tmp_path / "m.zarr")

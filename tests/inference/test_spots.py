@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -25,11 +24,7 @@ def _store(tmp_path: Path, shape=(90, 70), c=5, genes=("ERBB2", "PTPRC", "COL1A1
         attrs={"slide": {"path": "/data/slide.tif", "shape": [720, 560], "mpp": 1.0}},
     )  # fmt: skip
     feats = rng.normal(size=(*shape, c)).astype(np.float32)
-    for y in range(0, shape[0], chunk):
-        for x in range(0, shape[1], chunk):
-            t = SimpleNamespace(map_y0=y, map_x0=x, row=y // chunk, col=x // chunk)
-            store.write_tile(t, feats[y : y + chunk, x : x + chunk])
-            store.mark_done(t)
+    store.write_all(feats)
     return store, feats, W, b
 
 

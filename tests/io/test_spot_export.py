@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import anndata as ad
 import numpy as np
@@ -48,11 +47,7 @@ def _store(folder: Path, slide: dict, *, map_mpp: float = 8.0, c: int = 4) -> De
                                               "created": "2025-01-01T00:00:00+00:00"}},
     )  # fmt: skip
     feats = rng.normal(size=(h, w, c)).astype(np.float32)
-    for y in range(0, h, chunk):
-        for x in range(0, w, chunk):
-            t = SimpleNamespace(map_y0=y, map_x0=x, row=y // chunk, col=x // chunk)
-            store.write_tile(t, feats[y : y + chunk, x : x + chunk])
-            store.mark_done(t)
+    store.write_all(feats)
     return store
 
 

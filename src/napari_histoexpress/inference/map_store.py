@@ -35,6 +35,7 @@ Choices made here (and why):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -237,6 +238,20 @@ class DenseMapStore:
             raise ValueError(f"tile at ({y0}, {x0}) of size {(h, w)} exceeds the map")
         self._features[y0 : y0 + h, x0 : x0 + w, :] = feats.astype(self._features.dtype)
 
+    def write_all(self, feats: np.ndarray) -> None:
+        """Write a whole feature map ``(H, W, C)`` (= :attr:`map_shape`) and mark every tile
+        computed — for maps made outside :func:`~.predict_slide.predict_slide` (and tests).
+        The status is left to the caller (:meth:`set_status`)."""
+        feats = np.asarray(feats)
+        if feats.shape[:2] != self.map_shape:
+            raise ValueError(f"features must cover the map {self.map_shape}, got {feats.shape}")
+        ch, cw = self.chunk
+        for r in range(self.tile_grid[0]):
+            for c in range(self.tile_grid[1]):
+                tile = _TileAt(map_y0=r * ch, map_x0=c * cw)
+                self.write_tile(tile, feats[r * ch : (r + 1) * ch, c * cw : (c + 1) * cw])
+                self.mark_done((r, c))
+
     def mark_done(self, tile_idx: Any, *, computed: bool = True) -> None:
         """Mark one tile finished (``computed=False``: skipped as background)."""
         r, c = self._grid_rc(tile_idx)
@@ -373,6 +388,12 @@ class DenseMapStore:
         n = self.n_levels
         self._group.attrs["pyramid_levels"] = n
         return n - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class _TileAt:
+    map_y0: int
+    map_x0: int
 
 
 def mean_pool2(x: da.Array) -> da.Array:
