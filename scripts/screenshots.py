@@ -1,33 +1,56 @@
 """Take the README's screenshots in a real napari viewer (run under a virtual X server).
 
     xvfb-run -a python scripts/screenshots.py [--data ../shared/data] [--out docs/images]
+        [--cv-dir DIR] [--skip-widgets]
 
 Writes ``her2st_C2_spots.png`` (a her2st section with its measured spots coloured by ERBB2)
-and ``sample_data.png`` (the synthetic sample). The window is shown without being mapped on
-screen, because screenshots of a hidden viewer come out black under Xvfb.
+and ``sample_data.png`` (the synthetic sample), canvas only, and the whole window with the
+dock widgets at work (real predictions, driven through the widgets as a user would):
+
+- on the synthetic sample with the bundled demo run: ``widget_predict.png`` (a finished
+  prediction), ``widget_genes_sample.png`` (ERBB2 heatmap, measured-vs-predicted PCC),
+  ``widget_spots.png`` (drawn spots + a grid, the live table and bar plot),
+  ``widget_export.png`` (an export to ``.h5ad`` done);
+- with ``--cv-dir DIR`` (the output folder of ``benchmarks/her2st_cv.py``: ``C2.h5ad``,
+  ``C2.zarr`` predicted by the fold-C2 PixNet that never saw C2): ``widget_genes_her2st.png``
+  and ``widget_spots_her2st.png``.
+
+The window is shown without being mapped on screen, because screenshots of a hidden viewer
+come out black under Xvfb. The sample is copied to a temporary folder (its prediction and
+project land there) and ``HISTOEXPRESS_HOME`` points there too: nothing is written to the
+repository (but ``--out``), ``~/.cache`` or ``--cv-dir``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+# timm (through torch's triton) loads its own LLVM; importing it after napari has created a
+# software-OpenGL context (llvmpipe on Xvfb) segfaults: import it first (as tests/conftest.py).
+import numpy as np
+import timm  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _show_unmapped(viewer) -> None:  # type: ignore[no-untyped-def]
+def _show_unmapped(viewer: Any, size: tuple[int, int] = (1400, 1000)) -> None:
     from qtpy.QtCore import Qt
 
     window = viewer.window._qt_window
     window.setAttribute(Qt.WidgetAttribute.WA_DontShowOnScreen, True)
-    window.resize(1400, 1000)
+    window.resize(*size)
     window.show()
 
 
 def her2st_screenshot(data: Path, out: Path) -> Path:
     import napari
-    import numpy as np
 
     from napari_histoexpress import color_spots_by
     from napari_histoexpress.io.export import write_h5ad_atomic
@@ -74,17 +97,324 @@ def sample_screenshot(out: Path) -> Path:
     return path
 
 
+# --------------------------------------------------------------------------- widgets in action
+#: Window size of the widget screenshots (the whole napari window, dock included).
+WINDOW_SIZE = (1600, 1000)
+#: Width of the dock area holding the four (tabbed) widgets.
+DOCK_WIDTH = 470
+#: PNGs are quantized (and downscaled if needed) to stay under this size.
+MAX_PNG_BYTES = 400_000
+
+
+def _wait(ms: int = 300) -> None:
+    """Process Qt events for ``ms`` milliseconds (rendering, queued signals, timers)."""
+    from qtpy.QtTest import QTest
+
+    QTest.qWait(ms)
+
+
+def _wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        _wait(100)
+
+
+def _save_small_png(image: Any, path: Path, max_bytes: int = MAX_PNG_BYTES) -> Path:
+    """Save a PIL image as a palette PNG under ``max_bytes`` (downscaling when needed)."""
+    from PIL import Image
+
+    rgb = image.convert("RGB")
+    scale = 1.0
+    while True:
+        size = (round(rgb.width * scale), round(rgb.height * scale))
+        img = rgb if scale == 1.0 else rgb.resize(size, Image.Resampling.LANCZOS)
+        img.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+        if path.stat().st_size <= max_bytes or scale < 0.4:
+            return path
+        scale *= 0.85
+
+
+def _grab_window(viewer: Any, path: Path) -> Path:
+    """The whole napari window (canvas + dock widgets) as a PNG under the size limit."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+    from PIL import Image
+
+    _wait(600)
+    for toast in list(NapariQtNotification._instances):  # notifications shown over the canvas
+        toast.close()
+    _wait(200)
+    rgba = viewer.screenshot(canvas_only=False, flash=False)
+    image = Image.fromarray(np.asarray(rgba)[..., :3])
+    if np.asarray(image).std() < 1.0:
+        raise RuntimeError(f"{path.name}: the window grab is blank")
+    return _save_small_png(image, path)
+
+
+def _widget_viewer() -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """A viewer with the four dock widgets tabbed on the right: ``(viewer, widgets, docks)``."""
+    import napari
+    from qtpy.QtCore import Qt
+
+    from napari_histoexpress.widgets import ExportWidget, GenesWidget, PredictWidget, SpotsWidget
+
+    viewer = napari.Viewer(show=False)
+    _show_unmapped(viewer, WINDOW_SIZE)
+    widgets: dict[str, Any] = {}
+    docks: dict[str, Any] = {}
+    for name, cls in (
+        ("Predict", PredictWidget),
+        ("Genes", GenesWidget),
+        ("Spots", SpotsWidget),
+        ("Export", ExportWidget),
+    ):
+        widgets[name] = cls(viewer)
+        docks[name] = viewer.window.add_dock_widget(
+            widgets[name], name=name, area="right", tabify=True
+        )
+    viewer.window._qt_window.resizeDocks(
+        [docks["Predict"]], [DOCK_WIDTH], Qt.Orientation.Horizontal
+    )
+    viewer.scale_bar.visible = True
+    _wait(300)
+    return viewer, widgets, docks
+
+
+def _close(viewer: Any, widgets: dict[str, Any]) -> None:
+    """Close the viewer, first disconnecting the widgets from the shared ``hub`` (this
+    script keeps references to them, so psygnal's weak callbacks would outlive their Qt
+    objects and the next viewer's ``set_slide_map`` would call into deleted widgets)."""
+    from napari_histoexpress.widgets import _common
+
+    for widget in widgets.values():
+        _common.hub.map_changed.disconnect(widget._on_map_changed, missing_ok=True)
+    widgets.clear()
+    viewer.close()
+
+
+def _show_dock(docks: dict[str, Any], name: str) -> None:
+    docks[name].show()
+    docks[name].raise_()
+    _wait(200)
+
+
+def _frame(viewer: Any, centre_um: tuple[float, float], extent_um: float) -> None:
+    """Centre the camera on ``(y, x)`` µm so that ``extent_um`` fits the canvas."""
+    viewer.camera.center = centre_um
+    viewer.camera.zoom = min(viewer.window._qt_viewer.canvas.size) / extent_um
+
+
+def _outline(viewer: Any, layer: Any, screen_px: float = 5.0) -> None:
+    """Spot outlines ``screen_px`` screen pixels wide at the current zoom (Shapes edge
+    widths are in data pixels: the default 2 px vanish when a slide is zoomed out)."""
+    if len(layer.data):
+        data_px = screen_px / (viewer.camera.zoom * float(layer.scale[-1]))
+        layer.edge_width = [data_px] * len(layer.data)
+        layer.refresh()  # napari redraws edges only then
+
+
+def _to_top(viewer: Any, layer: Any) -> None:
+    viewer.layers.move(viewer.layers.index(layer), len(viewer.layers))
+
+
+def _show_gene(genes: Any, query: str, gene: str) -> Any:
+    """Type ``query`` in the Genes widget's search box and click ``gene`` in the list."""
+    genes.filter_edit.setText(query)
+    listed = genes.listed_genes()
+    if gene not in listed:
+        raise RuntimeError(f"{gene} not listed for the search {query!r}: {listed}")
+    item = genes.gene_list.item(listed.index(gene))
+    genes.gene_list.setCurrentItem(item)
+    genes.gene_list.itemClicked.emit(item)
+    layer = genes.heatmap_layer(gene)
+    if layer is None:
+        raise RuntimeError(f"no {gene} heatmap layer after the click")
+    return layer
+
+
+def _wait_for_pcc(genes: Any) -> None:
+    _wait_until(lambda: genes.comparison is not None, "the measured-vs-predicted comparison")
+    _wait(300)
+
+
+def sample_widget_screenshots(out: Path, work: Path) -> list[Path]:
+    """The four widgets on the synthetic sample with the bundled demo run's prediction.
+
+    The sample (slide + its measured-spots ``.h5ad``) is copied into ``work``, so the
+    prediction and the project folder land there, never in the repository.
+    """
+    from napari_histoexpress.io.synthetic import sample_paths
+    from napari_histoexpress.widgets import _common
+
+    slides = work / "sample"
+    slides.mkdir()
+    sample = sample_paths()
+    shutil.copy(sample["image"], slides / Path(sample["image"]).name)
+    h5ad = shutil.copy(sample["spots"], slides / Path(sample["spots"]).name)
+
+    viewer, w, docks = _widget_viewer()
+    paths: list[Path] = []
+    try:
+        layers = viewer.open(str(h5ad), plugin="napari-histoexpress")
+        (slide,) = [layer for layer in layers if _common.is_slide_layer(layer)]
+        viewer.reset_view()
+
+        # Predict: the bundled demo run, one click
+        _show_dock(docks, "Predict")
+        w["Predict"].demo_button.click()
+        w["Predict"].device_combo.setCurrentText("cpu")
+        w["Predict"].predict_button.click()
+        _wait_until(lambda: not w["Predict"].busy, "the prediction")
+        if _common.slide_map(slide) is None:
+            raise RuntimeError(f"prediction failed: {w['Predict'].status_label.text()}")
+        paths.append(_grab_window(viewer, out / "widget_predict.png"))
+
+        # Genes: search HER2, click ERBB2; measured spots coloured by it, PCC shown
+        _show_dock(docks, "Genes")
+        heat = _show_gene(w["Genes"], "her2", "ERBB2")
+        _wait_for_pcc(w["Genes"])
+        paths.append(_grab_window(viewer, out / "widget_genes_sample.png"))
+
+        # Spots: hide the measured spots; a few clicks' worth of spots + a small grid
+        for layer in layers:
+            if layer is not slide:
+                layer.visible = False
+        heat.visible = False  # spots on the plain H&E: clearer
+        _show_dock(docks, "Spots")
+        spots = w["Spots"]
+        spots.preset_combo.setCurrentText("Visium 55 µm")
+        for x, y in ((620.0, 420.0), (880.0, 640.0), (520.0, 900.0)):
+            spots.add_spot(x, y)
+        spots.region_button.click()
+        region = spots.region_layer()
+        mpp = _common.slide_mpp(slide)
+        rect = np.array([[250.0, 950.0], [250.0, 1350.0], [600.0, 1350.0], [600.0, 950.0]])
+        region.add(rect / mpp, shape_type="rectangle")
+        spots.fill_button.click()
+        region.mode = "pan_zoom"
+        viewer.layers.selection.active = spots.spots_layer()
+        spots.spots_layer().mode = "pan_zoom"
+        _wait_until(lambda: len(spots.table_rows()) > 0, "the spots table")
+        _frame(viewer, (600.0, 930.0), 1000.0)
+        _outline(viewer, spots.spots_layer())
+        spots.spots_layer().opacity = 1.0
+        _outline(viewer, region, 3.0)
+        paths.append(_grab_window(viewer, out / "widget_spots.png"))
+
+        # Export: every spot with all genes to an .h5ad (the project's default file)
+        _show_dock(docks, "Export")
+        export = w["Export"]
+        export.export_button.click()
+        _wait_until(lambda: export._worker is None and export.last_result is not None, "export")
+        paths.append(_grab_window(viewer, out / "widget_export.png"))
+    finally:
+        _close(viewer, w)
+    return paths
+
+
+def her2st_widget_screenshots(cv_dir: Path, out: Path) -> list[Path]:
+    """Genes and Spots widgets on her2st section C2 with real held-out predictions.
+
+    ``cv_dir`` is the output folder of ``benchmarks/her2st_cv.py``: ``C2.h5ad`` (the imported
+    section, opened with the plugin's reader: slide + measured spots) and ``C2.zarr`` (the
+    dense map of C2 predicted by the PixNet of fold C2, which never saw C2). Nothing in
+    ``cv_dir`` is written.
+    """
+    from napari_histoexpress.widgets import _common
+
+    h5ad, store = cv_dir / "C2.h5ad", cv_dir / "C2.zarr"
+    for need in (h5ad, store):
+        if not need.exists():
+            raise FileNotFoundError(f"{need}: not found (run benchmarks/her2st_cv.py first)")
+    viewer, w, docks = _widget_viewer()
+    paths: list[Path] = []
+    try:
+        layers = viewer.open(str(h5ad), plugin="napari-histoexpress")
+        (slide,) = [layer for layer in layers if _common.is_slide_layer(layer)]
+        points = next(layer for layer in layers if type(layer).__name__ == "Points")
+        _common.set_slide_map(slide, store)
+        run = cv_dir / "pixnet" / "fold-C2"
+        if run.is_dir():
+            w["Predict"].set_run_dir(run)
+        _wait(300)
+
+        world = points.data * np.asarray(points.scale)
+        centre = tuple(world.mean(axis=0))
+        extent = float(np.ptp(world, axis=0).max()) * 1.2
+
+        _show_dock(docks, "Genes")
+        heat = _show_gene(w["Genes"], "her2", "ERBB2")
+        heat.opacity = 0.75
+        _to_top(viewer, points)  # measured spots (coloured by ERBB2) above the heatmap
+        points.opacity = 1.0
+        _wait_for_pcc(w["Genes"])
+        _frame(viewer, centre, extent)
+        paths.append(_grab_window(viewer, out / "widget_genes_her2st.png"))
+
+        # Spots: a few 55 µm spots and a small hexagonal grid, around the tissue's centre
+        points.visible = False
+        heat.visible = False  # spots on the plain H&E: clearer
+        _show_dock(docks, "Spots")
+        spots = w["Spots"]
+        spots.preset_combo.setCurrentText("Visium 55 µm")
+        inside = world[np.argsort(np.hypot(*(world - np.asarray(centre)).T))[:12]]
+        y0, x0 = inside.mean(axis=0)
+        for dy, dx in ((-250.0, -300.0), (-150.0, 250.0), (200.0, -250.0)):
+            spots.add_spot(float(x0 + dx), float(y0 + dy))
+        spots.region_button.click()
+        region = spots.region_layer()
+        mpp = _common.slide_mpp(slide)
+        rect = np.array([[y0, x0 - 200.0], [y0, x0 + 200.0], [y0 + 300.0, x0 + 200.0],
+                         [y0 + 300.0, x0 - 200.0]])  # fmt: skip
+        region.add(rect / mpp, shape_type="rectangle")
+        spots.fill_button.click()
+        region.mode = "pan_zoom"
+        viewer.layers.selection.active = spots.spots_layer()
+        spots.spots_layer().mode = "pan_zoom"
+        _wait_until(lambda: len(spots.table_rows()) > 0, "the spots table")
+        _frame(viewer, (float(y0), float(x0)), 1000.0)
+        _outline(viewer, spots.spots_layer())
+        spots.spots_layer().opacity = 1.0
+        _outline(viewer, region, 3.0)
+        paths.append(_grab_window(viewer, out / "widget_spots_her2st.png"))
+    finally:
+        _close(viewer, w)
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "images")
+    parser.add_argument(
+        "--cv-dir",
+        type=Path,
+        default=None,
+        help="output folder of benchmarks/her2st_cv.py (C2.h5ad, C2.zarr): her2st widget shots",
+    )
+    parser.add_argument(
+        "--skip-widgets", action="store_true", help="only the two canvas screenshots"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    print(sample_screenshot(args.out))
-    if (args.data / "her2st").exists():
-        print(her2st_screenshot(args.data, args.out))
-    else:
-        print(f"skipped the her2st screenshot: {args.data / 'her2st'} not found")
+    with tempfile.TemporaryDirectory(prefix="histoexpress-shots-") as tmp:
+        work = Path(tmp)
+        os.environ["HISTOEXPRESS_HOME"] = str(work / "home")
+        print(sample_screenshot(args.out))
+        if (args.data / "her2st").exists():
+            print(her2st_screenshot(args.data, args.out))
+        else:
+            print(f"skipped the her2st screenshot: {args.data / 'her2st'} not found")
+        if args.skip_widgets:
+            return
+        for path in sample_widget_screenshots(args.out, work):
+            print(path)
+        if args.cv_dir is not None:
+            for path in her2st_widget_screenshots(args.cv_dir, args.out):
+                print(path)
+        else:
+            print("skipped the her2st widget screenshots: no --cv-dir")
 
 
 if __name__ == "__main__":

@@ -150,3 +150,17 @@ def test_cosine_schedule_warms_up_and_decays() -> None:
     assert learning_rate(1e-3, 50, 100, "constant", 0.1) == 1e-3
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainConfig(lr_schedule="step")
+
+
+def test_cv_reuses_a_finished_fold_only_with_the_same_settings(tmp_path: Path) -> None:
+    from napari_histoexpress.training.cross_validation import _same_run
+
+    cfg = TrainConfig(model="pixnet", n_genes=3, epochs=2)
+    saved = {k: v for k, v in cfg.to_dict().items() if k != "lr_schedule"}  # an older run
+    (tmp_path / "config.json").write_text(json.dumps({"config": saved, "genes": ["A", "B"]}))
+    assert _same_run(tmp_path, cfg, ["A", "B"])  # a key added later counts as its default
+    assert _same_run(tmp_path, TrainConfig(model="pixnet", n_genes=3, epochs=2, device="cuda"),
+                     ["A", "B"])  # fmt: skip
+    assert not _same_run(tmp_path, TrainConfig(model="pixnet", n_genes=3, epochs=3), ["A", "B"])
+    assert not _same_run(tmp_path, cfg, ["A", "C"])
+    assert not _same_run(tmp_path / "missing", cfg, ["A", "B"])

@@ -374,16 +374,18 @@ class RidgeBaseline:
         if self.genes and len(self.genes) != n:
             raise RuntimeError(f"state predicts {n} genes but the model has {len(self.genes)}")
 
-    def save(self, run_dir: str | os.PathLike[str]) -> Path:
+    def save(
+        self, run_dir: str | os.PathLike[str], *, train_config: dict[str, Any] | None = None
+    ) -> Path:
         """Write the project's checkpoint folder (``weights.safetensors`` + ``config.json``,
         atomically; see :mod:`napari_histoexpress.models.checkpoint`). The chosen alpha and
-        CV results go to ``extra``."""
+        CV results go to ``extra``; ``train_config`` (the run's settings) to ``config``."""
         from ..models.checkpoint import save_checkpoint
 
         if not self.is_fitted:
             raise RuntimeError("RidgeBaseline is not fitted")
         extra = {"alpha": self.alpha, "cv_scores": self.cv_scores, "cv_scheme": self.cv_scheme}
-        save_checkpoint(run_dir, self, None, self.genes, extra=extra)
+        save_checkpoint(run_dir, self, train_config, self.genes, extra=extra)
         return Path(run_dir)
 
     @classmethod

@@ -21,6 +21,28 @@ from .train import TrainConfig, choose_genes, train
 TABLE_KEYS = ("pcc_mean", "pcc_median", "pcc_q1", "pcc_heg50", "pcc_hvg50", "mse", "mae", "n_spots")
 
 
+#: run settings that do not change the result
+_NOT_SETTINGS = frozenset({"device", "num_workers"})
+
+
+def _same_run(fold_dir: Path, config: TrainConfig, genes: Sequence[str]) -> bool:
+    """Whether the finished run in ``fold_dir`` was trained with ``config`` and ``genes``
+    (a fold is reused only then: rerunning ``cv`` with other settings retrains)."""
+    try:
+        saved = json.loads((fold_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    wanted = json.loads(json.dumps(config.to_dict(), default=str))
+    defaults = json.loads(json.dumps(TrainConfig().to_dict(), default=str))
+    have = saved.get("config") or {}
+    same = all(
+        have.get(key, defaults.get(key)) == value  # keys added later: their default then
+        for key, value in wanted.items()
+        if key not in _NOT_SETTINGS
+    )
+    return same and list(saved.get("genes", [])) == list(genes)
+
+
 def folds_of(sections: Sequence[Section], by: str) -> list[tuple[str, list[int], list[int]]]:
     """``(fold name, train indices, test indices)`` for ``by`` = ``by-section``/``by-patient``."""
     if by == "by-section":
@@ -79,11 +101,14 @@ def cross_validate(
     for name, train_idx, test_idx in folds_of(sections, folds):
         fold_dir = out / f"fold-{name}"
         metrics_path = fold_dir / "metrics.json"
-        if metrics_path.exists():
+        if metrics_path.exists() and _same_run(fold_dir, config, genes):
             res = json.loads(metrics_path.read_text())
             log(f"fold {name}: already done")
             n_resumed += 1
         else:
+            if metrics_path.exists():
+                log(f"fold {name}: finished with other settings or genes; training it again")
+                metrics_path.unlink()
             log(f"fold {name}: train on {[sections[i].name for i in train_idx]}")
             train(
                 [sections[i] for i in train_idx],

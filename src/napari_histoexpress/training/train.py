@@ -294,7 +294,7 @@ def train_ridge(
     )
     model = RidgeBaseline(rcfg).fit([s.pair() for s in sections], genes)
     log(f"ridge: alpha {model.alpha:g} ({model.cv_scheme})")
-    model.save(out_dir)
+    model.save(out_dir, train_config=config.to_dict())
     return Path(out_dir)
 
 

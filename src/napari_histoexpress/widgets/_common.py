@@ -158,3 +158,16 @@ class SlideCombo(QComboBox):
                     self.setCurrentIndex(i)
             self.blockSignals(False)
         return self.current_layer() is not current
+
+
+def alive(widget: Any) -> bool:
+    """False once Qt has deleted ``widget`` (its viewer closed); its :data:`hub` slot named
+    ``_on_map_changed`` is disconnected then, so a closed widget never handles a signal."""
+    try:
+        widget.objectName()
+    except RuntimeError:
+        slot = getattr(widget, "_on_map_changed", None)
+        if slot is not None:
+            hub.map_changed.disconnect(slot, missing_ok=True)
+        return False
+    return True

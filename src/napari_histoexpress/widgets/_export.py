@@ -134,13 +134,7 @@ class ExportWidget(QWidget):
 
     # ------------------------------------------------------------------ events
     def _alive(self) -> bool:
-        """False once Qt deleted the widget (its viewer closed): callbacks disconnect then."""
-        try:
-            self.objectName()
-        except RuntimeError:
-            _common.hub.map_changed.disconnect(self._on_map_changed, missing_ok=True)
-            return False
-        return True
+        return _common.alive(self)
 
     def _on_layers_changed(self, event: Any = None) -> None:
         if self._alive():

@@ -373,10 +373,4 @@ class GenesWidget(QWidget):
 
     # ------------------------------------------------------------------ lifetime
     def _alive(self) -> bool:
-        """False once Qt deleted the widget (its viewer closed): callbacks disconnect then."""
-        try:
-            self.objectName()
-        except RuntimeError:
-            _common.hub.map_changed.disconnect(self._on_map_changed, missing_ok=True)
-            return False
-        return True
+        return _common.alive(self)

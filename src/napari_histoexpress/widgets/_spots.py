@@ -268,6 +268,8 @@ class SpotsWidget(QWidget):
         self.status.setText(" ".join(parts))
 
     def _on_map_changed(self, layer: Any) -> None:
+        if not _common.alive(self):
+            return
         path = _common.slide_map_path(layer)
         if path is not None:
             self._exprs.pop(str(path), None)
@@ -647,6 +649,7 @@ class SpotsWidget(QWidget):
         return self.viewer.add_shapes(
             name=f"{slide.name} grid region",
             scale=(mpp, mpp),
+            units=("micrometer",) * 2 if _common.slide_mpp(slide) else ("pixel",) * 2,
             edge_color="#ffd400",
             edge_width=3.0,
             face_color=[1.0, 0.83, 0.0, 0.08],
