@@ -209,24 +209,29 @@ class PredictWidget(QWidget):
         self.status_label.setText(text)
 
     # ------------------------------------------------------------------ layers
-    def _refresh_slides(self) -> None:
-        self.slide_combo.refresh()
+    def _refresh_slides(self) -> bool:
+        """Re-list the slides; returns whether the chosen slide changed."""
+        changed = bool(self.slide_combo.refresh())
         if not self.busy:
             self._set_busy(False)
         self._update_output()
+        return changed
 
     def _on_layer_inserted(self, event: Any) -> None:
+        # other layers (a heatmap, spots) leave the status alone: "Done: ..." stays readable
         layer = getattr(event, "value", None)
-        self._refresh_slides()
+        changed = self._refresh_slides()
         if layer is not None and _common.is_slide_layer(layer):
             if not self.busy:
                 self.slide_combo.select(layer)
             self._reuse_stored_map(layer)
-        self._update_status()
+            changed = True
+        if changed:
+            self._update_status()
 
     def _on_layers_changed(self, event: Any = None) -> None:
-        self._refresh_slides()
-        self._update_status()
+        if self._refresh_slides():
+            self._update_status()
 
     def _on_slide_selected(self, index: int) -> None:
         layer = self.current_layer()
@@ -236,11 +241,8 @@ class PredictWidget(QWidget):
         self._update_status()
 
     def _on_map_changed(self, layer: Any) -> None:
-        try:
-            if layer is self.current_layer() and not self.busy:
-                self._update_status()
-        except RuntimeError:  # this widget's Qt object is gone (viewer closed)
-            _common.hub.map_changed.disconnect(self._on_map_changed)
+        if _common.alive(self) and layer is self.current_layer() and not self.busy:
+            self._update_status()
 
     def _reuse_stored_map(self, layer: Any) -> None:
         """Set a complete stored map of the layer's slide, if it has none yet."""

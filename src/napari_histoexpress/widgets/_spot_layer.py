@@ -48,6 +48,12 @@ def circle_corners(x_um: float, y_um: float, diameter_um: float, mpp: float) -> 
     )
 
 
+def edge_width_px(diameter_um: float, mpp: float) -> float:
+    """Outline width of a drawn spot in slide px: 6 % of its diameter (at least 1 px), so
+    circles of any size stay visible when zoomed out without hiding small HD bins."""
+    return max(1.0, 0.06 * float(diameter_um) / float(mpp))
+
+
 def circle_of(vertices: np.ndarray, mpp: float) -> tuple[float, float, float]:
     """``(x_um, y_um, diameter_um)`` of an ellipse shape's vertices (slide px)."""
     v = np.asarray(vertices, dtype=float)
@@ -110,7 +116,7 @@ def spots_layer_data(
             {"id": spots["id"].astype(str).tolist(), "source": spots["source"].tolist()}
         ),
         "edge_color": "#00e5ff",
-        "edge_width": 2.0,
+        "edge_width": [edge_width_px(d, mpp) for d in spots["diameter_um"].to_numpy(float)] or 2.0,
         "face_color": "transparent",
         "metadata": {"histoexpress": SPOTS_KIND, "slide": slide_name},
     }

@@ -594,7 +594,9 @@ class SpotsWidget(QWidget):
             layer.add(
                 data,
                 shape_type="ellipse",
-                edge_width=2.0,
+                edge_width=[
+                    _spot_layer.edge_width_px(d, mpp) for d in spots["diameter_um"].to_numpy(float)
+                ],
                 edge_color="#00e5ff" if source == "drawn" else "#ffd400",
                 face_color="transparent",
             )
