@@ -138,6 +138,11 @@ def test_evaluate_and_ridge_and_cv(sample_section, tmp_path: Path) -> None:
     assert (tmp_path / "cv" / "cv.md").read_text().count("|") > 10
     n = sample_section.adata.n_obs
     assert [r["n_spots"] for r in cv["rows"]] == [n, n, 2 * n]
+    assert cv["n_folds_resumed"] == 0
+    again = cross_validate(
+        [sample_section, other], tmp_path / "cv", ridge_cfg, progress=False, log=lambda s: None
+    )  # finished folds with the same settings are reused, with the same numbers
+    assert again["n_folds_resumed"] == 2 and again["rows"] == cv["rows"]
 
 
 def test_cosine_schedule_warms_up_and_decays() -> None:

@@ -11,8 +11,9 @@ from typing import Any
 #: paper's 512 channels down to stride 2 cost ~2x (levels) x ~4x (channels) more per step on
 #: CPU; pass ``--decoder-dim 512 --out-indices 0 1 2 3 4`` on a GPU to follow it.
 #: Upsampling is bilinear ×2 + 3×3 conv rather than the paper's transposed conv: no
-#: checkerboard in dense maps, and on her2st fold C2 (held out) 0.245 vs 0.229 mean PCC with
-#: everything else equal (``--upsample transposed`` restores the paper's decoder).
+#: checkerboard in dense maps at the same accuracy (her2st leave-one-section-out mean PCC
+#: 0.232 vs 0.230, ``benchmarks/her2st_cv.py``); ``--upsample transposed`` restores the
+#: paper's decoder.
 PIXNET_CPU_DEFAULTS: dict[str, Any] = {
     "decoder_dim": 64,
     "out_indices": [1, 2, 3, 4],

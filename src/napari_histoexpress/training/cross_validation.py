@@ -140,6 +140,7 @@ def cross_validate(
         "rows": rows,
         "summary": {k: v for k, v in summary.items() if k != "per_gene_pcc"},
         "config": config.to_dict(),
+        "n_folds_resumed": n_resumed,
     }
     (out / "cv.json").write_text(json.dumps(report, indent=2, default=float))
     (out / "cv.md").write_text(table + "\n")
