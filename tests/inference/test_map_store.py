@@ -41,6 +41,7 @@ def test_create_write_and_reopen(tmp_path: Path) -> None:
     assert ro.is_done(5) and ro.is_done((2, 3))
     assert ro.genes == ["A", "B", "C"] and ro.map_mpp == 8.0 and ro.attrs["stride"] == 4
     np.testing.assert_array_equal(ro.features_level(0).compute(), feats)
+    np.testing.assert_array_equal(ro.read_features(slice(5, 30), slice(3, 40)), feats[5:30, 3:40])
     np.testing.assert_array_equal(ro.head[0], W)
     with pytest.raises(Exception):  # noqa: B017 - read-only store refuses writes (zarr error)
         ro.mark_done(0)

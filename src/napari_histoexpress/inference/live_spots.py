@@ -38,7 +38,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import zarr
 
 from ..errors import InputFileError
 from .aggregate import CircleAggregator
@@ -102,9 +101,6 @@ class SpotExpression:
         self.map_shape = store.map_shape
         self.feature_dim = store.feature_dim
         self.chunk = store.chunk
-        # the features array of the store's documented layout, opened on its own (read-only)
-        group = zarr.open_group(zarr.storage.LocalStore(store.path, read_only=True), mode="r")
-        self._features = group["features"]
         self._budget = int(cache_mb * 2**20)
         self._chunks: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._memo: OrderedDict[_Key, tuple[np.ndarray, float]] = OrderedDict()
@@ -130,7 +126,9 @@ class SpotExpression:
                 self.stats.hits += 1
                 return block
         ch, cw = self.chunk
-        block = np.asarray(self._features[ci * ch : (ci + 1) * ch, cj * cw : (cj + 1) * cw, :])
+        block = self.store.read_features(
+            slice(ci * ch, (ci + 1) * ch), slice(cj * cw, (cj + 1) * cw)
+        )
         with self._lock:
             self.stats.misses += 1
             if key not in self._chunks:

@@ -306,6 +306,11 @@ class DenseMapStore:
             n += 1
         return n
 
+    def read_features(self, rows: slice, cols: slice) -> np.ndarray:
+        """Level-0 features of a window, read straight from the store ``(h, w, C)`` (no dask
+        graph: for small, frequent reads such as live spot updates)."""
+        return np.asarray(self._features[rows, cols, :])
+
     def features_level(self, level: int = 0) -> da.Array:
         """Features at pyramid ``level`` as a lazy dask array ``(h, w, C)``.
 
