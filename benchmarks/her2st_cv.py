@@ -83,12 +83,11 @@ def whole_slide_check(section, out: Path, device: str) -> None:  # type: ignore[
     aggregated from the whole-slide dense map should match the fold's spot-crop evaluation.
     """
     import numpy as np
-    import pandas as pd
 
     from napari_histoexpress.inference.map_store import DenseMapStore
+    from napari_histoexpress.inference.measured_vs_predicted import spot_circles
     from napari_histoexpress.inference.predict_slide import predict_slide
     from napari_histoexpress.inference.spots import predict_circles
-    from napari_histoexpress.io import spatial
     from napari_histoexpress.models.checkpoint import load_checkpoint
     from napari_histoexpress.training.genes import expression_matrix
     from napari_histoexpress.training.metrics import evaluate_predictions
@@ -100,12 +99,7 @@ def whole_slide_check(section, out: Path, device: str) -> None:  # type: ignore[
         model_mpp=float(meta["extra"]["microns_per_pixel"]), genes=list(meta["genes"]),
     )  # fmt: skip
     store = DenseMapStore.open(out / f"{section.name}.zarr")
-    mpp = float(section.slide.mpp)
-    xy = spatial.spot_centres_px(section.adata) * mpp
-    circles = pd.DataFrame(
-        {"x_um": xy[:, 0], "y_um": xy[:, 1],
-         "diameter_um": spatial.spot_diameter_px(section.adata) * mpp},
-    )  # fmt: skip
+    circles = spot_circles(section.adata, float(section.slide.mpp))
     predicted = predict_circles(store, circles)
     genes = list(predicted.var_names)
     res = evaluate_predictions(

@@ -49,6 +49,18 @@ def _show_unmapped(viewer: Any, size: tuple[int, int] = (1400, 1000)) -> None:
     window.show()
 
 
+def _fill_grid(viewer, spots, region, slide, rect_um) -> None:  # type: ignore[no-untyped-def]
+    """Draw ``rect_um`` (row, col µm) as the grid region, fill it, wait for the table."""
+    from napari_histoexpress.widgets import _common
+
+    region.add(rect_um / _common.slide_mpp(slide), shape_type="rectangle")
+    spots.fill_button.click()
+    region.mode = "pan_zoom"
+    viewer.layers.selection.active = spots.spots_layer()
+    spots.spots_layer().mode = "pan_zoom"
+    _wait_until(lambda: len(spots.table_rows()) > 0, "the spots table")
+
+
 def her2st_screenshot(data: Path, out: Path) -> Path:
     import napari
 
@@ -288,14 +300,8 @@ def sample_widget_screenshots(out: Path, work: Path) -> list[Path]:
             spots.add_spot(x, y)
         spots.region_button.click()
         region = spots.region_layer()
-        mpp = _common.slide_mpp(slide)
         rect = np.array([[250.0, 950.0], [250.0, 1350.0], [600.0, 1350.0], [600.0, 950.0]])
-        region.add(rect / mpp, shape_type="rectangle")
-        spots.fill_button.click()
-        region.mode = "pan_zoom"
-        viewer.layers.selection.active = spots.spots_layer()
-        spots.spots_layer().mode = "pan_zoom"
-        _wait_until(lambda: len(spots.table_rows()) > 0, "the spots table")
+        _fill_grid(viewer, spots, region, slide, rect)
         _frame(viewer, (600.0, 930.0), 1000.0)
         _outline(viewer, spots.spots_layer())
         spots.spots_layer().opacity = 1.0
@@ -364,15 +370,9 @@ def her2st_widget_screenshots(cv_dir: Path, out: Path) -> list[Path]:
             spots.add_spot(float(x0 + dx), float(y0 + dy))
         spots.region_button.click()
         region = spots.region_layer()
-        mpp = _common.slide_mpp(slide)
         rect = np.array([[y0, x0 - 200.0], [y0, x0 + 200.0], [y0 + 300.0, x0 + 200.0],
                          [y0 + 300.0, x0 - 200.0]])  # fmt: skip
-        region.add(rect / mpp, shape_type="rectangle")
-        spots.fill_button.click()
-        region.mode = "pan_zoom"
-        viewer.layers.selection.active = spots.spots_layer()
-        spots.spots_layer().mode = "pan_zoom"
-        _wait_until(lambda: len(spots.table_rows()) > 0, "the spots table")
+        _fill_grid(viewer, spots, region, slide, rect)
         _frame(viewer, (float(y0), float(x0)), 1000.0)
         _outline(viewer, spots.spots_layer())
         spots.spots_layer().opacity = 1.0
