@@ -100,6 +100,7 @@ def _train_config(args: argparse.Namespace) -> Any:
         mpp=args.mpp,
         crop_um=args.crop_um,
         device=args.device,
+        precision=args.precision,
         seed=args.seed,
         model_config=model_config,
     )
@@ -140,7 +141,20 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         help="PixNet decoder upsampling: transposed conv (paper) or bilinear + 3x3 conv",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    _add_precision_option(p)
     p.add_argument("--seed", type=int, default=0)
+
+
+def _add_precision_option(p: argparse.ArgumentParser) -> None:
+    from .devices import PRECISIONS
+
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=list(PRECISIONS),
+        help="forward-pass precision: auto = bf16 autocast on CUDA (fp16 on GPUs without "
+        "bf16), float32 on CPU/MPS",
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -202,6 +216,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         tile_px=args.tile_px,
         batch_size=args.batch_size,
         device=args.device,
+        precision=args.precision,
         progress=True,
         resume=not args.restart,
     )
@@ -290,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-px", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    _add_precision_option(p)
     p.add_argument("--restart", action="store_true", help="discard finished tiles")
     p.set_defaults(func=_cmd_predict)
 

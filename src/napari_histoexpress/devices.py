@@ -26,3 +26,62 @@ def resolve_device(device: Any = "auto") -> Any:
     if device == "mps" and not mps_ok:
         raise ValueError("device 'mps' requested but MPS is not available")
     return torch.device(device)
+
+
+#: ``precision`` values accepted by training and prediction.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def autocast_dtype(device: Any, precision: str = "auto") -> Any:
+    """The ``torch.autocast`` dtype for ``precision`` on ``device``, or ``None`` for float32.
+
+    ``"auto"``: bfloat16 on CUDA where the GPU supports it (Ampere and later; its float32
+    exponent range needs no loss scaling), float16 on older CUDA GPUs, float32 on CPU and
+    MPS (CPU autocast is rarely faster for convolutions and MPS autocast support varies
+    between torch releases). ``"fp32"`` never autocasts. ``"bf16"``/``"fp16"`` are honoured on
+    any device type autocast supports (CPU bf16 is how the tests exercise the mixed-precision
+    code path on machines without a GPU).
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def autocast(device: Any, precision: str = "auto") -> Any:
+    """A context manager that runs the forward pass in ``precision`` on ``device``.
+
+    A ``contextlib.nullcontext`` for float32. Callers keep reductions that need float32
+    (spot sums, losses, stored features) outside it and cast back with ``.float()``.
+    """
+    import contextlib
+
+    import torch
+
+    dtype = autocast_dtype(device, precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def grad_scaler(device: Any, precision: str = "auto") -> Any:
+    """A ``torch.amp.GradScaler`` when training autocasts to float16 on CUDA, else ``None``.
+
+    float16's narrow exponent range underflows small gradients, so its losses are scaled;
+    bfloat16 and float32 need no scaling.
+    """
+    import torch
+
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    if device.type == "cuda" and autocast_dtype(device, precision) == torch.float16:
+        return torch.amp.GradScaler("cuda")
+    return None

@@ -137,3 +137,19 @@ def test_slide_without_mpp(run_dir: Path, tmp_path: Path) -> None:
         predict_with_run(run_dir, png, tmp_path / "x.zarr", device="cpu")
     report = predict_with_run(run_dir, png, tmp_path / "y.zarr", slide_mpp=0.5, device="cpu")
     assert report.status == "complete"
+
+
+def test_cli_predict_precision_option(run_dir: Path, sample_slide: Path, tmp_path: Path) -> None:
+    """`histoexpress predict --precision bf16` reaches the autocast (recorded in the store)."""
+    from napari_histoexpress.cli import main
+
+    out = tmp_path / "m.zarr"
+    args = ["predict", "--run", str(run_dir), "--slide", str(sample_slide), "--out", str(out),
+            "--tile-px", "256", "--device", "cpu"]  # fmt: skip
+    assert main([*args, "--precision", "bf16"]) == 0
+    prov = DenseMapStore.open(out).attrs["provenance"]
+    assert prov["autocast"] == "torch.bfloat16" and prov["device"] == "cpu"
+    assert main([*args, "--restart"]) == 0  # auto on CPU = float32
+    assert DenseMapStore.open(out).attrs["provenance"]["autocast"] == "float32"
+    with pytest.raises(SystemExit):
+        main([*args, "--precision", "half"])

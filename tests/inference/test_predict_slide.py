@@ -323,3 +323,34 @@ def test_runs_the_package_pixnet(tmp_path: Path) -> None:
     c = 32 // s
     expected = np.moveaxis(direct[0, :, c : c + 64 // s, c : c + 64 // s].numpy(), 0, -1)
     np.testing.assert_allclose(feats[: 64 // s, : 64 // s], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_mixed_precision_path_matches_float32(tmp_path: Path) -> None:
+    """The autocast path (bf16 on CUDA by default) run as CPU bf16: the convolutions really
+    run in bfloat16, the stored map stays float32-valued and within bf16 error of float32,
+    and the store records the precision used."""
+    pixnet = pytest.importorskip("napari_histoexpress.models.pixnet")
+    model = pixnet.PixNet(pixnet.PixNetConfig(n_genes=3, decoder_dim=8))
+    img = tissue_like(96, 128, seed=3)
+    seen: list[torch.dtype] = []
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    handle = first_conv.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    kw = dict(model_mpp=None, tile_px=64, halo_px=32, device="cpu", dtype="float32",
+              skip_background=False)  # fmt: skip
+    predict_slide(model, img, tmp_path / "fp32.zarr", precision="fp32", **kw)
+    assert set(seen) == {torch.float32}
+    seen.clear()
+    predict_slide(model, img, tmp_path / "bf16.zarr", precision="bf16", **kw)
+    handle.remove()
+    assert set(seen) == {torch.bfloat16}
+    ref, mixed = read_features(tmp_path / "fp32.zarr"), read_features(tmp_path / "bf16.zarr")
+    assert mixed.dtype == np.float32 and np.isfinite(mixed).all()
+    rel = np.abs(mixed - ref).max() / np.abs(ref).max()
+    assert 0 < rel < 0.05, rel  # bf16 has 8 mantissa bits: different, but close
+    assert np.corrcoef(mixed.ravel(), ref.ravel())[0, 1] > 0.999
+    prov = DenseMapStore.open(tmp_path / "bf16.zarr").attrs["provenance"]
+    assert prov["autocast"] == "torch.bfloat16" and prov["device"] == "cpu"
+    prov = DenseMapStore.open(tmp_path / "fp32.zarr").attrs["provenance"]
+    assert prov["autocast"] == "float32"
+    with pytest.raises(ValueError, match="precision"):
+        predict_slide(model, img, tmp_path / "x.zarr", precision="half", **kw)

@@ -101,6 +101,47 @@ def test_training_reduces_loss_on_sample(sample_section, tmp_path: Path) -> None
     assert min(losses[1:]) < losses[0]
 
 
+def test_mixed_precision_training_runs_the_forward_in_bf16(
+    sample_section, tmp_path: Path, monkeypatch
+) -> None:
+    """``precision='bf16'`` (what ``auto`` picks on a CUDA GPU), run here on CPU: the
+    backbone runs in bfloat16, the loss stays float32 and finite, the run records it."""
+    import torch
+
+    from napari_histoexpress.models import pixnet
+    from napari_histoexpress.training import train as train_mod
+
+    seen: list[torch.dtype] = []
+    original = pixnet.PixNet.features
+
+    def spy(self, x):
+        out = original(self, x)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(pixnet.PixNet, "features", spy)
+    losses: list[torch.dtype] = []
+    from napari_histoexpress.training import losses as losses_mod  # train() imports from it
+
+    real_loss = losses_mod.pixnet_loss
+
+    def loss_spy(pred, target, **kw):
+        losses.append(pred.dtype)
+        return real_loss(pred, target, **kw)
+
+    monkeypatch.setattr(losses_mod, "pixnet_loss", loss_spy)
+    run = tmp_path / "run"
+    train_mod.train([sample_section], run, _config(precision="bf16"), progress=False,
+                    log=lambda s: None)  # fmt: skip
+    assert seen and set(seen) == {torch.bfloat16}
+    assert losses and set(losses) == {torch.float32}
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["config"]["precision"] == "bf16"
+    assert np.isfinite(meta["extra"]["history"][0]["loss"])
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig(precision="half")
+
+
 def test_evaluate_and_ridge_and_cv(sample_section, tmp_path: Path) -> None:
     import copy
 

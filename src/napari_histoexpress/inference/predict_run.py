@@ -84,6 +84,7 @@ def predict_with_run(
     tile_px: int = 512,
     batch_size: int = 4,
     device: str = "auto",
+    precision: str = "auto",
     progress: Callable[[int, int], None] | Any | None = None,
     should_stop: Callable[[], bool] | None = None,
     resume: bool = True,
@@ -98,6 +99,8 @@ def predict_with_run(
         tile_px, batch_size: as :func:`~.predict_slide.predict_slide`.
         device: ``'auto'``, ``'cpu'``, ``'cuda'`` or ``'mps'`` (an unavailable one raises
             :class:`HistoExpressError` before anything is loaded).
+        precision: ``'auto'`` (bf16 autocast on CUDA, float32 elsewhere), ``'fp32'``,
+            ``'bf16'`` or ``'fp16'``.
         progress: ``callable(done, total)``, a tqdm-like bar, or ``True`` for a tqdm bar.
         should_stop: polled before each batch; True stops cleanly (a partial, resumable store).
         resume: keep finished tiles of an existing compatible store.
@@ -133,6 +136,7 @@ def predict_with_run(
         tile_px=tile_px,
         device=torch_device,
         batch_size=batch_size,
+        precision=precision,
         progress=progress,
         should_stop=should_stop,
         resume=resume,

@@ -27,9 +27,12 @@ Choices made here (and why):
   the same geometry and head). ``should_stop`` is polled before each batch: a cancelled run
   leaves a valid store with ``status='partial'``. The store is ``'complete'`` only once every
   tile is done and the pyramid is built.
-- **Precision.** ``torch.inference_mode``; on CUDA, autocast in bfloat16 (float16 where bf16 is
-  not supported) unless ``amp=False``; CPU/MPS run float32. Features are stored float16 by
-  default (``dtype``).
+- **Precision.** ``torch.inference_mode``; ``precision="auto"`` autocasts the forward pass
+  to bfloat16 on CUDA (float16 where bf16 is not supported) and runs float32 on CPU/MPS
+  (:func:`napari_histoexpress.devices.autocast_dtype`; ``"fp32"``, ``"bf16"``, ``"fp16"``
+  force one). Features leave the model as float32 and are stored float16 by default
+  (``dtype``); the precision used is recorded in the store's provenance. On CUDA, tiles are
+  copied from pinned host memory without blocking.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ import dask.array as da
 import numpy as np
 import torch
 
+from .. import devices
 from ..devices import resolve_device
 from ..errors import InputFileError, MissingResolutionError
 from ..inference.map_store import DenseMapStore
@@ -152,7 +156,7 @@ def predict_slide(
     skip_background: bool = True,
     genes: Sequence[str] | None = None,
     dtype: str = "float16",
-    amp: bool = True,
+    precision: str = "auto",
     build_pyramid: bool = True,
     provenance: Mapping[str, Any] | None = None,
 ) -> PredictionReport:
@@ -179,7 +183,8 @@ def predict_slide(
         skip_background: detect tissue and skip tiles without it.
         genes: names of the head outputs (default ``model.genes`` or ``gene_0``...).
         dtype: stored feature dtype (``'float16'`` or ``'float32'``).
-        amp: autocast on CUDA.
+        precision: ``'auto'`` (bf16 autocast on CUDA, float32 elsewhere), ``'fp32'``,
+            ``'bf16'`` or ``'fp16'`` (see :func:`~napari_histoexpress.devices.autocast_dtype`).
         build_pyramid: build the pooled levels once all tiles are done.
         provenance: extra provenance (e.g. ``run_dir``, checkpoint) stored in the attrs.
     """
@@ -202,7 +207,7 @@ def predict_slide(
             skip_background=skip_background,
             genes=genes,
             dtype=dtype,
-            amp=amp,
+            precision=precision,
             build_pyramid=build_pyramid,
             provenance=provenance,
             t_start=t_start,
@@ -400,7 +405,7 @@ def _predict(
     skip_background: bool,
     genes: Sequence[str] | None,
     dtype: str,
-    amp: bool,
+    precision: str,
     build_pyramid: bool,
     provenance: Mapping[str, Any] | None,
     t_start: float,
@@ -438,7 +443,11 @@ def _predict(
         working_shape=[h_work, w_work],
         input_multiple=align,
         slide=slide_info,
-        provenance=_provenance(model, provenance),
+        provenance={
+            **_provenance(model, provenance),
+            "device": str(device),
+            "autocast": str(devices.autocast_dtype(device, precision) or "float32"),
+        },
     )
     store, resumed = _open_or_create(
         out_path,
@@ -489,11 +498,7 @@ def _predict(
         mean_v, std_v = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     mean = torch.as_tensor(mean_v, dtype=torch.float32).reshape(1, 3, 1, 1).to(device)
     std = torch.as_tensor(std_v, dtype=torch.float32).reshape(1, 3, 1, 1).to(device)
-    if device.type == "cuda" and amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        autocast: Any = torch.autocast("cuda", dtype=amp_dtype)
-    else:
-        autocast = contextlib.nullcontext()
+    autocast = devices.autocast(device, precision)
 
     def load(batch: list[Tile]) -> np.ndarray:
         return np.stack([_read_window(slide, f, work_mpp, t) for t in batch])
@@ -595,7 +600,10 @@ def _forward(
     feature_dim: int,
 ) -> np.ndarray:
     """uint8 ``(B, n, n, 3)`` -> float32 features ``(B, C, n/s, n/s)`` on the CPU."""
-    x = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    host = torch.from_numpy(pixels)
+    if device.type == "cuda":
+        host = host.pin_memory()
+    x = host.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
     x = (x - mean) / std
     with torch.inference_mode(), autocast:
         y = model.features(x)

@@ -50,6 +50,10 @@ class TrainConfig:
     ``lr_schedule``: ``"constant"`` (the paper's Adam at a fixed lr) or ``"cosine"`` (linear
     warm-up over ``warmup_fraction`` of the steps, then cosine decay to zero), set per step
     from the global step so a resumed run continues the same curve.
+
+    ``precision``: the forward pass's autocast (:func:`napari_histoexpress.devices.autocast_dtype`;
+    ``"auto"`` = bfloat16 on CUDA, float32 on CPU/MPS). Spot aggregation and the loss always
+    run in float32, and float16 training scales its loss (``torch.amp.GradScaler``).
     """
 
     model: str = "pixnet"
@@ -69,6 +73,7 @@ class TrainConfig:
     colour_jitter: float = 0.1
     target_sum: float = 1e4
     device: str = "auto"
+    precision: str = "auto"
     seed: int = 0
     num_workers: int = 0
     model_config: dict[str, Any] = field(default_factory=dict)
@@ -76,6 +81,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        from ..devices import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..devices import resolve_device
+from ..devices import autocast, grad_scaler, resolve_device
 from .config import PIXNET_CPU_DEFAULTS, TrainConfig, learning_rate
 from .sections import Section
 
@@ -165,6 +165,7 @@ def train_pixnet(
     model.init_head_bias(all_targets.mean(axis=0))
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scaler = grad_scaler(device, config.precision)
 
     resume_dir = out / "resume"
     fingerprint = {
@@ -218,7 +219,9 @@ def train_pixnet(
             for group in opt.param_groups:
                 group["lr"] = lr
             images = _colour_jitter(batch["image"], config.colour_jitter, gen).to(device)
-            feats = model.features(images)
+            with autocast(device, config.precision):
+                feats = model.features(images)
+            feats = feats.float()  # spot sums and the PCC loss in float32
             # spot_crops: pixel (r, c) covers [c, c+1) -> centres at c + 0.5;
             # PixNet/aggregate: pixel centres at integers -> shift by half a pixel
             centres = batch["centres"] - 0.5
@@ -231,8 +234,13 @@ def train_pixnet(
             )
             loss = pixnet_loss(pred, batch["targets"].to(device), lam=config.lam)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:  # float16 autocast: scaled loss, unscaled (and skipped if inf) step
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         history.append(
