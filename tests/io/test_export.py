@@ -86,3 +86,20 @@ def test_csv_roundtrip_and_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_missing_output_folder(tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match="does not exist"):
         write_csv_atomic(pd.DataFrame({"a": [1]}), tmp_path / "absent" / "x.csv")
+
+
+def test_h5ad_safe_provenance_round_trips(tmp_path: Path) -> None:
+    from napari_histoexpress.io.export import h5ad_safe
+
+    prov = {"run": "/r", "mpp": None, "levels": [1, None], "nested": {"a": None, "b": (2, 3)}}
+    safe = h5ad_safe(prov)
+    assert safe == {"run": "/r", "levels": [1, "None"], "nested": {"b": [2, 3]}}
+    adata = AnnData(np.zeros((2, 1), np.float32))
+    adata.uns["provenance"] = safe
+    write_h5ad_atomic(adata, tmp_path / "a.h5ad")
+    import anndata
+
+    back = anndata.read_h5ad(tmp_path / "a.h5ad").uns["provenance"]
+    assert back["run"] == "/r" and "mpp" not in back and "a" not in back["nested"]
+    assert [str(v) for v in back["levels"]] == ["1", "None"]
+    assert list(back["nested"]["b"]) == [2, 3]

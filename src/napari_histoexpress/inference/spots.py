@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputFileError
+from ..io.export import h5ad_safe
 from .aggregate import CircleAggregator
 from .map_store import DenseMapStore
 
@@ -175,15 +176,6 @@ def predict_circles(
         "map_store": str(store.path),
         "map_mpp": float(map_mpp),
         "aggregation": reduce,
-        "provenance": _plain(attrs.get("provenance", {})),
+        "provenance": h5ad_safe(attrs.get("provenance", {})),
     }
     return adata
-
-
-def _plain(value: Any) -> Any:
-    """JSON-like values only (h5ad cannot store None)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list | tuple):
-        return [str(v) if v is None else _plain(v) for v in value]
-    return value

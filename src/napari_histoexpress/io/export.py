@@ -41,6 +41,16 @@ def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
     return path
 
 
+def h5ad_safe(value: Any) -> Any:
+    """``value`` with every ``None`` a dict holds dropped and every ``None`` in a list made
+    ``"None"``: h5ad (``adata.uns``) cannot store ``None``. Other values pass unchanged."""
+    if isinstance(value, dict):
+        return {str(k): h5ad_safe(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [str(v) if v is None else h5ad_safe(v) for v in value]
+    return value
+
+
 def write_h5ad_atomic(adata: AnnData, path: str | Path) -> Path:
     """Write ``adata`` to ``path`` (``.h5ad``) atomically; returns ``path``."""
     return write_atomic(path, lambda tmp: adata.write_h5ad(tmp))

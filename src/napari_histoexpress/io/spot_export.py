@@ -56,7 +56,7 @@ import pandas as pd
 
 from ..errors import HistoExpressError, InputFileError
 from . import spatial
-from .export import write_csv_atomic, write_h5ad_atomic
+from .export import h5ad_safe, write_csv_atomic, write_h5ad_atomic
 
 __all__ = [
     "CSV_FIXED_COLUMNS",
@@ -160,7 +160,7 @@ def spots_anndata(
     docstring. ``slide_path`` defaults to the slide recorded in the store."""
     from .. import __version__
     from ..inference.map_store import DenseMapStore
-    from ..inference.spots import _plain, predict_circles
+    from ..inference.spots import predict_circles
     from ..project import validate_spots
 
     if not isinstance(store, DenseMapStore):
@@ -203,7 +203,7 @@ def spots_anndata(
         },
     )
 
-    prov = _plain(attrs.get("provenance", {}) or {})
+    prov = h5ad_safe(attrs.get("provenance", {}) or {})
     info = dict(adata.uns.get("histoexpress", {}))
     info.update(
         run_dir=prov.get("run_dir"),
