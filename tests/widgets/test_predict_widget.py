@@ -207,7 +207,8 @@ def test_stored_map_is_reused_on_reopen(
     viewer._add_layer_from_data(data, kwargs, kind)
     inserted = viewer.layers["inserted"]
     assert inserted.metadata[_common.MAP_KEY] == str(stored)
-    assert widget.status_label.text() == f"Using stored map {stored}"
+    assert widget.status_label.text().startswith(f"Using stored map {stored}.")
+    assert "tick Start over" in widget.status_label.text()
     # selecting the other layer of the same slide reuses the map too
     widget.slide_combo.setCurrentText("no map yet")
     assert viewer.layers["no map yet"].metadata[_common.MAP_KEY] == str(stored)
@@ -302,3 +303,52 @@ def test_bundled_demo_run_button(make_napari_viewer: Any) -> None:
     _viewer, widget = _viewer_with_widget(make_napari_viewer)
     widget.demo_button.click()
     assert Path(widget.run_edit.text()) == bundled_demo_run()
+
+
+def test_start_over_replaces_a_map_made_with_other_settings(
+    make_napari_viewer: Any, qtbot: Any, slide_copy: Path, run_dir: Path, messages: dict
+) -> None:
+    from napari_histoexpress.widgets import GenesWidget
+
+    viewer, widget = _viewer_with_widget(make_napari_viewer)
+    genes = GenesWidget(viewer)
+    viewer.window.add_dock_widget(genes)
+    layer = _open(viewer, slide_copy)
+    _choose_run(widget, run_dir, 128)
+    widget.predict_button.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    out = Path(widget.out_label.text())
+    assert DenseMapStore.open(out).attrs["tile_px"] == 128
+    genes.show_gene("ERBB2")
+    assert genes.heatmap_layer("ERBB2") is not None
+
+    # another tile size cannot resume the stored map: the error says what to do
+    widget.tile_spin.setValue(64)
+    widget.predict_button.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    assert "cannot resume" in messages["error"][-1] and "tile_px" in messages["error"][-1]
+    assert widget.status_label.text().endswith("tick Start over to replace the existing map.")
+    assert layer.metadata[_common.MAP_KEY] == str(out)  # the old map is untouched
+    assert DenseMapStore.open(out).attrs["tile_px"] == 128
+
+    # Start over: the heatmap read from the old store closes, the store is rebuilt
+    widget.restart_check.setChecked(True)
+    changed: list[Any] = []
+    _common.hub.map_changed.connect(changed.append)
+    try:
+        widget.predict_button.click()
+        assert widget.busy and not widget.restart_check.isEnabled()
+        assert "Predicting afresh" in widget.status_label.text()
+        assert genes.heatmap_layer("ERBB2") is None
+        assert not any(lyr.name.startswith("ERBB2") for lyr in viewer.layers)
+        qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    finally:
+        _common.hub.map_changed.disconnect(changed.append)
+    report = widget.last_report
+    assert report.status == "complete" and report.n_already_done == 0
+    assert changed == [layer, layer]  # unset while rebuilt, then set again
+    store = DenseMapStore.open(out)
+    assert store.attrs["tile_px"] == 64 and store.status == "complete"
+    assert layer.metadata[_common.MAP_KEY] == str(out)
+    assert not widget.restart_check.isChecked()  # the next Predict resumes again
+    assert genes.genes() == GENES

@@ -4,7 +4,9 @@ Thin: the work is :func:`napari_histoexpress.inference.predict_run.predict_with_
 napari ``thread_worker`` that yields ``(done, total)`` progress to the GUI thread. The store
 goes to the slide's project folder (:func:`napari_histoexpress.project.default_map_path`);
 Cancel stops before the next batch and leaves a valid partial store, which the next Predict
-resumes (finished tiles kept). On success the store is recorded on the slide layer with
+resumes (finished tiles kept); *Start over* discards an existing store (partial, complete, or
+made with other settings, e.g. another tile size) and predicts afresh, closing the heatmaps
+read from it. On success the store is recorded on the slide layer with
 :func:`._common.set_slide_map` (the Genes widget then lists its genes).
 
 Reuse: when a slide layer is inserted or selected and its slide already has a complete map
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -53,6 +56,7 @@ def _predict_generator(
     device: str,
     tile_px: int,
     stop: threading.Event,
+    resume: bool = True,
 ) -> Any:
     """Generator run by the worker: yields ``(done, total)``, returns ``{"report": ...}`` or
     ``{"error": exception}``.
@@ -78,7 +82,7 @@ def _predict_generator(
                 tile_px=tile_px,
                 progress=lambda done, total: updates.put((done, total)),
                 should_stop=stop.is_set,
-                resume=True,
+                resume=resume,
             )
         except Exception as exc:  # handed to the GUI thread, shown by the widget
             outcome["error"] = exc
@@ -120,6 +124,11 @@ class PredictWidget(QWidget):
         self.tile_spin.setSingleStep(64)
         self.tile_spin.setValue(DEFAULT_TILE_PX)
         self.tile_spin.setToolTip("tile core side in working pixels (a multiple of 32)")
+        self.restart_check = QCheckBox("Start over (discard finished tiles)")
+        self.restart_check.setToolTip(
+            "Replace this slide's existing map for the run instead of resuming it "
+            "(needed after changing the tile size)"
+        )
         self.out_label = QLabel("—")
         self.out_label.setWordWrap(True)
         self.out_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -139,6 +148,7 @@ class PredictWidget(QWidget):
         form.addRow("", self.demo_button)
         form.addRow("device", self.device_combo)
         form.addRow("tile px", self.tile_spin)
+        form.addRow("", self.restart_check)
         form.addRow("map store", self.out_label)
         buttons = QHBoxLayout()
         buttons.addWidget(self.predict_button)
@@ -202,6 +212,7 @@ class PredictWidget(QWidget):
             self.demo_button,
             self.device_combo,
             self.tile_spin,
+            self.restart_check,
         ):
             w.setEnabled(not busy)
 
@@ -317,7 +328,9 @@ class PredictWidget(QWidget):
             return
         stored = _common.slide_map_path(layer)
         if stored is not None:
-            self._set_status(f"Using stored map {stored}")
+            self._set_status(
+                f"Using stored map {stored}. To predict it again, tick Start over and Predict."
+            )
             return
         if _common.slide_path(layer) is None:
             self._set_status(f"{layer.name}: no slide file behind this layer; open the slide.")
@@ -337,7 +350,7 @@ class PredictWidget(QWidget):
         partial = out is not None and out.exists()
         self._set_status(
             f"Ready: {info.describe()}."
-            + (" A partial map exists: Predict resumes it." if partial else "")
+            + (" A map exists: Predict resumes it (Start over replaces it)." if partial else "")
         )
 
     # ------------------------------------------------------------------ run
@@ -380,13 +393,17 @@ class PredictWidget(QWidget):
             self._set_status(f"Error: {_common._describe(exc)}")
             return
 
+        resume = not self.restart_check.isChecked()
+        if not resume:  # first: unsetting the map re-runs _update_status
+            self._release_map(layer, out)
         self._stop.clear()
-        self._job = {"layer": layer, "out": out, "t0": None, "done0": 0}
+        self._job = {"layer": layer, "out": out, "t0": None, "done0": 0, "resume": resume}
         self.progress_bar.setRange(0, 0)  # busy until the first update
         self.rate_label.setText("")
-        self._set_status(f"Predicting {layer.name} with {run.name} → {out}")
+        verb = "Predicting" if resume else "Predicting afresh"
+        self._set_status(f"{verb} {layer.name} with {run.name} → {out}")
         worker = thread_worker(_predict_generator, start_thread=False, ignore_errors=True)(
-            run, slide, out, mpp, device, tile_px, self._stop
+            run, slide, out, mpp, device, tile_px, self._stop, resume
         )
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_returned)
@@ -395,6 +412,15 @@ class PredictWidget(QWidget):
         self._worker = worker
         self._set_busy(True)
         worker.start()
+
+    def _release_map(self, layer: Any, out: Path) -> None:
+        """Before ``out`` is replaced: close the heatmaps read from it, unset it as the map."""
+        for other in list(self.viewer.layers):
+            md = getattr(other, "metadata", None) or {}
+            if md.get("histoexpress") == "heatmap" and md.get("map") == str(out):
+                self.viewer.layers.remove(other)
+        if _common.slide_map_path(layer) == out:
+            _common.set_slide_map(layer, None)
 
     def cancel(self) -> None:
         """Stop after the current batch; the partial store stays valid and resumable."""
@@ -431,6 +457,7 @@ class PredictWidget(QWidget):
                 _common.set_slide_map(layer, out)
             _common.notify_info(f"Prediction finished: {report.summary()}")
             self._set_status(f"Done: {report.summary()}")
+            self.restart_check.setChecked(False)  # a later Predict resumes again
         else:
             done = self._job.get("last", (0, report.n_tiles))[0]
             self._set_status(
@@ -440,7 +467,10 @@ class PredictWidget(QWidget):
 
     def _on_errored(self, exc: BaseException) -> None:
         _common.notify_error(exc)
-        self._set_status(f"Error: {_common._describe(exc)}")
+        text = f"Error: {_common._describe(exc)}"
+        if "cannot resume" in text and self._job.get("resume", True):
+            text += " — tick Start over to replace the existing map."
+        self._set_status(text)
 
     def _on_finished(self) -> None:
         self._worker = None
