@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -75,6 +75,7 @@ def _measured_part(out: Path, log: Callable[[str], None]) -> tuple[Any, Any, dic
 
     paths = sample_paths()
     slide = open_slide(paths["image"])
+    assert slide.mpp is not None  # the synthetic sample's OME-XML records its µm/px
     levels = " ".join(f"{a.shape[1]}x{a.shape[0]}" for a in slide.levels)
     log(
         f"slide {paths['image'].name}: {len(slide.levels)} levels ({levels}), "
@@ -146,7 +147,7 @@ def run_demo(
         return outputs
 
     from .inference.map_store import DenseMapStore
-    from .inference.predict_slide import predict_slide
+    from .inference.predict_slide import DenseFeatureModel, predict_slide
     from .inference.spots import predict_circles
     from .io import spatial
     from .io.export import write_h5ad_atomic
@@ -165,9 +166,10 @@ def run_demo(
         train_model([load_section(outputs["spots"])], run, cfg)
     outputs["run"] = run
     model, meta = load_checkpoint(run)
+    dense_model = cast(DenseFeatureModel, model)  # a PixNet run (trained above or given)
     store_path = out / "sample.zarr"
     report = predict_slide(
-        model, slide, store_path, model_mpp=float(meta["extra"]["microns_per_pixel"]),
+        dense_model, slide, store_path, model_mpp=float(meta["extra"]["microns_per_pixel"]),
         tile_px=256, progress=True, genes=list(meta["genes"]),
         provenance={"run_dir": str(Path(run).resolve()), "model": meta["model"]},
     )  # fmt: skip

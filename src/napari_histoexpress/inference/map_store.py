@@ -42,7 +42,7 @@ import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import dask.array as da
 import numpy as np
@@ -62,13 +62,13 @@ class DenseMapStore:
     def __init__(self, group: zarr.Group, path: Path) -> None:
         self._group = group
         self.path = Path(path)
-        self._features = group["features"]
-        self._done = group["done"]
-        self._coverage = group["coverage"]
+        self._features = _array(group, "features", self.path)
+        self._done = _array(group, "done", self.path)
+        self._coverage = _array(group, "coverage", self.path)
         attrs = dict(group.attrs)
-        self._genes: list[str] = list(attrs["genes"])
-        self._W = np.asarray(group["head/W"][...], dtype=np.float32)
-        self._b = np.asarray(group["head/b"][...], dtype=np.float32)
+        self._genes: list[str] = list(cast("list[str]", attrs["genes"]))
+        self._W = np.asarray(_array(group, "head/W", self.path)[...], dtype=np.float32)
+        self._b = np.asarray(_array(group, "head/b", self.path)[...], dtype=np.float32)
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -95,7 +95,10 @@ class DenseMapStore:
         """
         path = Path(path)
         h, w = (int(v) for v in map_shape)
-        ch, cw = (int(chunk), int(chunk)) if np.isscalar(chunk) else (int(c) for c in chunk)
+        if np.isscalar(chunk):
+            ch = cw = int(cast(int, chunk))
+        else:
+            ch, cw = (int(c) for c in cast("tuple[int, int]", chunk))
         W = np.asarray(head_W, dtype=np.float32)
         b = np.asarray(head_b, dtype=np.float32).reshape(-1)
         genes = [str(g) for g in genes]
@@ -155,10 +158,11 @@ class DenseMapStore:
         path = Path(path)
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
+        zmode: Literal["r", "r+"] = "r" if mode == "r" else "r+"
         if not path.is_dir():
             raise InputFileError(path, "no dense-map store here (not a directory)")
         try:
-            g = zarr.open_group(zarr.storage.LocalStore(path, read_only=mode == "r"), mode=mode)
+            g = zarr.open_group(zarr.storage.LocalStore(path, read_only=mode == "r"), mode=zmode)
         except Exception as exc:
             raise InputFileError(path, f"not a zarr group: {exc}") from exc
         if "features" not in g or "genes" not in g.attrs:
@@ -182,7 +186,7 @@ class DenseMapStore:
     def map_mpp(self) -> float | None:
         """µm per map pixel (level 0), or None when the slide resolution was unknown."""
         v = self._group.attrs.get("map_mpp")
-        return None if v is None else float(v)
+        return None if v is None else float(cast(float, v))
 
     @property
     def map_shape(self) -> tuple[int, int]:
@@ -293,7 +297,9 @@ class DenseMapStore:
 
     @property
     def tissue(self) -> np.ndarray | None:
-        return np.asarray(self._group["tissue"][...]) if "tissue" in self._group else None
+        if "tissue" not in self._group:
+            return None
+        return np.asarray(_array(self._group, "tissue", self.path)[...])
 
     # ------------------------------------------------------------------ maps
     @property
@@ -321,7 +327,7 @@ class DenseMapStore:
             raise ValueError(f"level {level} out of range 0..{self.n_levels - 1}")
         if level == 0:
             return da.from_zarr(self._features)
-        if int(self._group.attrs.get("pyramid_levels", 0)) > level:
+        if int(cast(int, self._group.attrs.get("pyramid_levels", 0))) > level:
             return da.from_zarr(self._group[f"pyramid/{level}"])
         x = da.from_zarr(self._features)
         for _ in range(level):
@@ -348,7 +354,7 @@ class DenseMapStore:
         w = self._W[:, g].copy()
         b = float(self._b[g])
         feats = self.features_level(level)
-        return feats.map_blocks(_apply_head, w, b, drop_axis=2, dtype=np.float32)
+        return da.map_blocks(_apply_head, feats, w, b, drop_axis=2, dtype=np.float32)
 
     def gene_maps(self, genes: Sequence[str | int], level: int = 0) -> da.Array:
         """Lazy ``(h, w, k)`` float32 maps of several genes."""
@@ -356,8 +362,9 @@ class DenseMapStore:
         W = self._W[:, idx].copy()
         b = self._b[idx].copy()
         feats = self.features_level(level)
-        return feats.map_blocks(
+        return da.map_blocks(
             _apply_head_many,
+            feats,
             W,
             b,
             chunks=(*feats.chunks[:2], (len(idx),)),
@@ -386,9 +393,11 @@ class DenseMapStore:
                 shape=(h, w, c),
                 chunks=chunks,
                 dtype=self._features.dtype,
-                fill_value=float(self._group.attrs.get("fill_value", 0.0)),
+                fill_value=float(cast(float, self._group.attrs.get("fill_value", 0.0))),
             )
-            da.store(pooled.rechunk(chunks), arr, lock=False, scheduler="synchronous")
+            # dask types ``targets`` as numpy ArrayLike; any object with numpy-style
+            # ``__setitem__`` (here a zarr array) is accepted at run time.
+            da.store(pooled.rechunk(chunks), cast(Any, arr), lock=False, scheduler="synchronous")
             prev = da.from_zarr(arr)
         n = self.n_levels
         self._group.attrs["pyramid_levels"] = n
@@ -410,9 +419,20 @@ def mean_pool2(x: da.Array) -> da.Array:
     even = tuple(_even_chunks(c) for c in x.chunks[:2])
     x = x.rechunk((*even, x.chunks[2]))
     out_chunks = tuple(tuple(-(-c // 2) for c in cs) for cs in x.chunks[:2])
-    return x.map_blocks(
-        _pool_block, chunks=(*out_chunks, x.chunks[2]), dtype=np.result_type(x.dtype, np.float32)
+    return da.map_blocks(
+        _pool_block,
+        x,
+        chunks=(*out_chunks, x.chunks[2]),
+        dtype=np.result_type(x.dtype, np.float32),
     )
+
+
+def _array(group: zarr.Group, key: str, path: Path) -> zarr.Array:
+    """``group[key]``, which must be an array (not a sub-group)."""
+    node = group[key]
+    if not isinstance(node, zarr.Array):
+        raise InputFileError(path, f"{key!r} is not a zarr array in this dense-map store")
+    return node
 
 
 def _even_chunks(chunks: tuple[int, ...]) -> tuple[int, ...]:

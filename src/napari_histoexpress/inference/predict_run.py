@@ -14,10 +14,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from ..errors import HistoExpressError, InputFileError
 from .predict_slide import PredictionReport
+
+if TYPE_CHECKING:
+    from .predict_slide import DenseFeatureModel
 
 __all__ = ["RunInfo", "check_run", "predict_with_run", "run_model_mpp"]
 
@@ -44,7 +47,7 @@ def run_model_mpp(run_dir: str | os.PathLike[str], meta: dict[str, Any]) -> floa
 
     value = (meta.get("extra") or {}).get("microns_per_pixel")
     try:
-        mpp = float(value)
+        mpp = float("nan") if value is None else float(value)
     except (TypeError, ValueError):
         mpp = float("nan")
     if not mpp > 0:
@@ -69,7 +72,7 @@ def check_run(run_dir: str | os.PathLike[str]) -> RunInfo:
     return RunInfo(run_dir, read_checkpoint_config(run_dir))
 
 
-def _is_dense(model: Any) -> bool:
+def _is_dense(model: Any) -> TypeGuard[DenseFeatureModel]:
     return callable(getattr(model, "features", None)) and callable(
         getattr(model, "head_weights", None)
     )

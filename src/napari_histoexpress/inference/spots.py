@@ -21,14 +21,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
 from ..errors import InputFileError
 from ..io.export import h5ad_safe
-from .aggregate import CircleAggregator
+from .aggregate import CircleAggregator, Reduce
 from .map_store import DenseMapStore
 
 CIRCLE_COLUMNS = ("x_um", "y_um", "diameter_um")
@@ -99,7 +99,9 @@ def aggregate_circles(
         window = np.asarray(feats[y0:y1, x0:x1], dtype=np.float64)
         agg = CircleAggregator(window)
         local = centres[idx] - np.array([x0, y0], float)
-        values, covered = agg.aggregate_many(local, radii[idx], reduce=reduce, return_area=True)
+        values, covered = agg.aggregate_many(
+            local, radii[idx], reduce=cast(Reduce, reduce), return_area=True
+        )  # ``reduce`` is checked there (ValueError unless 'mean' or 'sum')
         pooled[idx], area[idx] = values, covered
         if progress is not None:
             progress(done, len(groups))

@@ -332,7 +332,8 @@ def read_legacy_st(
         spot_source = "half-nearest-neighbour-distance"
 
     scalefactors["spot_diameter_fullres"] = float(spot_px)
-    scalefactors["microns_per_pixel"] = final_mpp
+    if final_mpp is not None:  # unknown = absent (the spatial convention)
+        scalefactors["microns_per_pixel"] = final_mpp
     set_library(
         adata,
         lib_id,

@@ -537,8 +537,8 @@ def _as_window(key: Any, size: int) -> tuple[slice, Any]:
     if isinstance(key, slice):
         return key, slice(None)
     if isinstance(key, (int, np.integer)):
-        index = int(key) + (size if int(key) < 0 else 0)
-        return slice(index, index + 1), 0
+        pos = int(key) + (size if int(key) < 0 else 0)
+        return slice(pos, pos + 1), 0
     index = np.asarray(key)
     if index.dtype == np.bool_:
         index = np.nonzero(index)[0]
@@ -638,8 +638,9 @@ def _halve(level: da.Array) -> da.Array:
     level = level.rechunk(
         (tuple(_even_chunks(level.chunks[0])), tuple(_even_chunks(level.chunks[1])), (3,))
     )
-    out = level.map_blocks(
+    out = da.map_blocks(
         _halve_block,
+        level,
         dtype=np.uint8,
         chunks=(
             tuple(c // 2 for c in level.chunks[0]),

@@ -303,7 +303,8 @@ def write_ome_tiff(path: str | os.PathLike[str], image: np.ndarray, mpp: float) 
     import tifffile
 
     levels = _pyramid(image)
-    common = {
+    # keyword arguments shared by every level's ``TiffWriter.write`` (heterogeneous values)
+    common: dict[str, Any] = {
         "tile": (TILE, TILE),
         "compression": "jpeg",
         "compressionargs": {"level": JPEG_QUALITY},

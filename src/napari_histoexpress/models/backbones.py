@@ -26,6 +26,7 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -72,7 +73,7 @@ def create_backbone(
         zero_init_last: keep timm's zero-init of the last norm of each residual branch
             (see the module docstring for why the default is ``False``).
     """
-    kwargs: dict[str, object] = {"features_only": True}
+    kwargs: dict[str, Any] = {"features_only": True}
     if out_indices is not None:
         kwargs["out_indices"] = tuple(int(i) for i in out_indices)
 
@@ -210,7 +211,7 @@ def load_backbone_weights(
 
 
 # --------------------------------------------------------------------------------------
-def _create_from_hub(spec: str, kwargs: dict[str, object]) -> nn.Module:
+def _create_from_hub(spec: str, kwargs: dict[str, Any]) -> nn.Module:
     try:
         return timm.create_model(spec, pretrained=True, **kwargs)
     except Exception as exc:

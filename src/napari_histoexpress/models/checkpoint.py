@@ -26,8 +26,9 @@ import json
 import os
 import platform
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -42,6 +43,16 @@ __all__ = [
     "read_checkpoint_config",
     "save_checkpoint",
 ]
+
+
+class SavableModel(Protocol):
+    """What :func:`save_checkpoint` needs: a registered model (see
+    :mod:`~napari_histoexpress.models.registry`) with a JSON-able config and tensors."""
+
+    def config_dict(self) -> dict[str, Any]: ...
+
+    def state_dict(self) -> Mapping[str, torch.Tensor]: ...
+
 
 WEIGHTS_NAME = "weights.safetensors"
 CONFIG_NAME = "config.json"
@@ -88,7 +99,7 @@ def _atomic_write(path: Path, write) -> None:  # type: ignore[no-untyped-def]
 
 def save_checkpoint(
     run_dir: str | os.PathLike[str],
-    model: torch.nn.Module,
+    model: SavableModel,
     config: dict[str, Any] | None,
     genes: list[str],
     extra: dict[str, Any] | None = None,

@@ -69,7 +69,7 @@ import dataclasses
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -80,6 +80,9 @@ from torch import nn
 from ..inference.aggregate import circle_pixel_weights
 from ..models.backbones import backbone_transform_stats, create_backbone
 from ..models.registry import register_model
+
+if TYPE_CHECKING:
+    from timm.models import FeatureInfo
 
 __all__ = ["DFFN", "PixNet", "PixNetConfig", "ResizeConv", "spot_weight_matrix"]
 
@@ -129,12 +132,15 @@ class PixNetConfig:
             self.out_indices = tuple(int(i) for i in self.out_indices)
         if self.pretrained is not None:
             self.pretrained = str(self.pretrained)
-        if self.mean is None or self.std is None:
-            mean, std = backbone_transform_stats(self.backbone)
-            self.mean = self.mean or mean  # type: ignore[assignment]
-            self.std = self.std or std  # type: ignore[assignment]
-        self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
-        self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
+        mean: Sequence[float] | None = self.mean
+        std: Sequence[float] | None = self.std
+        if mean is None or std is None:
+            default_mean, default_std = backbone_transform_stats(self.backbone)
+            mean = mean or default_mean
+            std = std or default_std
+        # three values (RGB) in practice; the model's buffers check the length
+        self.mean = cast("tuple[float, float, float]", tuple(float(v) for v in mean))
+        self.std = cast("tuple[float, float, float]", tuple(float(v) for v in std))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -185,6 +191,10 @@ class ResizeConv(nn.Module):
 class PixNet(nn.Module):
     """Dense gene-expression map network (see the module docstring)."""
 
+    # buffers registered in ``__init__`` (input normalisation, ``(1, 3, 1, 1)``)
+    input_mean: torch.Tensor
+    input_std: torch.Tensor
+
     def __init__(self, config: PixNetConfig) -> None:
         super().__init__()
         self.config = config
@@ -194,13 +204,14 @@ class PixNet(nn.Module):
             out_indices=config.out_indices,
             zero_init_last=config.zero_init_last,
         )
-        channels = list(self.encoder.feature_info.channels())
-        reductions = list(self.encoder.feature_info.reduction())
+        feature_info = cast("FeatureInfo", self.encoder.feature_info)
+        channels = list(feature_info.channels())
+        reductions = list(feature_info.reduction())
         if len(channels) < 2:
             raise ValueError("PixNet needs at least two backbone levels (out_indices)")
         dim = config.decoder_dim
         self.proj = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in channels)
-        ups = []
+        ups: list[nn.Module] = []
         for fine, coarse in itertools.pairwise(reductions):
             ratio = max(1, round(coarse / fine))
             if ratio == 1:
@@ -250,10 +261,17 @@ class PixNet(nn.Module):
     def feature_dim(self) -> int:
         return self.config.decoder_dim
 
+    @property
+    def _head_bias(self) -> torch.Tensor:
+        bias = self.head.bias
+        assert bias is not None  # the head is built with bias=True
+        return bias
+
     @torch.no_grad()
     def init_head_bias(self, gene_means: torch.Tensor | np.ndarray) -> None:
         """Start from the training mean of each gene (zero-weight head is not forced)."""
-        self.head.bias.copy_(torch.as_tensor(np.asarray(gene_means), dtype=self.head.bias.dtype))
+        bias = self._head_bias
+        bias.copy_(torch.as_tensor(np.asarray(gene_means), dtype=bias.dtype))
 
     # ------------------------------------------------------------------ dense maps
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -285,7 +303,7 @@ class PixNet(nn.Module):
     def head_weights(self) -> tuple[np.ndarray, np.ndarray]:
         """``(W (G, C), b (G,))`` float64 of the linear head, for numpy aggregation."""
         w = self.head.weight.detach().double().cpu().numpy()[:, :, 0, 0]
-        b = self.head.bias.detach().double().cpu().numpy()
+        b = self._head_bias.detach().double().cpu().numpy()
         return w, b
 
     def apply_head(
@@ -334,10 +352,11 @@ class PixNet(nn.Module):
         b, c, h, w = features.shape
         if batch_index is None and b != 1:
             raise ValueError("batch_index is required when the batch has several images")
+        img_h, img_w = (int(s) for s in image_size)
         weights, area = spot_weight_matrix(
             _to_numpy(centres_xy),
             _to_numpy(radii),
-            tuple(int(s) for s in image_size),
+            (img_h, img_w),
             (h, w),
             batch_index=None if batch_index is None else _to_numpy(batch_index),
             n_batch=b,
@@ -349,7 +368,7 @@ class PixNet(nn.Module):
         flat = features.permute(0, 2, 3, 1).reshape(b * h * w, c)
         pooled = torch.sparse.mm(weights, flat)  # (N, C)
         area_t = torch.as_tensor(area, dtype=features.dtype, device=features.device)[:, None]
-        bias = self.head.bias[None, :]
+        bias = self._head_bias[None, :]
         lin = pooled @ self.head.weight[:, :, 0, 0].T
         if reduce == "mean":
             return lin / area_t + bias

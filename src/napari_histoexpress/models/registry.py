@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 __all__ = [
     "available_models",
@@ -28,12 +28,24 @@ __all__ = [
 
 T = TypeVar("T", bound=type)
 
+
+class ModelClass(Protocol):
+    """A registered model class (the class object itself, not an instance)."""
+
+    __name__: str
+    __qualname__: str
+
+    def from_config(self, config: dict[str, Any], /) -> Any:
+        """The ``from_config`` classmethod: a model built from a plain config dict."""
+        ...
+
+
 # name -> module that registers it when imported
 _BUILTIN_MODULES: dict[str, str] = {
     "pixnet": "napari_histoexpress.models.pixnet",
     "ridge": "napari_histoexpress.models.ridge",
 }
-_REGISTRY: dict[str, type] = {}
+_REGISTRY: dict[str, ModelClass] = {}
 
 
 def register_model(name: str) -> Callable[[T], T]:
@@ -48,7 +60,7 @@ def register_model(name: str) -> Callable[[T], T]:
         old = _REGISTRY.get(key)
         if old is not None and old.__qualname__ != cls.__qualname__:
             raise ValueError(f"model name {key!r} is already registered to {old.__qualname__}")
-        _REGISTRY[key] = cls
+        _REGISTRY[key] = cast(ModelClass, cls)  # from_config checked just above
         cls.registry_name = key  # type: ignore[attr-defined]
         return cls
 
@@ -61,7 +73,7 @@ def _import_builtin(name: str) -> None:
         importlib.import_module(module)
 
 
-def get_model_class(name: str) -> type:
+def get_model_class(name: str) -> ModelClass:
     """The class registered under ``name``; ``KeyError`` listing the available names."""
     key = name.lower()
     try:

@@ -342,6 +342,8 @@ class RidgeBaseline:
         if not self.is_fitted:
             raise RuntimeError("RidgeBaseline is not fitted")
         state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self._arrays.items()}
+        if self.alpha is None:  # fitted from a state that had no alpha
+            raise RuntimeError("RidgeBaseline has no alpha")
         state["alpha"] = torch.tensor(float(self.alpha), dtype=torch.float64)
         for k, v in self.backbone.state_dict().items():
             state[f"backbone.{k}"] = v.detach().cpu().contiguous()

@@ -184,7 +184,8 @@ class ExportWidget(QWidget):
         if layer is None:
             self.status.setText("No slide open: open a slide and predict its map first.")
             return
-        if _common.slide_map(layer) is None:
+        store = _common.slide_map(layer)  # cached per path: same object as on every call
+        if store is None:
             self.status.setText(
                 f"{layer.name} has no predicted map yet: predict one in the Predict widget."
             )
@@ -205,7 +206,7 @@ class ExportWidget(QWidget):
         else:
             self.status.setText(
                 f"{n} spot(s) in {len(spot_layers)} layer(s) ready to export with "
-                f"{len(_common.slide_map(layer).genes)} genes."
+                f"{len(store.genes)} genes."
             )
 
     # ------------------------------------------------------------------ actions

@@ -157,13 +157,15 @@ class GenesWidget(QWidget):
 
     def listed_genes(self) -> list[str]:
         """The gene symbols currently listed, in order."""
-        return [str(self.gene_list.item(i).data(GENE_ROLE)) for i in range(self.gene_list.count())]
+        items = (self.gene_list.item(i) for i in range(self.gene_list.count()))
+        return [str(item.data(GENE_ROLE)) for item in items if item is not None]
 
     def apply_filter(self, text: str = "") -> None:
         """List the genes matching ``text`` (symbols, then aliases; case-insensitive)."""
         self.gene_list.clear()
+        store = self._store
         genes = self.genes()
-        if not genes:
+        if store is None or not genes:  # no store: no genes
             return
         for m in search_genes(text, genes):
             label = m.gene if m.alias is None else f"{m.gene}  ({m.alias})"
@@ -173,10 +175,10 @@ class GenesWidget(QWidget):
             if aliases:
                 item.setToolTip(f"{m.gene}: also known as {', '.join(aliases)}")
             self.gene_list.addItem(item)
-        status = "partial map" if self._store.status != "complete" else "map"
+        status = "partial map" if store.status != "complete" else "map"
         shown = self.gene_list.count()
         self.status.setText(
-            f"{shown} of {len(genes)} genes ({status} {self._store.path.name}). "
+            f"{shown} of {len(genes)} genes ({status} {store.path.name}). "
             "Click a gene to overlay its prediction."
             if shown
             else f"No gene matches {text!r} (of {len(genes)})."
@@ -301,7 +303,7 @@ class GenesWidget(QWidget):
         if gene not in set(map(str, adata.var_names)):
             self.pcc_label.setText(f"{gene} is not measured in {spots.name}.")
         else:
-            self._colour_spots(spots, adata, gene)
+            self._colour_spots(self._store, spots, adata, gene)
         key = (id(self._store), id(adata))
         self._pending_gene = gene
         if self._comparison_key == key and self.comparison is not None:
@@ -311,10 +313,10 @@ class GenesWidget(QWidget):
             return  # running: it shows the latest clicked gene when done
         self._start_comparison(self._store, adata, spots.metadata.get("library_id"), key)
 
-    def _colour_spots(self, spots: Any, adata: Any, gene: str) -> None:
+    def _colour_spots(self, store: Any, spots: Any, adata: Any, gene: str) -> None:
         try:
             if gene not in spots.features.columns:
-                target_sum, _ = mvp.model_target_sum(self._store)
+                target_sum, _ = mvp.model_target_sum(store)
                 features = spots.features.copy()
                 features[gene] = mvp.measured_values(adata, gene, target_sum)
                 spots.features = features

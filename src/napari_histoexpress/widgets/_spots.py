@@ -181,8 +181,10 @@ class SpotsWidget(QWidget):
         self.table.setModel(self.model)
         self.table.setSortingEnabled(True)
         self.table.sortByColumn(1, Qt.SortOrder.DescendingOrder)
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        v_header, h_header = self.table.verticalHeader(), self.table.horizontalHeader()
+        assert v_header is not None and h_header is not None  # a QTableView has both
+        v_header.setVisible(False)
+        h_header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.bars = BarPlot(self)
 
         form = QFormLayout()
@@ -452,7 +454,7 @@ class SpotsWidget(QWidget):
         kind = layer.shape_type[index]
         if kind == "ellipse" and len(v) == 4:
             centre = v.mean(axis=0)
-            diameter = (np.linalg.norm(v[1] - v[0]) + np.linalg.norm(v[2] - v[1])) / 2.0
+            diameter = float(np.linalg.norm(v[1] - v[0]) + np.linalg.norm(v[2] - v[1])) / 2.0
         else:
             lo, hi = v.min(axis=0), v.max(axis=0)
             centre, diameter = (lo + hi) / 2.0, float(np.mean(hi - lo))
