@@ -113,3 +113,58 @@ def test_demo_trains_predicts_and_writes_heatmap(tmp_path: Path, capsys) -> None
         assert png.size[0] > 400
     predicted = ad.read_h5ad(out / "predicted_spots.h5ad")
     assert predicted.n_obs == 207 and np.isfinite(predicted.X).all()
+
+
+def test_train_options_reach_the_config() -> None:
+    from napari_histoexpress.cli import _train_config, build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(
+        ["train", "--data", "a.h5ad", "--out", "run", "--backbone", "vit_tiny_patch16_224",
+         "--backbone-kwargs", '{"init_values": 1e-5, "dynamic_img_size": true}',
+         "--input-mean", "0.485", "0.456", "0.406", "--input-std", "0.229", "0.224", "0.225",
+         "--precision", "bf16"]
+    )  # fmt: skip
+    cfg = _train_config(args)
+    assert cfg.precision == "bf16"
+    assert cfg.model_config["backbone_kwargs"] == {"init_values": 1e-5, "dynamic_img_size": True}
+    assert cfg.model_config["mean"] == [0.485, 0.456, 0.406]
+    assert cfg.model_config["std"] == [0.229, 0.224, 0.225]
+    plain = _train_config(parser.parse_args(["train", "--data", "a.h5ad", "--out", "run"]))
+    assert plain.precision == "auto" and "backbone_kwargs" not in plain.model_config
+
+
+@pytest.mark.parametrize("bad", ["{init_values: 1}", "[1, 2]"])
+def test_backbone_kwargs_must_be_a_json_object(bad: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--data", "a.h5ad", "--out", "run", "--backbone-kwargs", bad])
+    assert "--backbone-kwargs" in capsys.readouterr().err
+
+
+def test_ridge_on_a_vit_through_the_cli(tmp_path: Path, capsys) -> None:
+    """The HEST-style baseline on a UNI-style ViT, trained and evaluated by the command."""
+    import json
+
+    from napari_histoexpress.io.synthetic import sample_paths
+
+    spots = str(sample_paths()["spots"])
+    run = tmp_path / "ridge_vit"
+    code = main(
+        ["train", "--model", "ridge", "--data", spots, "--genes", "5", "--out", str(run),
+         "--backbone", "vit_tiny_patch16_224",
+         "--backbone-kwargs", '{"init_values": 1e-5, "dynamic_img_size": true}',
+         "--input-mean", "0.485", "0.456", "0.406", "--input-std", "0.229", "0.224", "0.225"]
+    )  # fmt: skip
+    assert code == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"] == "ridge"
+    built = saved["model_config"]  # what the model is rebuilt from
+    assert built["backbone"] == "vit_tiny_patch16_224"
+    assert built["backbone_kwargs"] == {"init_values": 1e-5, "dynamic_img_size": True}
+    assert built["mean"] == [0.485, 0.456, 0.406]
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--run", str(run), "--data", spots, "--json", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["sections"] and all(
+        r["n_genes"] == 5 and np.isfinite(r["mse"]) for r in metrics["sections"].values()
+    )

@@ -25,6 +25,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc}): {text}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object {{...}}, got {text}")
+    return value
+
+
 # ---------------------------------------------------------------------------- import
 def _cmd_import_visium(args: argparse.Namespace) -> int:
     from .io.export import write_h5ad_atomic
@@ -81,6 +93,12 @@ def _train_config(args: argparse.Namespace) -> Any:
         model_config["backbone"] = args.backbone
     if args.pretrained:
         model_config["pretrained"] = args.pretrained
+    if getattr(args, "backbone_kwargs", None):
+        model_config["backbone_kwargs"] = dict(args.backbone_kwargs)
+    for key in ("mean", "std"):
+        value = getattr(args, f"input_{key}", None)
+        if value:
+            model_config[key] = list(value)
     if getattr(args, "decoder_dim", None):
         model_config["decoder_dim"] = args.decoder_dim
     if getattr(args, "out_indices", None):
@@ -128,6 +146,20 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-um", type=_positive_float, default=d.crop_um)
     p.add_argument("--backbone", help="timm model name (default resnet18)")
     p.add_argument("--pretrained", help="weights file or hf-hub:org/name (default random init)")
+    p.add_argument(
+        "--backbone-kwargs",
+        type=_json_object,
+        help='timm architecture options as JSON, e.g. \'{"init_values": 1e-5, '
+        '"dynamic_img_size": true}\' for a UNI-style ViT',
+    )
+    p.add_argument(
+        "--input-mean",
+        type=float,
+        nargs=3,
+        metavar=("R", "G", "B"),
+        help="input normalisation mean (RGB in [0, 1]; default: the backbone's timm config)",
+    )
+    p.add_argument("--input-std", type=float, nargs=3, metavar=("R", "G", "B"))
     p.add_argument("--decoder-dim", type=int, help="PixNet decoder channels (default 64)")
     p.add_argument(
         "--out-indices",

@@ -20,8 +20,9 @@ def _classifier(name: str = "resnet18", seed: int = 0) -> torch.nn.Module:
 
 def _assert_backbone_matches(backbone: torch.nn.Module, full: torch.nn.Module) -> None:
     full_sd = full.state_dict()
-    for key, value in backbone.state_dict().items():
-        # timm's feature wrappers flatten "stages.0" into "stages_0"
+    for name, value in backbone.state_dict().items():
+        # timm's feature wrappers flatten "stages.0" into "stages_0"; ViT getters add "model."
+        key = name.removeprefix("model.")
         src = (
             key
             if key in full_sd
@@ -112,3 +113,47 @@ def test_transform_stats() -> None:
     assert mean == pytest.approx((0.485, 0.456, 0.406))
     assert std == pytest.approx((0.229, 0.224, 0.225))
     assert backbone_transform_stats("not_a_timm_model")[0] == mean
+
+
+UNI_KWARGS = {"init_values": 1e-5, "dynamic_img_size": True}
+
+
+def _uni_style_vit(seed: int = 0) -> torch.nn.Module:
+    """A small ViT built like UNI (LayerScale, interpolated positions), with LayerScale
+    gammas far from their 1e-5 init, as trained weights have them."""
+    torch.manual_seed(seed)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **UNI_KWARGS)
+    with torch.no_grad():
+        for name, param in vit.named_parameters():
+            if name.endswith(("ls1.gamma", "ls2.gamma")):
+                param.uniform_(0.5, 1.5)
+    return vit.eval()
+
+
+def test_uni_style_vit_weights_with_their_architecture_options(tmp_path: Path) -> None:
+    vit = _uni_style_vit()
+    path = tmp_path / "uni_style.safetensors"
+    save_file(vit.state_dict(), str(path))
+    backbone = create_backbone(
+        "vit_tiny_patch16_224", pretrained=path, model_kwargs=UNI_KWARGS, out_indices=(5, 11)
+    ).eval()
+    _assert_backbone_matches(backbone, vit)
+    assert backbone.feature_info.reduction() == [16, 16]
+    x = torch.rand(2, 3, 256, 256)  # not 224 px: the position embeddings are interpolated
+    with torch.no_grad():
+        ours = backbone(x)
+        ref = vit.forward_intermediates(x, indices=[5, 11], intermediates_only=True)
+    assert [tuple(f.shape) for f in ours] == [(2, 192, 16, 16)] * 2
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b)
+    # without the options the LayerScale tensors have nowhere to go: a warning names them
+    with pytest.warns(UserWarning, match=r"uni_style\.safetensors.*not part of backbone.*gamma"):
+        create_backbone("vit_tiny_patch16_224", pretrained=path)
+
+
+def test_architecture_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="rejects options"):
+        create_backbone("resnet18", model_kwargs={"init_values": 1e-5})
+    with pytest.raises(ValueError, match="may not set"):
+        create_backbone("resnet18", model_kwargs={"features_only": False})
+    assert create_backbone("resnet18", model_kwargs={"drop_path_rate": 0.1}).feature_info

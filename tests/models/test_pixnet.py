@@ -54,6 +54,36 @@ def test_other_backbone_and_levels() -> None:
         assert m(torch.rand(1, 3, 64, 64)).shape == (1, 3, 64, 64)
 
 
+def test_vit_encoder_with_architecture_options(tmp_path) -> None:
+    """A UNI-style ViT (LayerScale, interpolated positions) as PixNet's encoder: every level
+    at stride 16, fused without upsampling; the options survive a checkpoint."""
+    from napari_histoexpress.models.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = PixNetConfig(
+        n_genes=2,
+        decoder_dim=8,
+        backbone="vit_tiny_patch16_224",
+        backbone_kwargs={"init_values": 1e-5, "dynamic_img_size": True},
+        out_indices=(3, 7, 11),
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+    )
+    m = PixNet(cfg).eval()
+    assert m.output_stride == 16 and len(m.delta) == 2
+    assert any(n.endswith("ls1.gamma") for n, _ in m.named_parameters())
+    x = torch.rand(1, 3, 192, 256)  # 384 µm crops at 2 µm/px are not 224 px
+    with torch.no_grad():
+        assert m.features(x).shape == (1, 8, 12, 16)
+        y = m(x)
+    assert y.shape == (1, 2, 192, 256)
+    assert PixNetConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    save_checkpoint(tmp_path / "run", m, {}, ["A", "B"], extra={"microns_per_pixel": 2.0})
+    loaded, _ = load_checkpoint(tmp_path / "run")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), y)
+
+
 def test_config_roundtrip_json() -> None:
     cfg = PixNetConfig(n_genes=4, decoder_dim=8, out_indices=(0, 1, 2), aggregation="sum")
     d = json.loads(json.dumps(cfg.to_dict()))

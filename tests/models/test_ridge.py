@@ -175,3 +175,28 @@ def test_registered() -> None:
     assert registry.get_model_class("ridge") is RidgeBaseline
     built = registry.build_model("ridge", {"input_px": 32})
     assert isinstance(built, RidgeBaseline) and built.config.input_px == 32
+
+
+def test_vit_backbone_with_options_and_own_normalisation(tmp_path: Path) -> None:
+    """A UNI-style ViT as the frozen encoder (HEST's setting), with ImageNet statistics
+    instead of the ViT name's timm defaults; saved and restored exactly."""
+    vit = dict(
+        backbone="vit_tiny_patch16_224",
+        backbone_kwargs={"init_values": 1e-5, "dynamic_img_size": True},
+        out_indices=(11,),
+    )
+    imagenet = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    train = [_section(1), _section(2)]
+    model = RidgeBaseline(_config(**vit, **imagenet)).fit(train, GENES)
+    feats = model.extract_features(train[0])
+    assert feats.shape == (30, 192)
+    # the normalisation override is used (timm's vit default is mean = std = 0.5)
+    other = RidgeBaseline(_config(**vit)).extract_features(train[0])
+    assert not np.allclose(other, feats, atol=1e-3)
+    run = model.save(tmp_path / "run")
+    loaded = RidgeBaseline.load(run)
+    assert loaded.config == model.config and loaded.config.backbone_kwargs["init_values"] == 1e-5
+    test = _section(4)
+    np.testing.assert_allclose(loaded.predict(test), model.predict(test), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="3 values"):
+        RidgeConfig(mean=(0.5, 0.5))

@@ -17,6 +17,12 @@ Choices made here (and why):
   Measured on her2st (``../shared/data/README.md``): ridge on random-init ResNet18 features
   gives PCC 0.252 with timm's default and 0.263 with ``zero_init_last=False``. When loading
   pretrained weights the flag does not matter (the gammas are overwritten).
+- **Architecture options go to timm as they are** (``model_kwargs``): a pathology ViT
+  published as timm weights needs the options it was trained with, e.g. a UNI-style
+  ``vit_large_patch16_224`` with ``{"init_values": 1e-5, "dynamic_img_size": true}``
+  (LayerScale; position embeddings interpolated for inputs other than 224 px). Without
+  them its LayerScale tensors would have nowhere to go (a warning names them) and the
+  features would be wrong. ViTs give every level at one stride (16 for ``patch16``).
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ def create_backbone(
     pretrained: str | os.PathLike[str] | None = None,
     out_indices: tuple[int, ...] | None = None,
     zero_init_last: bool = False,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """A timm model with ``features_only=True``: ``forward(x)`` returns a list of maps.
 
@@ -72,8 +79,13 @@ def create_backbone(
         out_indices: which stages to return (timm's default: all).
         zero_init_last: keep timm's zero-init of the last norm of each residual branch
             (see the module docstring for why the default is ``False``).
+        model_kwargs: extra ``timm.create_model`` arguments of the architecture (e.g.
+            ``{"init_values": 1e-5, "dynamic_img_size": True}`` for a UNI-style ViT).
     """
-    kwargs: dict[str, Any] = {"features_only": True}
+    reserved = {"features_only", "out_indices", "pretrained"} & set(model_kwargs or {})
+    if reserved:
+        raise ValueError(f"model_kwargs may not set {sorted(reserved)} (they have own options)")
+    kwargs: dict[str, Any] = {**dict(model_kwargs or {}), "features_only": True}
     if out_indices is not None:
         kwargs["out_indices"] = tuple(int(i) for i in out_indices)
 
@@ -84,10 +96,13 @@ def create_backbone(
         model = timm.create_model(name, pretrained=False, **kwargs)
     except RuntimeError as exc:  # timm: "Unknown model (...)"
         raise ValueError(f"unknown timm backbone {name!r}: {exc}") from exc
+    except TypeError as exc:  # an option the architecture does not take
+        options = dict(model_kwargs or {})
+        raise ValueError(f"timm backbone {name!r} rejects options {options}: {exc}") from exc
     if not zero_init_last:
         _undo_zero_init_last(model)
     if pretrained is not None:
-        load_backbone_weights(model, name, pretrained)
+        load_backbone_weights(model, name, pretrained, model_kwargs=model_kwargs)
     return model
 
 
@@ -153,7 +168,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 
 def load_backbone_weights(
-    model: nn.Module, name: str, path: str | os.PathLike[str]
+    model: nn.Module,
+    name: str,
+    path: str | os.PathLike[str],
+    *,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Load a (classifier or backbone) checkpoint into a ``features_only`` model in place.
 
@@ -195,7 +214,7 @@ def load_backbone_weights(
     model.load_state_dict(new_state, strict=False)
 
     ignored = sorted(set(state) - used)
-    arch = _full_model_keys(name)
+    arch = _full_model_keys(name, model_kwargs)
     heads = [k for k in ignored if k.startswith(_HEAD_PREFIXES) or _norm(k) in arch]
     head_set = set(heads)
     others = [k for k in ignored if k not in head_set]
@@ -261,12 +280,12 @@ def _find_source_key(
     return None
 
 
-def _full_model_keys(name: str) -> set[str]:
+def _full_model_keys(name: str, model_kwargs: Mapping[str, Any] | None = None) -> set[str]:
     """Normalised state-dict keys of the full (classifier) model, built on the meta device
     (no memory, no init cost); empty when that fails."""
     try:
         with torch.device("meta"):
-            full = timm.create_model(name, pretrained=False)
+            full = timm.create_model(name, pretrained=False, **dict(model_kwargs or {}))
     except Exception:
         return set()
     return {_norm(k) for k in full.state_dict()}

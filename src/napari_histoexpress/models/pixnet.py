@@ -97,6 +97,9 @@ class PixNetConfig:
         pretrained: ``None`` (random init), a weights file, or ``"hf-hub:org/name"``.
             Only used when building a fresh model; a checkpoint carries its own weights.
         out_indices: backbone levels to use (``None`` = all; L = their number, L >= 2).
+        backbone_kwargs: extra timm architecture options (e.g. ``{"init_values": 1e-5,
+            "dynamic_img_size": true}`` for a UNI-style ViT, whose levels all share one
+            stride: the decoder then fuses them without upsampling, a stride-16 map).
         decoder_dim: decoder channels C (paper 512; default 128, see module docstring).
         ffn_expansion: hidden width of the DFFN = ``ffn_expansion * decoder_dim``.
         aggregation: ``"mean"`` (default, scale-free) or ``"sum"`` (paper Eq. 5).
@@ -111,6 +114,7 @@ class PixNetConfig:
     backbone: str = "resnet18"
     pretrained: str | None = None
     out_indices: tuple[int, ...] | None = None
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     decoder_dim: int = 128
     ffn_expansion: int = 2
     aggregation: Literal["mean", "sum"] = "mean"
@@ -203,6 +207,7 @@ class PixNet(nn.Module):
             pretrained=config.pretrained,
             out_indices=config.out_indices,
             zero_init_last=config.zero_init_last,
+            model_kwargs=config.backbone_kwargs,
         )
         feature_info = cast("FeatureInfo", self.encoder.feature_info)
         channels = list(feature_info.channels())

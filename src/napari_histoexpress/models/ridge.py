@@ -58,12 +58,21 @@ _ARRAY_KEYS = (
 
 @dataclass
 class RidgeConfig:
-    """Settings of :class:`RidgeBaseline` (see the module docstring for the choices)."""
+    """Settings of :class:`RidgeBaseline` (see the module docstring for the choices).
+
+    ``backbone_kwargs`` are timm architecture options (a UNI-style ViT:
+    ``{"init_values": 1e-5}``); ``mean``/``std`` override the input normalisation
+    (``None``: timm's pretrained config of ``backbone``, which for a ViT name may differ from
+    the statistics its pathology weights were trained with — UNI uses ImageNet's).
+    """
 
     backbone: str = "resnet18"
     pretrained: str | None = None
     zero_init_last: bool = False
     out_indices: tuple[int, ...] | None = None
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     patch_um: float = 448 * 0.74
     input_px: int = 224
     n_components: int = 256
@@ -80,6 +89,12 @@ class RidgeConfig:
         self.alphas = tuple(float(a) for a in self.alphas)
         if self.out_indices is not None:
             self.out_indices = tuple(int(i) for i in self.out_indices)
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                if len(value) != 3:
+                    raise ValueError(f"{name} must have 3 values (RGB), got {value!r}")
+                setattr(self, name, tuple(float(v) for v in value))
         if self.cv_metric not in ("pcc", "mse"):
             raise ValueError(f"cv_metric must be 'pcc' or 'mse', got {self.cv_metric!r}")
         if self.patch_um <= 0 or self.input_px <= 0 or self.n_components <= 0:
@@ -165,6 +180,7 @@ class RidgeBaseline:
                     pretrained=cfg.pretrained,
                     out_indices=cfg.out_indices,
                     zero_init_last=cfg.zero_init_last,
+                    model_kwargs=cfg.backbone_kwargs,
                 )
             net.eval().requires_grad_(False)
             self._backbone = net
@@ -196,6 +212,7 @@ class RidgeBaseline:
         from ..models.backbones import backbone_transform_stats
 
         mean, std = backbone_transform_stats(self.config.backbone)
+        mean, std = self.config.mean or mean, self.config.std or std
         m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         x = torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2).float() / 255.0
