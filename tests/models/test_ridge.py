@@ -200,3 +200,25 @@ def test_vit_backbone_with_options_and_own_normalisation(tmp_path: Path) -> None
     np.testing.assert_allclose(loaded.predict(test), model.predict(test), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="3 values"):
         RidgeConfig(mean=(0.5, 0.5))
+
+
+def test_encoder_device_and_precision() -> None:
+    """``to(device, precision)``: the frozen encoder's forward pass autocasts (bf16 on CPU
+    here, what ``auto`` picks on a CUDA GPU); features stay float32 and close to fp32's."""
+    import torch
+
+    section = _section(5)
+    fp32 = RidgeBaseline(_config()).to("cpu", "fp32")
+    mixed = RidgeBaseline(_config()).to("cpu", "bf16")
+    seen: list[torch.dtype] = []
+    conv = mixed.backbone.conv1
+    handle = conv.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    a, b = fp32.extract_features(section), mixed.extract_features(section)
+    handle.remove()
+    assert set(seen) == {torch.bfloat16}
+    assert b.dtype == np.float32 and np.isfinite(b).all()
+    assert not np.array_equal(a, b)
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+    assert RidgeBaseline(_config()).to("auto").backbone is not None
+    with pytest.raises(ValueError, match="precision"):
+        RidgeBaseline(_config()).to("cpu", "half")

@@ -154,6 +154,8 @@ class RidgeBaseline:
         self.cv_scheme: str = ""
         self._arrays: dict[str, np.ndarray] = {}
         self._backbone: torch.nn.Module | None = None
+        self._device = torch.device("cpu")
+        self._precision = "fp32"
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -165,6 +167,20 @@ class RidgeBaseline:
         if unknown:
             raise ValueError(f"unknown ridge config keys {unknown}; known: {sorted(known)}")
         return cls(RidgeConfig(**config))
+
+    def to(self, device: Any = "auto", precision: str = "auto") -> RidgeBaseline:
+        """Encode patches on ``device`` (``'auto'``/``'cpu'``/``'cuda'``/``'mps'``) with the
+        forward pass in ``precision`` (:func:`napari_histoexpress.devices.autocast_dtype`);
+        returns ``self``. The default before any call is CPU float32. Only the frozen
+        encoder runs there: PCA and ridge stay float64 NumPy."""
+        from ..devices import autocast_dtype, resolve_device
+
+        device = resolve_device(device)
+        autocast_dtype(device, precision)  # validates precision
+        self._device, self._precision = device, precision
+        if self._backbone is not None:
+            self._backbone.to(device)
+        return self
 
     @property
     def backbone(self) -> torch.nn.Module:
@@ -183,7 +199,7 @@ class RidgeBaseline:
                     model_kwargs=cfg.backbone_kwargs,
                 )
             net.eval().requires_grad_(False)
-            self._backbone = net
+            self._backbone = net.to(self._device)
         return self._backbone
 
     # ------------------------------------------------------------------ features
@@ -213,11 +229,17 @@ class RidgeBaseline:
 
         mean, std = backbone_transform_stats(self.config.backbone)
         mean, std = self.config.mean or mean, self.config.std or std
-        m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        x = torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2).float() / 255.0
-        maps = self.backbone((x - m) / s)
-        return torch.cat([f.mean(dim=(2, 3)) for f in maps], dim=1).numpy().astype(np.float32)
+        from ..devices import autocast
+
+        dev = self._device
+        m = torch.tensor(mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+        x = torch.from_numpy(np.ascontiguousarray(patches)).to(dev)
+        x = x.permute(0, 3, 1, 2).float() / 255.0
+        with autocast(dev, self._precision):
+            maps = self.backbone((x - m) / s)
+        pooled = torch.cat([f.float().mean(dim=(2, 3)) for f in maps], dim=1)
+        return pooled.cpu().numpy().astype(np.float32)
 
     def extract_features(self, section: Any) -> np.ndarray:
         """``(n_spots, d)`` features of all spots of a section, in ``adata`` order."""

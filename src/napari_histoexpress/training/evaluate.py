@@ -30,7 +30,8 @@ def predict_section_spots(
 ) -> np.ndarray:
     """``(n_spots, n_genes)`` predictions (normalised log1p scale) for every spot."""
     name = meta["model"]
-    if name == "ridge":
+    if name == "ridge":  # float32 features on the device (metrics independent of the GPU)
+        model.to(device, precision="fp32")
         return np.asarray(model.predict(section.pair()), dtype=np.float32)
     if name != "pixnet":
         raise ValueError(f"no spot evaluation for model {name!r}")

@@ -300,7 +300,8 @@ def train_ridge(
         target_sum=config.target_sum,
         seed=config.seed,
     )
-    model = RidgeBaseline(rcfg).fit([s.pair() for s in sections], genes)
+    model = RidgeBaseline(rcfg).to(config.device, config.precision)
+    model.fit([s.pair() for s in sections], genes)
     log(f"ridge: alpha {model.alpha:g} ({model.cv_scheme})")
     model.save(out_dir, train_config=config.to_dict())
     return Path(out_dir)
