@@ -71,7 +71,8 @@ def _colour_jitter(images: torch.Tensor, strength: float, gen: torch.Generator) 
     b = images.shape[0]
 
     def factor() -> torch.Tensor:
-        return 1.0 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * strength
+        u = torch.rand(b, 1, 1, 1, generator=gen).to(images.device)  # CPU stream: same draws
+        return 1.0 + (u * 2 - 1) * strength
 
     grey = images.mean(dim=1, keepdim=True)
     images = grey + (images - grey) * factor()  # saturation
@@ -198,6 +199,7 @@ def train_pixnet(
             shuffle=False,
             collate_fn=collate_spot_crops,
             num_workers=config.num_workers,
+            pin_memory=device.type == "cuda",
         )
         model.train()
         losses: list[float] = []
@@ -218,7 +220,8 @@ def train_pixnet(
             )
             for group in opt.param_groups:
                 group["lr"] = lr
-            images = _colour_jitter(batch["image"], config.colour_jitter, gen).to(device)
+            images = batch["image"].to(device, non_blocking=True)  # pinned on CUDA
+            images = _colour_jitter(images, config.colour_jitter, gen)
             with autocast(device, config.precision):
                 feats = model.features(images)
             feats = feats.float()  # spot sums and the PCC loss in float32
