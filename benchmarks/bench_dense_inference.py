@@ -10,6 +10,9 @@ What it measures, from one run:
   pass alone and (b) the bare backbone's forward pass alone, both on in-memory tensors of the
   same window size (tile + 2 halos) and batch size. ``dense / model-only`` is the overhead of
   reading, normalising and writing (1.0 = none); ``model-only / backbone`` the decoder's cost.
+* **precision**: the model's forward pass under bf16 autocast (``--precision bf16``) against
+  float32, on the same windows: ``precision='auto'`` autocasts on CUDA only; this row shows
+  what bf16 would give on this machine's CPU.
 * **memory**: peak RSS of a fresh process predicting a slide of side N and one of side 2N
   (4x the pixels and tiles). Streaming means the ratio stays near 1.0.
 
@@ -111,11 +114,13 @@ def child(slide: str, out: str, kind: str) -> None:
                       "seconds": rep.seconds, "rss_mb": rss_mb}))  # fmt: skip
 
 
-def forward_rate(fn: nn.Module | object, n_tiles: int) -> float:
+def forward_rate(fn: nn.Module | object, n_tiles: int, precision: str = "fp32") -> float:
     """Tiles/s of ``fn`` on random windows (tile + 2 halos), after one warm-up batch."""
+    from napari_histoexpress.devices import autocast
+
     side = TILE_PX + 2 * HALO_PX
     x = torch.randn(BATCH, 3, side, side)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast("cpu", precision):
         fn(x)  # type: ignore[operator]
         t = time.perf_counter()
         done = 0
@@ -162,25 +167,28 @@ def main() -> None:
     n_ref = max(2 * BATCH, int(results[small]["tiles"]))
     model_rate = forward_rate(model.features, n_ref)
     backbone_rate = forward_rate(backbone, n_ref)
+    bf16_rate = forward_rate(model.features, n_ref, precision="bf16")
 
     mpx = TILE_PX * TILE_PX / 1e6
     dense = results[big]["tiles_per_s"]
     print(f"# dense model: {desc}; device: cpu, torch threads {torch.get_num_threads()}")
     print(f"# tile {TILE_PX} px + halo {HALO_PX} px, batch {BATCH}, slides {small}^2 and {big}^2")
-    print(f"{'measure':<44}{'value':>12}{'ratio':>10}")
+    print(f"{'measure':<46}{'value':>12}{'ratio':>10}")
     rows = [
         (f"dense predict_slide ({big}^2), tiles/s", dense, 1.0),
         ("  core Mpx/s", dense * mpx, None),
         ("model forward only, tiles/s", model_rate, dense / model_rate),
         ("backbone forward only, tiles/s", backbone_rate, dense / backbone_rate),
+        ("model forward only, bf16 autocast, tiles/s", bf16_rate, bf16_rate / model_rate),
         (f"peak RSS {small}^2 slide, MB", results[small]["rss_mb"], 1.0),
         (f"peak RSS {big}^2 slide (4x pixels), MB", results[big]["rss_mb"],
          results[big]["rss_mb"] / results[small]["rss_mb"]),
     ]  # fmt: skip
     for name, value, ratio in rows:
         r = "" if ratio is None else f"{ratio:.2f}"
-        print(f"{name:<44}{value:>12.2f}{r:>10}")
+        print(f"{name:<46}{value:>12.2f}{r:>10}")
     print("# ratios: dense/model-only and dense/backbone rates (1.0 = no overhead);")
+    print("#         bf16/float32 forward rates (> 1: autocast faster on this CPU)")
     print("#         RSS big/small (1.0 = flat, 4.0 = proportional to the slide)")
     print(f"# total {time.perf_counter() - t0:.0f} s")
 

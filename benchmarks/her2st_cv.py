@@ -12,7 +12,7 @@ predicts the first held-out slide (C2) whole with that fold's PixNet and scores 
 spots aggregated from the dense map.
 
 Run:  python benchmarks/her2st_cv.py [--data ../shared/data] [--out cv-her2st] [--device auto]
-(about 25 minutes on 2 CPU cores; finished folds are kept, so a rerun resumes.)
+(about 55 minutes on 2 CPU cores; finished folds are kept, so a rerun resumes.)
 """
 
 from __future__ import annotations
