@@ -46,7 +46,7 @@ def autocast_dtype(device: Any, precision: str = "auto") -> Any:
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    device = torch.device(device) if not isinstance(device, torch.device) else device
+    device = _as_device(device)
     if precision == "fp32":
         return None
     if precision == "auto":
@@ -69,7 +69,7 @@ def autocast(device: Any, precision: str = "auto") -> Any:
     dtype = autocast_dtype(device, precision)
     if dtype is None:
         return contextlib.nullcontext()
-    device = torch.device(device) if not isinstance(device, torch.device) else device
+    device = _as_device(device)
     return torch.autocast(device.type, dtype=dtype)
 
 
@@ -81,7 +81,13 @@ def grad_scaler(device: Any, precision: str = "auto") -> Any:
     """
     import torch
 
-    device = torch.device(device) if not isinstance(device, torch.device) else device
+    device = _as_device(device)
     if device.type == "cuda" and autocast_dtype(device, precision) == torch.float16:
         return torch.amp.GradScaler("cuda")
     return None
+
+
+def _as_device(device: Any) -> Any:
+    import torch
+
+    return device if isinstance(device, torch.device) else torch.device(device)

@@ -225,12 +225,11 @@ class RidgeBaseline:
     @torch.inference_mode()
     def encode_patches(self, patches: np.ndarray) -> np.ndarray:
         """``(n, h, w, 3)`` uint8 -> ``(n, d)`` float32 pooled, concatenated stage features."""
+        from ..devices import autocast
         from ..models.backbones import backbone_transform_stats
 
         mean, std = backbone_transform_stats(self.config.backbone)
         mean, std = self.config.mean or mean, self.config.std or std
-        from ..devices import autocast
-
         dev = self._device
         m = torch.tensor(mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
         s = torch.tensor(std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
