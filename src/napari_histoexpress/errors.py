@@ -22,5 +22,10 @@ class InputFileError(HistoExpressError, ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class StoreMismatchError(InputFileError):
+    """An existing map store was made with other settings and cannot be resumed (predict
+    afresh, e.g. ``resume=False``, or write elsewhere)."""
+
+
 class MissingResolutionError(InputFileError):
     """The µm/px of a slide is unknown and was needed (pass it explicitly)."""

@@ -58,7 +58,7 @@ import torch
 
 from .. import devices
 from ..devices import resolve_device
-from ..errors import InputFileError, MissingResolutionError
+from ..errors import InputFileError, MissingResolutionError, StoreMismatchError
 from ..inference.map_store import DenseMapStore
 from ..inference.tiling import Tile, grid_shape, plan_tiles
 from ..inference.tissue import tissue_in_box, tissue_mask
@@ -338,7 +338,7 @@ def _open_or_create(
         ):
             diff.append("head weights")
         if diff:
-            raise InputFileError(
+            raise StoreMismatchError(
                 out_path,
                 f"cannot resume: the existing store differs in {', '.join(diff)}; "
                 "pass resume=False to replace it or choose another output path",

@@ -80,6 +80,15 @@ def slide_map(layer: Any) -> Any | None:
     return _STORES[key]
 
 
+def is_heatmap_layer(layer: Any, map_path: str | Path | None = None) -> bool:
+    """Whether ``layer`` is a gene heatmap (``_layers.gene_heatmap_layer_data``), read from
+    the map store at ``map_path`` when one is given."""
+    md = getattr(layer, "metadata", None) or {}
+    if md.get("histoexpress") != "heatmap":
+        return False
+    return map_path is None or md.get("map") == str(Path(map_path))
+
+
 def set_slide_map(layer: Any, path: str | Path | None) -> None:
     """Record ``path`` as the slide layer's map (``None`` clears it) and tell the widgets."""
     if path is None:

@@ -37,10 +37,6 @@ COLORMAPS = ("magma", "inferno", "plasma", "viridis", "turbo", "fire", "gray", "
 GENE_ROLE = Qt.ItemDataRole.UserRole
 
 
-def _is_heatmap(layer: Any) -> bool:
-    return (getattr(layer, "metadata", None) or {}).get("histoexpress") == "heatmap"
-
-
 class GenesWidget(QWidget):
     """Pick a slide with a map, search its genes, click one to overlay its heatmap."""
 
@@ -194,10 +190,10 @@ class GenesWidget(QWidget):
         """This map's heatmap layer of ``gene`` when shown."""
         if self._store is None:
             return None
-        path = str(self._store.path)
         for layer in self.viewer.layers:
-            md = layer.metadata or {}
-            if _is_heatmap(layer) and md.get("gene") == gene and md.get("map") == path:
+            if _common.is_heatmap_layer(layer, self._store.path) and (
+                layer.metadata.get("gene") == gene
+            ):
                 return layer
         return None
 
@@ -233,7 +229,7 @@ class GenesWidget(QWidget):
     def target_heatmap(self) -> Any | None:
         """The heatmap the colormap/opacity controls act on: the selected one, else the last."""
         active = self.viewer.layers.selection.active
-        if active is not None and _is_heatmap(active):
+        if active is not None and _common.is_heatmap_layer(active):
             return active
         if self._current is not None and self._current in self.viewer.layers:
             return self._current
@@ -243,7 +239,7 @@ class GenesWidget(QWidget):
         if not self._alive():
             return
         active = self.viewer.layers.selection.active
-        if active is not None and _is_heatmap(active):
+        if active is not None and _common.is_heatmap_layer(active):
             self._current = active
             self._sync_controls(active)
 

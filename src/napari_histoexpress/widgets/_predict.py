@@ -416,8 +416,7 @@ class PredictWidget(QWidget):
     def _release_map(self, layer: Any, out: Path) -> None:
         """Before ``out`` is replaced: close the heatmaps read from it, unset it as the map."""
         for other in list(self.viewer.layers):
-            md = getattr(other, "metadata", None) or {}
-            if md.get("histoexpress") == "heatmap" and md.get("map") == str(out):
+            if _common.is_heatmap_layer(other, out):
                 self.viewer.layers.remove(other)
         if _common.slide_map_path(layer) == out:
             _common.set_slide_map(layer, None)
@@ -466,9 +465,11 @@ class PredictWidget(QWidget):
             )
 
     def _on_errored(self, exc: BaseException) -> None:
+        from ..errors import StoreMismatchError
+
         _common.notify_error(exc)
         text = f"Error: {_common._describe(exc)}"
-        if "cannot resume" in text and self._job.get("resume", True):
+        if isinstance(exc, StoreMismatchError):
             text += " — tick Start over to replace the existing map."
         self._set_status(text)
 
