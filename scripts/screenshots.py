@@ -32,10 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# timm (through torch's triton) loads its own LLVM; importing it after napari has created a
-# software-OpenGL context (llvmpipe on Xvfb) segfaults: import it first (as tests/conftest.py).
 import numpy as np
-import timm  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,10 +7,6 @@ from pathlib import Path
 
 import pytest
 
-# timm (through torch's triton) loads its own LLVM; importing it after a napari viewer has
-# created a software-OpenGL context (Mesa's llvmpipe, on Xvfb) segfaults. Import it first.
-import timm  # noqa: F401
-
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("HISTOEXPRESS_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -8,6 +8,12 @@ napari.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import _llvm_guard
+
+# Before anything imports torchvision: triton's LLVM must not bind to Mesa's (segfault in a
+# napari viewer on a software-OpenGL display). See _llvm_guard.
+_llvm_guard.install()
+
 try:
     __version__ = version("napari-histoexpress")
 except PackageNotFoundError:  # running from a source tree that is not installed
