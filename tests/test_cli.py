@@ -104,7 +104,7 @@ def test_demo_trains_predicts_and_writes_heatmap(tmp_path: Path, capsys) -> None
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--epochs", "1"]) == 0
     text = capsys.readouterr().out
-    assert "Pearson r =" in text and "pcc_mean" in text
+    assert "ERBB2 dense map vs ground truth: r =" in text and "pcc_mean" in text
     assert (out / "demo_run" / "weights.safetensors").exists()
     assert DenseMapStore.open(out / "sample.zarr").status == "complete"
     from PIL import Image
@@ -168,3 +168,11 @@ def test_ridge_on_a_vit_through_the_cli(tmp_path: Path, capsys) -> None:
     assert metrics["sections"] and all(
         r["n_genes"] == 5 and np.isfinite(r["mse"]) for r in metrics["sections"].values()
     )
+    # the evaluation is recorded in the run, and `info` shows it
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+    capsys.readouterr()
+    assert main(["info", str(run)]) == 0
+    text = capsys.readouterr().out
+    assert "run folder, ridge (vit_tiny_patch16_224)" in text
+    name, res = next(iter(metrics["sections"].items()))
+    assert f"{name}: pcc_mean {res['pcc_mean']:.3f}" in text

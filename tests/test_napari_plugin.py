@@ -160,3 +160,27 @@ def test_gene_heatmap_layer_aligns_with_the_slide(make_napari_viewer, tmp_path: 
     np.testing.assert_allclose(world, [83.75, 27.75])
     value = float(np.asarray(layer.data[0][10, 3]))
     assert value == pytest.approx(2.0 * (10 + 1) - 1.0)  # features · w + b for PTPRC
+
+
+def test_all_four_widgets_as_tabs_in_workflow_order(make_napari_viewer) -> None:
+    from napari_histoexpress.widgets import ExportWidget, GenesWidget, PredictWidget, SpotsWidget
+
+    viewer = make_napari_viewer()
+    _dock, tabs = viewer.window.add_plugin_dock_widget(PLUGIN, "All four (tabs)")
+    titles = [tabs.tabText(i) for i in range(tabs.count())]
+    assert titles == ["Predict", "Genes", "Spots", "Export"]
+    assert tabs.currentIndex() == 0  # Predict in front: the first step
+    kinds = (PredictWidget, GenesWidget, SpotsWidget, ExportWidget)
+    assert all(isinstance(tabs.widget(i), k) for i, k in enumerate(kinds))
+
+
+def test_docked_widgets_get_short_tab_titles(make_napari_viewer) -> None:
+    viewer = make_napari_viewer()
+    docks = {}
+    for name in ("Predict", "Genes", "Export"):
+        docks[name], _ = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True)
+    for name, dock in docks.items():
+        assert dock.windowTitle() == name  # the tab text: never "Predict (nap…"
+        assert dock.name == f"{name} ({PLUGIN})"  # napari's key is unchanged...
+    again, _ = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
+    assert again is docks["Predict"]  # ...so napari finds the dock again (no duplicate)

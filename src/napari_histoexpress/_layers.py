@@ -8,7 +8,8 @@ World units: when a slide's µm/px is known every layer gets ``scale = (mpp, mpp
 viewer's coordinates, scale bar and drawn spot sizes are in **µm**. When it is unknown the
 scale stays 1 (pixels) and the layer metadata says so (``microns_per_pixel: None``,
 ``mpp_source: "unknown"``); a warning names the file. :func:`set_microns_per_pixel` fixes it
-later for every layer of that slide.
+later for one layer (the Predict widget's µm/px field does it for every layer of the slide
+and remembers the value, :mod:`napari_histoexpress.slide_settings`).
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ def slide_layer_data(slide: Any, name: str | None = None) -> LayerDataTuple:
     if slide.mpp is None:
         warnings.warn(
             f"{path}: the slide's µm/px is unknown (no resolution metadata); it is shown in "
-            "pixels. Set it with napari_histoexpress.set_microns_per_pixel(layer, mpp) or "
-            "open it with `histoexpress` commands that take --mpp.",
+            "pixels. Type it in the Predict widget's 'slide µm/px' field (it is remembered "
+            "for this slide); from Python use set_microns_per_pixel, on the command line "
+            "--mpp.",
             stacklevel=2,
         )
     levels = list(slide.levels)
@@ -177,10 +179,9 @@ def _heatmap_sample(store: Any, gene: str) -> np.ndarray:
     w, bias = W[:, g], float(b[g])
     n = store.n_levels
     if n == 1 or int(store.attrs.get("pyramid_levels", 0)) >= n:
-        feats = np.asarray(store.features_level(n - 1), dtype=np.float32)
-        predicted = np.any(feats != 0, axis=-1)  # background chunks read as the fill value 0
-        values = feats @ w + bias
-        return values[predicted] if predicted.any() else values.ravel()
+        values = np.asarray(store.features_level(n - 1), dtype=np.float32) @ w + bias
+        finite = values[np.isfinite(values)]  # background reads as NaN
+        return finite if finite.size else np.array([bias], np.float32)
     rows, cols = np.nonzero(store.coverage == 1)
     if len(rows) == 0:
         return np.array([bias], np.float32)
@@ -205,7 +206,10 @@ def gene_heatmap_layer_data(
     """A multiscale image layer of one gene's predicted map, aligned with its slide in µm.
 
     The data are the store's lazy per-level gene maps (``features · w + b`` per chunk), so
-    only visible tiles are computed. Alignment: map pixel ``j`` covers slide µm
+    only visible tiles are computed. Pixels never predicted (background tiles skipped by
+    tissue detection, tiles still pending) are NaN at every level, which napari draws fully
+    transparent (tested in a real viewer): the slide shows through, not the head's bias.
+    Alignment: map pixel ``j`` covers slide µm
     ``[j, j + 1) · map_mpp`` from the slide's corner, and napari puts slide pixel ``p`` at
     world ``p · slide_mpp`` (pixel centres), so the layer's ``scale`` is ``map_mpp`` and its
     ``translate`` is ``(map_mpp − slide_mpp) / 2``. Contrast limits are the given robust

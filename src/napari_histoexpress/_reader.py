@@ -5,6 +5,11 @@ folder already holds a complete dense-map store (:func:`napari_histoexpress.proj
 opens with that store recorded in ``metadata["histoexpress_map"]`` (the key of
 ``widgets._common.MAP_KEY``), so a slide predicted once shows its genes again with no
 computation.
+
+A slide whose project folder holds a µm/px the user set in the Predict widget
+(:mod:`napari_histoexpress.slide_settings`) opens at that µm/px (it overrides the file's own
+metadata; ``mpp_source`` says so): a plain JPEG whose resolution was typed once is in µm
+every time it is reopened. An unreadable settings file is logged and ignored.
 """
 
 from __future__ import annotations
@@ -37,6 +42,29 @@ def _with_stored_map(layer: LayerDataTuple, slide_path: Path) -> LayerDataTuple:
     if stored is not None:
         layer[1]["metadata"][MAP_KEY] = str(stored)
     return layer
+
+
+def _saved_mpp(slide_path: Path) -> float | None:
+    """The µm/px saved in the slide's project folder (``None``: none, or unreadable)."""
+    from .errors import InputFileError
+    from .slide_settings import load_mpp
+
+    try:
+        return load_mpp(slide_path)
+    except (InputFileError, OSError) as exc:  # never blocks opening the slide
+        log.warning("%s", exc)
+        return None
+
+
+def _open_slide_layer(path: Path) -> LayerDataTuple:
+    from .io.slides import open_slide
+    from .slide_settings import MPP_SOURCE
+
+    mpp = _saved_mpp(path)
+    layer = slide_layer_data(open_slide(path, mpp=mpp))
+    if mpp is not None:
+        layer[1]["metadata"]["mpp_source"] = MPP_SOURCE
+    return _with_stored_map(layer, path)
 
 
 def _is_spaceranger_folder(path: Path) -> bool:
@@ -75,9 +103,7 @@ def read(path: str | Sequence[str]) -> list[LayerDataTuple]:
     layers: list[LayerDataTuple] = []
     for p in map(Path, paths):
         if _kind(p) == "slide":
-            from .io.slides import open_slide
-
-            layers.append(_with_stored_map(slide_layer_data(open_slide(p)), p))
+            layers.append(_open_slide_layer(p))
         else:
             from .io.st_datasets import read_st_dataset
 

@@ -2,27 +2,143 @@
 
 Each sub-command parses its arguments here and calls one function of the library; the
 heavy imports (torch, scanpy, ...) happen inside the command so ``histoexpress --help`` is
-instant. Errors on bad input print one line ``error: <file>: <problem>`` and exit 2.
+instant.
+
+What a user sees when something is wrong (choices made here):
+
+* Every failure a user can cause (a missing, unreadable or wrong-format input, an
+  unwritable output, genes that do not match, a bad number) prints **one line**
+  ``error: <file or flag>: <problem>`` on stderr and exits **2**, like argparse's own
+  usage errors; nothing is left half-written (the library writes atomically). An error
+  whose ``.setting`` (:data:`napari_histoexpress.errors.SETTINGS`) names a setting this
+  sub-command has a flag for gets the flag as a hint (``…; give it with --mpp``): library
+  messages never name Python arguments, the command words them as flags. Operating-system
+  errors (permission denied, read-only file system, disk full) print their file and
+  reason the same way. A crash that is a bug keeps its traceback, to be reported.
+* Warnings print as one line ``warning: <message>`` (not Python's ``file:line: Category``
+  form with a source line), with the same flag hints; log records of libraries at warning
+  level likewise.
+* ``--help`` of each sub-command shows every option's default and an example.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import math
+import os
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import HistoExpressError
+from .errors import HistoExpressError, SettingError
 
 Handler = Callable[[argparse.Namespace], int]
 
+#: What the flag of each setting (:data:`~napari_histoexpress.errors.SETTINGS`) does, as a
+#: hint appended to an error or warning; only given by sub-commands that have the flag
+#: (each lists its ``settings``). The flag is ``--`` + the key with ``-`` for ``_``.
+_FLAG_HINTS: dict[str, str] = {
+    "mpp": "give it with --mpp (e.g. --mpp 0.5)",
+    "restart": "add --restart to replace it, or choose another --out",
+    "allow_missing_counts": (
+        "check that --counts and --spots are of the same section, or add "
+        "--allow-missing-counts to import anyway"
+    ),
+    "tile_px": "choose another --tile-px",
+    "batch_size": "choose another --batch-size",
+    "device": "choose another --device (auto or cpu always work)",
+}
+
+
+def _flag(setting: str) -> str:
+    return "--" + setting.replace("_", "-")
+
+
+def _hint(setting: str | None, args: argparse.Namespace | None) -> str:
+    """``"; <hint>"`` when this sub-command has the flag of ``setting``, else ``""``."""
+    if setting is None or args is None or setting not in getattr(args, "settings", ()):
+        return ""
+    return f"; {_FLAG_HINTS[setting]}" if setting in _FLAG_HINTS else ""
+
+
+def _error_line(exc: BaseException, args: argparse.Namespace | None) -> str:
+    """The one line a user sees for a user-caused failure (without ``error: ``)."""
+    if isinstance(exc, SettingError):
+        flag = _flag(str(exc.setting))
+        value = getattr(args, str(exc.setting), None) if args is not None else None
+        where = flag if value is None else f"{flag} {value}"
+        return f"{where}: {exc.problem}"
+    if isinstance(exc, HistoExpressError):
+        return f"{str(exc).rstrip('. ')}{_hint(exc.setting, args)}"
+    if isinstance(exc, OSError):
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        reason = reason[:1].lower() + reason[1:]
+        return f"{where}: {reason}" if where else reason
+    return str(exc)
+
+
+@contextlib.contextmanager
+def _clean_warnings(args: argparse.Namespace | None) -> Iterator[None]:
+    """Print warnings and library log records as one ``warning: ...`` line each."""
+
+    def show(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+        hint = _hint(getattr(message, "setting", None), args)
+        print(f"warning: {str(message).rstrip('. ')}{hint}", file=sys.stderr)
+
+    class _OneLine(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            text = record.getMessage().strip().splitlines()
+            print(f"warning: {record.name}: {text[0] if text else ''}", file=sys.stderr)
+
+    handler = _OneLine(level=logging.WARNING)
+    root = logging.getLogger()
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        root.addHandler(handler)
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
+
+
+class _FlagError(HistoExpressError):
+    """A flag's value is unusable: ``error: --flag value: problem``."""
+
+    def __init__(self, flag: str, value: Any, problem: str) -> None:
+        super().__init__(f"{flag} {value}: {problem}")
+
+
+def _number(text: str, kind: type, *, minimum: float, strict: bool) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+        ) from None
+    if not math.isfinite(value) or (value <= minimum if strict else value < minimum):
+        raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum}, got {text}")
+    return value
+
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+    return float(_number(text, float, minimum=0, strict=True))
+
+
+def _non_negative_float(text: str) -> float:
+    return float(_number(text, float, minimum=0, strict=False))
+
+
+def _positive_int(text: str) -> int:
+    return int(_number(text, int, minimum=0, strict=True))
+
+
+def _non_negative_int(text: str) -> int:
+    return int(_number(text, int, minimum=0, strict=False))
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -37,11 +153,59 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def _check_output(path: str | Path, *, folder: bool) -> None:
+    """Fail at once, before any work, when an output cannot be written: its folder missing
+    (file outputs; a run or store folder's missing parents are created), not a folder, or
+    not writable; or a file where a folder is to be written, and the reverse."""
+    from .errors import InputFileError
+
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise InputFileError(
+            path, "exists and is a file, not a folder" if folder else "is a folder, not a file"
+        )
+    parent = path.absolute().parent
+    if folder:
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+    if not parent.exists():
+        raise InputFileError(path, f"output folder {parent} does not exist")
+    if not parent.is_dir():
+        raise InputFileError(path, f"{parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputFileError(path, f"cannot write in {parent} (permission denied or read-only)")
+
+
+def _check_backbone(args: argparse.Namespace) -> None:
+    """An unknown ``--backbone`` fails before the sections are read, with close names."""
+    if not getattr(args, "backbone", None):
+        return
+    import difflib
+
+    import timm
+
+    if not timm.is_model(args.backbone):
+        close = difflib.get_close_matches(args.backbone, timm.list_models(), n=3, cutoff=0.6)
+        also = f"; did you mean {', '.join(close)}?" if close else ""
+        raise _FlagError("--backbone", args.backbone, f"not a timm model name{also}")
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    """An unavailable ``--device`` fails at once, before any data is read."""
+    from .devices import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        raise _FlagError("--device", args.device, f"{exc}; choose auto or cpu") from exc
+
+
 # ---------------------------------------------------------------------------- import
 def _cmd_import_visium(args: argparse.Namespace) -> int:
     from .io.export import write_h5ad_atomic
     from .io.st_datasets import import_summary, read_visium
 
+    _check_output(args.out, folder=False)
     adata = read_visium(args.folder, library_id=args.library_id)
     write_h5ad_atomic(adata, args.out)
     print(f"{import_summary(adata)} -> {args.out}")
@@ -52,6 +216,7 @@ def _cmd_import_st(args: argparse.Namespace) -> int:
     from .io.export import write_h5ad_atomic
     from .io.st_datasets import import_summary, read_legacy_st
 
+    _check_output(args.out, folder=False)
     adata = read_legacy_st(
         args.image,
         args.counts,
@@ -59,6 +224,7 @@ def _cmd_import_st(args: argparse.Namespace) -> int:
         spot_diameter_um=args.spot_diameter_um,
         mpp=args.mpp,
         library_id=args.library_id,
+        allow_missing_counts=args.allow_missing_counts,
     )
     write_h5ad_atomic(adata, args.out)
     print(f"{import_summary(adata)} -> {args.out}")
@@ -66,13 +232,10 @@ def _cmd_import_st(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .io.slides import open_slide
+    from .describe import describe_path
 
-    slide = open_slide(args.slide, mpp=args.mpp)
-    mpp = f"{slide.mpp:.4g} µm/px ({slide.mpp_source})" if slide.mpp else "µm/px unknown"
-    print(f"{slide.path}: {slide.shape[1]} x {slide.shape[0]} px, {mpp}")
-    for k, level in enumerate(slide.levels):
-        print(f"  level {k}: {level.shape[1]} x {level.shape[0]} px, chunks {level.chunksize[:2]}")
+    for line in describe_path(args.path, mpp=args.mpp):
+        print(line)
     return 0
 
 
@@ -84,6 +247,8 @@ def _train_config(args: argparse.Namespace) -> Any:
     if args.genes is not None:
         if args.genes.isdigit():
             n_genes = int(args.genes)
+            if n_genes < 1:
+                raise _FlagError("--genes", args.genes, "choose at least 1 gene")
         else:
             gene_file = args.genes
     else:
@@ -128,22 +293,55 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     from .training.config import TrainConfig
 
     d = TrainConfig()
-    p.add_argument("--model", default="pixnet", choices=["pixnet", "ridge"])
-    p.add_argument("--data", nargs="+", required=True, help="imported sections (.h5ad)")
-    p.add_argument("--genes", help="N (top-N by mean count, default 250) or a gene file")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument(
+        "--model",
+        default="pixnet",
+        choices=["pixnet", "ridge"],
+        help="pixnet (dense maps, trained end to end) or ridge (frozen backbone + ridge "
+        "baseline, spots only)",
+    )
+    p.add_argument(
+        "--data", nargs="+", required=True, metavar="H5AD", help="imported sections (.h5ad)"
+    )
+    p.add_argument(
+        "--genes",
+        help="N: the N genes with the highest mean count (default 250); or a gene file "
+        "(one symbol a line, or .npy)",
+    )
+    p.add_argument(
+        "--epochs", type=_positive_int, default=d.epochs, help="passes over the training crops"
+    )
+    p.add_argument("--lr", type=_positive_float, default=d.lr, help="Adam learning rate")
     p.add_argument(
         "--lr-schedule",
         default=d.lr_schedule,
         choices=["constant", "cosine"],
-        help=f"constant (paper) or cosine with warm-up (default {d.lr_schedule})",
+        help="constant (paper) or cosine with warm-up",
     )
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--crops-per-epoch", type=int, default=d.crops_per_epoch)
-    p.add_argument("--mpp", type=_positive_float, default=d.mpp, help="working µm/px")
-    p.add_argument("--crop-um", type=_positive_float, default=d.crop_um)
+    p.add_argument(
+        "--weight-decay", type=_non_negative_float, default=d.weight_decay, help="Adam weight decay"
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=d.batch_size, help="crops per training step"
+    )
+    p.add_argument(
+        "--crops-per-epoch",
+        type=_positive_int,
+        default=d.crops_per_epoch,
+        help="spot-centred crops drawn per epoch (with jitter and augmentation)",
+    )
+    p.add_argument(
+        "--mpp",
+        type=_positive_float,
+        default=d.mpp,
+        help="working resolution the model sees, µm/px (slides are resampled to it)",
+    )
+    p.add_argument(
+        "--crop-um",
+        type=_positive_float,
+        default=d.crop_um,
+        help="side of a training crop, µm (the context around a spot)",
+    )
     p.add_argument("--backbone", help="timm model name (default resnet18)")
     p.add_argument("--pretrained", help="weights file or hf-hub:org/name (default random init)")
     p.add_argument(
@@ -159,11 +357,17 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         metavar=("R", "G", "B"),
         help="input normalisation mean (RGB in [0, 1]; default: the backbone's timm config)",
     )
-    p.add_argument("--input-std", type=float, nargs=3, metavar=("R", "G", "B"))
-    p.add_argument("--decoder-dim", type=int, help="PixNet decoder channels (default 64)")
+    p.add_argument(
+        "--input-std",
+        type=float,
+        nargs=3,
+        metavar=("R", "G", "B"),
+        help="input normalisation std (default: the backbone's timm config)",
+    )
+    p.add_argument("--decoder-dim", type=_positive_int, help="PixNet decoder channels (default 64)")
     p.add_argument(
         "--out-indices",
-        type=int,
+        type=_non_negative_int,
         nargs="+",
         help="backbone levels PixNet decodes (default 1 2 3 4: stride-4 map; 0 1 2 3 4: stride 2)",
     )
@@ -172,9 +376,18 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         choices=["transposed", "bilinear"],
         help="PixNet decoder upsampling: transposed conv (paper) or bilinear + 3x3 conv",
     )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    _add_device_option(p)
     _add_precision_option(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (crops, init, augmentation)")
+
+
+def _add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda", "mps"],
+        help="where the model runs: auto = CUDA, else MPS, else CPU",
+    )
 
 
 def _add_precision_option(p: argparse.ArgumentParser) -> None:
@@ -189,12 +402,40 @@ def _add_precision_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _fit_gene_count(args: argparse.Namespace, config: Any, sections: Sequence[Any]) -> Any:
+    """``config`` with a gene count the sections can give: ``--genes N`` larger than the
+    genes all sections share is an error naming the flag; the default (250) shrinks to
+    all shared genes, with a warning (the sample slide has 39)."""
+    import dataclasses
+
+    if config.n_genes is None or config.gene_file is not None or not sections:
+        return config
+    shared = set(map(str, sections[0].adata.var_names))
+    for section in sections[1:]:
+        shared &= set(map(str, section.adata.var_names))
+    if config.n_genes <= len(shared):
+        return config
+    if args.genes is not None:
+        raise _FlagError("--genes", args.genes, f"the sections share only {len(shared):,} genes")
+    warnings.warn(
+        f"the sections share only {len(shared):,} genes: training on all of them "
+        f"instead of {config.n_genes}",
+        UserWarning,
+        stacklevel=2,
+    )
+    return dataclasses.replace(config, n_genes=len(shared))
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training.sections import load_sections
     from .training.train import train
 
     config = _train_config(args)
+    _check_device(args)
+    _check_backbone(args)
+    _check_output(args.out, folder=True)
     sections = load_sections(args.data)
+    config = _fit_gene_count(args, config, sections)
     run = train(sections, args.out, config)
     print(f"run written to {run}")
     return 0
@@ -203,31 +444,66 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
+    from .describe import METRICS_NAME
+    from .io.export import write_text_atomic
     from .training.evaluate import evaluate_run
     from .training.sections import load_sections
 
+    _check_device(args)
+    if args.json:
+        _check_output(args.json, folder=False)
     report = evaluate_run(args.run, load_sections(args.data), device=args.device)
     for name, res in report["sections"].items():
         print(
             f"{name}: pcc_mean {res['pcc_mean']:.3f}  pcc_heg50 {res['pcc_heg50']:.3f}  "
             f"mse {res['mse']:.3f}  ({res['n_spots']} spots, {res['n_genes']} genes)"
         )
+    text = json.dumps(report, indent=2, default=float)
     if args.json:
-        from .io.export import write_text_atomic
-
-        write_text_atomic(json.dumps(report, indent=2, default=float), args.json)
+        write_text_atomic(text, args.json)
         print(f"metrics written to {args.json}")
+    if not args.no_record and not _inside_package(Path(args.run)):  # `info RUN` shows them
+        try:
+            write_text_atomic(text, Path(args.run) / METRICS_NAME)
+        except (HistoExpressError, OSError) as exc:  # e.g. a read-only bundled run
+            print(
+                f"warning: metrics not recorded in the run: {_error_line(exc, args)}",
+                file=sys.stderr,
+            )
     return 0
 
 
+def _inside_package(path: Path) -> bool:
+    """Whether ``path`` lies in the installed package or its shipped ``sample_data`` (the
+    bundled demo run): evaluating it must not write there."""
+    from .io.synthetic import shipped_sample_folder
+
+    roots = [Path(__file__).resolve().parent]
+    samples = shipped_sample_folder()
+    if samples is not None:
+        roots.append(samples.resolve())
+    target = path.resolve()
+    return any(target == root or root in target.parents for root in roots)
+
+
 def _cmd_cv(args: argparse.Namespace) -> int:
-    from .training.cross_validation import cross_validate, format_table
+    from .training.cross_validation import cross_validate, folds_of, format_table
     from .training.sections import load_sections
 
+    config = _train_config(args)
+    _check_device(args)
+    _check_backbone(args)
+    _check_output(args.out, folder=True)
+    sections = load_sections(args.data)
+    config = _fit_gene_count(args, config, sections)
+    try:
+        folds_of(sections, args.folds)
+    except ValueError as exc:
+        raise _FlagError("--folds", args.folds, str(exc)) from exc
     report = cross_validate(
-        load_sections(args.data),
+        sections,
         args.out,
-        _train_config(args),
+        config,
         folds=args.folds,
         device=args.device,
     )
@@ -240,6 +516,7 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .inference.predict_run import predict_with_run
 
+    _check_output(args.out, folder=True)
     report = predict_with_run(
         args.run,
         args.slide,
@@ -261,6 +538,7 @@ def _cmd_spots(args: argparse.Namespace) -> int:
     from .inference.spots import read_circles
     from .io.spot_export import export_spots
 
+    _check_output(args.out, folder=False)
     store = DenseMapStore.open(args.map, mode="r")
     result = export_spots(store, read_circles(args.circles), args.out)
     for warning in result.warnings:
@@ -273,6 +551,7 @@ def _cmd_spots(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    _check_output(args.out, folder=True)
     outputs = run_demo(
         Path(args.out),
         train=not args.no_train,
@@ -285,88 +564,204 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- parser
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written; every option's default shown (``(default: X)``) unless it
+    has none or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            default not in (None, False, argparse.SUPPRESS)
+            and action.option_strings
+            and "default" not in text
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+#: One example per sub-command (shown by ``histoexpress CMD --help``).
+_EXAMPLES: dict[str, str] = {
+    "demo": "histoexpress demo --out histoexpress-demo",
+    "info": "histoexpress info C2.h5ad   (or a slide, a map store C2.zarr, a run folder)",
+    "train": "histoexpress train --data C2.h5ad C3.h5ad C4.h5ad --genes 250 --out runs/pixnet",
+    "evaluate": "histoexpress evaluate --run runs/pixnet --data C5.h5ad --json C5_metrics.json",
+    "cv": "histoexpress cv --data C2.h5ad C3.h5ad C4.h5ad C5.h5ad C6.h5ad --out runs/cv",
+    "predict": "histoexpress predict --run runs/pixnet --slide C5.jpg --mpp 0.69 --out C5.zarr",
+    "spots": "histoexpress spots --map C5.zarr --circles circles.csv --out C5_spots.h5ad",
+    "visium": "histoexpress import visium spaceranger/outs --out V1.h5ad",
+    "st": (
+        "histoexpress import st --image her2st/images/C2.jpg "
+        "--counts her2st/counts/C2.tsv.gz \\\n"
+        "    --spots her2st/spots/C2_selection.tsv --out C2.h5ad"
+    ),
+}
+
+
+def _add_command(
+    sub: Any, name: str, help: str, *, settings: Sequence[str] = (), description: str = ""
+) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        epilog=f"example:\n  {_EXAMPLES[name]}",
+        formatter_class=_HelpFormatter,
+    )
+    p.set_defaults(settings=tuple(settings))
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="histoexpress",
         description="Spatial gene expression from H&E whole-slide images.",
+        epilog="example:\n  histoexpress demo   (then: histoexpress COMMAND --help)",
+        formatter_class=_HelpFormatter,
     )
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser(
+    p = _add_command(
+        sub,
         "demo",
-        help="sample slide -> spots (.h5ad, PNG) -> brief PixNet training -> dense map, "
+        "sample slide -> spots (.h5ad, PNG) -> brief PixNet training -> dense map, "
         "heatmap vs truth, predicted spots",
     )
     p.add_argument("--out", default="histoexpress-demo", help="output folder")
     p.add_argument("--no-train", action="store_true", help="only the slide, spots and PNG")
     p.add_argument("--run", help="use this trained run instead of training one")
-    p.add_argument("--epochs", type=int, help="demo training epochs (default 8)")
+    from .demo import DEMO_TRAINING
+
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        help=f"demo training epochs (default {DEMO_TRAINING['epochs']})",
+    )
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("info", help="print a slide's size, levels and µm/px")
-    p.add_argument("slide")
-    p.add_argument("--mpp", type=_positive_float, help="override µm/px")
+    p = _add_command(
+        sub,
+        "info",
+        "describe a slide, an imported .h5ad, a map store or a run folder",
+        settings=("mpp",),
+        description="Describe a slide (size, levels, µm/px), an .h5ad (spots, genes, µm/px, "
+        "library), a map store from `predict` (genes, model, levels, completeness) or a run "
+        "folder from `train` (model, genes, training settings, metrics if evaluated).",
+    )
+    p.add_argument("path", help="slide, .h5ad, map store (.zarr folder) or run folder")
+    p.add_argument("--mpp", type=_positive_float, help="override a slide's µm/px")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("train", help="train a model on imported sections")
+    p = _add_command(sub, "train", "train a model on imported sections")
     _add_train_options(p)
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--out", required=True, help="run folder to write (weights + config.json)")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="per-gene Pearson and the literature's summaries")
-    p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--data", nargs="+", required=True, help="sections (.h5ad)")
-    p.add_argument("--json", help="write all metrics (per gene too) to this file")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p = _add_command(
+        sub,
+        "evaluate",
+        "per-gene Pearson and the literature's summaries of a run on sections",
+        description="Predict every spot of the sections with the run and compare with their "
+        "counts: per-gene Pearson r and the literature's summaries (pcc_mean, pcc_heg50, ...). "
+        "The report is also recorded as RUN/metrics.json (shown by `histoexpress info RUN`).",
+    )
+    p.add_argument("--run", required=True, help="run folder (weights + config.json)")
+    p.add_argument(
+        "--data", nargs="+", required=True, metavar="H5AD", help="imported sections (.h5ad)"
+    )
+    p.add_argument("--json", help="also write all metrics (per gene too) to this file")
+    p.add_argument(
+        "--no-record", action="store_true", help="do not record the metrics in the run folder"
+    )
+    _add_device_option(p)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("cv", help="leave-one-section/patient-out cross-validation")
+    p = _add_command(sub, "cv", "leave-one-section/patient-out cross-validation")
     _add_train_options(p)
-    p.add_argument("--folds", default="by-section", choices=["by-section", "by-patient"])
-    p.add_argument("--out", required=True, help="folder for fold runs and the table")
+    p.add_argument(
+        "--folds",
+        default="by-section",
+        choices=["by-section", "by-patient"],
+        help="hold out one section, or one patient's sections, per fold",
+    )
+    p.add_argument("--out", required=True, help="folder for fold runs and the table (cv.md)")
     p.set_defaults(func=_cmd_cv)
 
-    p = sub.add_parser("predict", help="dense whole-slide prediction into a zarr map store")
-    p.add_argument("--run", required=True, help="run directory (weights + config.json)")
-    p.add_argument("--slide", required=True)
-    p.add_argument("--out", required=True, help="output store (SLIDE.zarr)")
-    p.add_argument("--mpp", type=_positive_float, help="slide µm/px when the file lacks it")
-    p.add_argument("--tile-px", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p = _add_command(
+        sub,
+        "predict",
+        "dense whole-slide prediction into a zarr map store",
+        settings=("mpp", "restart", "tile_px", "batch_size", "device"),
+        description="Predict the dense gene-expression map of a slide with a trained run, "
+        "into a zarr map store (resumable: an interrupted run continues where it stopped).",
+    )
+    p.add_argument("--run", required=True, help="run folder (weights + config.json)")
+    p.add_argument("--slide", required=True, help="slide image (.svs, .tif, .ndpi, .jpg, ...)")
+    p.add_argument("--out", required=True, help="map store to write (e.g. SLIDE.zarr)")
+    p.add_argument(
+        "--mpp", type=_positive_float, help="the slide's µm/px, when its file does not say"
+    )
+    p.add_argument(
+        "--tile-px",
+        type=_positive_int,
+        default=512,
+        help="tile side in pixels at the run's working µm/px (a multiple of the model's "
+        "input multiple, e.g. 32); larger tiles are faster and need more memory",
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=4, help="tiles per forward pass")
+    _add_device_option(p)
     _add_precision_option(p)
-    p.add_argument("--restart", action="store_true", help="discard finished tiles")
+    p.add_argument(
+        "--restart", action="store_true", help="discard finished tiles of an existing store"
+    )
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("spots", help="every gene inside circles (x_um, y_um, diameter_um)")
+    p = _add_command(sub, "spots", "every gene inside circles (x_um, y_um, diameter_um)")
     p.add_argument("--map", required=True, help="map store from `histoexpress predict`")
     p.add_argument("--circles", required=True, help="CSV with x_um, y_um, diameter_um")
     p.add_argument("--out", required=True, help="output .h5ad (or .csv)")
     p.set_defaults(func=_cmd_spots)
 
-    imp = sub.add_parser("import", help="import ST data into one AnnData (.h5ad)")
-    isub = imp.add_subparsers(dest="source", required=True)
-    p = isub.add_parser("visium", help="a 10x Space Ranger output folder")
-    p.add_argument("folder")
+    imp = sub.add_parser(
+        "import",
+        help="import ST data into one AnnData (.h5ad)",
+        description="Import spatial transcriptomics data into one AnnData (.h5ad).",
+        epilog=f"examples:\n  {_EXAMPLES['visium']}\n  {_EXAMPLES['st']}",
+        formatter_class=_HelpFormatter,
+    )
+    isub = imp.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    p = _add_command(isub, "visium", "a 10x Space Ranger output folder")
+    p.add_argument("folder", help="Space Ranger output folder (outs/ or its parent)")
     p.add_argument("--out", required=True, help="output .h5ad")
-    p.add_argument("--library-id")
+    p.add_argument("--library-id", help="library name (default: from the folder)")
     p.set_defaults(func=_cmd_import_visium)
-    p = isub.add_parser(
-        "st", help="a legacy ST section: image + counts (x-by-y rows) + spot/alignment table"
+    p = _add_command(
+        isub,
+        "st",
+        "a legacy ST section: image + counts (x-by-y rows) + spot/alignment table",
+        settings=("mpp", "allow_missing_counts"),
     )
     p.add_argument("--image", required=True, help="full-resolution H&E image")
     p.add_argument("--counts", required=True, help="counts table, rows '{x}x{y}' (tsv[.gz])")
     p.add_argument("--spots", required=True, help="spot selection or alignment table (tsv[.gz])")
-    p.add_argument("--spot-diameter-um", type=_positive_float, default=100.0)
+    p.add_argument(
+        "--spot-diameter-um", type=_positive_float, default=100.0, help="spot diameter, µm"
+    )
     p.add_argument(
         "--mpp",
         type=_positive_float,
         help="µm/px of the image (default: estimated from the 200 µm spot-array pitch)",
     )
-    p.add_argument("--library-id")
+    p.add_argument("--library-id", help="library name (default: the image file's stem)")
+    p.add_argument(
+        "--allow-missing-counts",
+        action="store_true",
+        help="import even when most selected spots have no counts row (files of different "
+        "sections are refused otherwise)",
+    )
     p.add_argument("--out", required=True, help="output .h5ad")
     p.set_defaults(func=_cmd_import_st)
     return parser
@@ -375,17 +770,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except HistoExpressError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as exc:
-        print(f"error: {exc.filename or ''}: file not found", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    with _clean_warnings(args):
+        try:
+            return int(args.func(args))
+        except (HistoExpressError, OSError) as exc:
+            print(f"error: {_error_line(exc, args)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,11 +3,13 @@
 1. Locate (or deterministically regenerate) the sample slide and open it lazily as a pyramid.
 2. Write an AnnData of its measured spots (image path made absolute) and a PNG thumbnail with
    the spots drawn at their true 55 µm diameter.
-3. Train PixNet briefly on those spots (a small CPU configuration, see :data:`DEMO_TRAINING`;
-   skipped with ``train=False`` or when ``run`` is given).
+3. Train PixNet on those spots (a small CPU configuration that reaches r >= 0.8 on the
+   marker gene in a few minutes, see :data:`DEMO_TRAINING`; skipped with ``train=False``
+   or when ``run`` is given).
 4. Predict the whole slide into a dense-map store (``sample.zarr``), write a heatmap PNG of a
    marker gene next to its ground truth (known at every pixel for the synthetic tissue), and
-   an AnnData of the predicted spots, with the Pearson correlations printed.
+   an AnnData of the predicted spots, with the Pearson correlations printed
+   (``ERBB2 dense map vs ground truth: r = 0.89``).
 """
 
 from __future__ import annotations
@@ -18,20 +20,30 @@ from typing import Any, cast
 
 import numpy as np
 
-#: Brief PixNet training on the sample: coarse working resolution (4 µm/px), small decoder
-#: at stride 4 (a 16 µm/px map). It learns the tissue compartments' marker genes in a
-#: brief run on 2 CPU cores; it is a demonstration, not a benchmark.
+#: PixNet training of the demo on the sample (also what ``scripts/make_demo_run.py`` ships):
+#: coarse working resolution (4 µm/px), the ResNet18 stem + layer1-2 only with a 32-channel
+#: decoder (a 16 µm/px map, ~0.7 M parameters), the paper's transposed-conv upsampling, and
+#: 40 short epochs (48 crops of 384 µm) at lr 2e-3 with a cosine decay.
+#:
+#: Why these and not the package's CPU defaults: the full ResNet18 (levels 1-4) with a
+#: bilinear decoder for 8 epochs gave an ERBB2 map bright nearly everywhere (r = 0.19
+#: against the ground truth); the same small model with a bilinear decoder and a constant
+#: lr reached r = 0.78 after 40 epochs; with the transposed decoder and the cosine decay
+#: r = 0.887 (seed 0; KRT19 0.91, COL1A1 0.90, PTPRC 0.80) and 0.921 (seed 1), in 4-5 min
+#: on 2 CPU cores when they are not shared (``tests/test_demo.py`` asserts r >= 0.8).
+#: Trained and evaluated on the same spots: a demonstration, not a benchmark.
 DEMO_TRAINING: dict[str, Any] = {
     "n_genes": None,
-    "epochs": 8,
+    "epochs": 40,
     "crops_per_epoch": 48,
     "batch_size": 8,
     "mpp": 4.0,
     "crop_um": 384.0,
     "jitter_um": 60.0,
     "lr": 2e-3,
+    "lr_schedule": "cosine",
     "device": "auto",
-    "model_config": {"decoder_dim": 32, "out_indices": [1, 2, 3, 4]},
+    "model_config": {"decoder_dim": 32, "out_indices": [1, 2], "upsample": "transposed"},
 }
 
 
@@ -93,12 +105,14 @@ def _measured_part(out: Path, log: Callable[[str], None]) -> tuple[Any, Any, dic
     return slide, adata, {"spots": spots_path, "thumbnail": png, "slide": Path(paths["image"])}
 
 
-def heatmap_vs_truth_png(store: Any, gene: str, truth_path: Path, path: Path) -> float:
-    """PNG of a predicted gene map beside its ground truth; returns their Pearson r."""
-    import matplotlib
+def dense_map_vs_truth(store: Any, gene: str, truth_path: Path) -> tuple[float, Any, Any]:
+    """``(r, predicted, truth)``: Pearson r of ``gene``'s dense map against the synthetic
+    ground truth over tissue, with both maps at the map's resolution.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    The truth is the per-µm² density of the gene's compartment at every slide pixel,
+    box-averaged onto the map's pixels; "tissue" = map pixels with a non-zero truth that the
+    prediction covers (never-predicted background is NaN in the store and left out).
+    """
     from PIL import Image
 
     from .io.synthetic import read_synthetic_truth
@@ -107,23 +121,49 @@ def heatmap_vs_truth_png(store: Any, gene: str, truth_path: Path, path: Path) ->
     g = truth["genes"].index(gene)
     density = truth["profiles"][truth["compartments"], g].astype(np.float32)  # per µm²
     pred = np.asarray(store.gene_map(gene, level=0), dtype=np.float32)
-    # ground truth at the map's resolution: box-mean of the per-pixel density
     true_small = np.asarray(
         Image.fromarray(density).resize(pred.shape[::-1], Image.Resampling.BOX), dtype=np.float32
     )
-    tissue = true_small > 0
+    tissue = (true_small > 0) & np.isfinite(pred)
     r = float(np.corrcoef(pred[tissue], true_small[tissue])[0, 1]) if tissue.sum() > 2 else np.nan
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.8), constrained_layout=True)
-    for ax, img, title in (
-        (axes[0], pred, f"{gene}: predicted (log1p per 10k)"),
-        (axes[1], density, f"{gene}: ground truth (transcripts / µm²)"),
-    ):
-        lo, hi = np.percentile(img, [1, 99])
-        im = ax.imshow(img, cmap="magma", vmin=lo, vmax=hi)
+    return r, pred, true_small
+
+
+def heatmap_vs_truth_png(store: Any, gene: str, truth_path: Path, path: Path) -> float:
+    """PNG of a predicted gene map beside its ground truth; returns their Pearson r.
+
+    Both panels are in µm with a titled colour bar; pixels the prediction never computed
+    (background skipped by tissue detection) and glass in the truth are transparent, so
+    neither panel paints a value where there is no tissue.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r, pred, true_small = dense_map_vs_truth(store, gene, truth_path)
+    truth_shown = np.where(true_small > 0, true_small, np.nan)
+    map_mpp = float(store.map_mpp or 1.0)
+    h, w = pred.shape
+    extent = (0.0, w * map_mpp, h * map_mpp, 0.0)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5), constrained_layout=True)
+    panels = (
+        (axes[0], pred, f"{gene}: predicted by PixNet", "log1p(counts per 10k)"),
+        (axes[1], truth_shown, f"{gene}: ground truth", "transcripts per µm²"),
+    )
+    for ax, img, title, unit in panels:
+        finite = img[np.isfinite(img)]
+        lo, hi = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
+        cmap = matplotlib.colormaps["magma"].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
+        im = ax.imshow(img, cmap=cmap, vmin=lo, vmax=max(hi, lo + 1e-6), extent=extent)
         ax.set_title(title)
-        ax.set_axis_off()
-        fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.suptitle(f"PixNet dense map vs truth, Pearson r = {r:.2f} over tissue")
+        ax.set_xlabel("µm")
+        ax.set_ylabel("µm")
+        bar = fig.colorbar(im, ax=ax, shrink=0.8)
+        bar.set_label(f"{gene}, {unit}")
+    fig.suptitle(
+        f"{gene} dense map vs ground truth (synthetic sample): Pearson r = {r:.2f} over tissue"
+    )
     from .io.export import write_atomic
 
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
@@ -162,7 +202,7 @@ def run_demo(
     if run is None:
         run = out / "demo_run"
         cfg = TrainConfig(**{**DEMO_TRAINING, "epochs": epochs or DEMO_TRAINING["epochs"]})
-        log(f"training PixNet briefly on the sample ({cfg.epochs} epochs) -> {run}")
+        log(f"training PixNet on the sample ({cfg.epochs} epochs, a few minutes) -> {run}")
         train_model([load_section(outputs["spots"])], run, cfg)
     outputs["run"] = run
     model, meta = load_checkpoint(run)
@@ -179,7 +219,7 @@ def run_demo(
     if gene in store.genes:
         r = heatmap_vs_truth_png(store, gene, sample_paths()["truth"], out / f"{gene}_heatmap.png")
         outputs["heatmap"] = out / f"{gene}_heatmap.png"
-        log(f"{gene}: predicted dense map vs ground truth, Pearson r = {r:.2f}")
+        log(f"{gene} dense map vs ground truth: r = {r:.2f}")
 
     import pandas as pd
 

@@ -140,3 +140,34 @@ def test_fullres_to_grid() -> None:
     c, r = fullres_to_grid(np.array([[1.5, 3.5]]), 8.0, 4.0)
     np.testing.assert_allclose(c, [[0.0, 0.5]])
     assert r == 2.0
+
+
+def test_missing_pixels_have_no_value_and_no_weight() -> None:
+    """NaN pixels (never-predicted background of a dense map) count neither as values nor
+    as area: means are over the predicted part of each disk, areas are predicted areas."""
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(40, 50, 3)) + 5.0
+    missing = np.zeros((40, 50), bool)
+    missing[:, 25:] = True  # right half is background
+    missing[10:14, 5:9] = True  # a hole
+    with_nan = np.where(missing[..., None], np.nan, values)
+    clean = np.where(missing[..., None], 0.0, values)
+    agg = CircleAggregator(with_nan)
+    assert agg.n_channels == 3
+    circles = np.array([[20.0, 20.0], [24.7, 11.2], [10.0, 30.0], [40.0, 20.0], [7.0, 12.0]])
+    radii = np.array([8.0, 6.3, 3.0, 5.0, 1.5])
+    means, area = agg.aggregate_many(circles, radii, reduce="mean", return_area=True)
+    sums = agg.aggregate_many(circles, radii, reduce="sum")
+    for i, ((cx, cy), r) in enumerate(zip(circles, radii, strict=True)):
+        want_area = brute_force_circle_sum((~missing).astype(float), cx, cy, r)[0]
+        want_sum = brute_force_circle_sum(clean, cx, cy, r)
+        np.testing.assert_allclose(area[i], want_area, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(sums[i], want_sum, rtol=1e-9, atol=1e-9)
+        if want_area > 0:
+            np.testing.assert_allclose(means[i], want_sum / want_area, rtol=1e-9)
+    # the circle at x = 40 lies on background only: no value, no area
+    assert area[3] == 0 and np.isnan(means[3]).all()
+    np.testing.assert_allclose(sums[3], 0.0, atol=1e-9)
+    # a disk half on background has the mean of its predicted half, not a diluted one
+    assert 0 < area[1] < np.pi * radii[1] ** 2
+    assert np.all(means[1] > 4.0)

@@ -115,6 +115,126 @@ def test_background_and_fill_value(tmp_path: Path) -> None:
     store.mark_done((1, 0))
     assert store.coverage[1, 0] == 1
     assert store.features_level(0).dtype == np.float16
-    assert float(np.abs(store.features_level(0)[:16, :32].compute()).max()) == 0.0
+    # never-predicted pixels (background and pending tiles) read as missing, not as 0
+    level0 = store.features_level(0).compute()
+    assert np.isnan(level0[:16, :32]).all() and np.isnan(level0[16:32, 16:]).all()
+    assert not np.isnan(level0[16:32, :16]).any()
+    assert np.isnan(store.gene_map("A").compute()[:16, :32]).all()
     store.set_tissue(np.eye(4, dtype=bool), downsample=32.0)
     np.testing.assert_array_equal(DenseMapStore.open(store.path).tissue, np.eye(4, dtype=bool))
+
+
+def _reference_pool(values: np.ndarray) -> np.ndarray:
+    """2x2 mean pool with ragged edges (the mean of the pixels that exist), numpy."""
+    h, w = values.shape[:2]
+    padded = np.full((h + h % 2, w + w % 2, *values.shape[2:]), np.nan)
+    padded[:h, :w] = values
+    blocks = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2, -1)
+    return np.nanmean(blocks, axis=(1, 3))
+
+
+def _half_predicted(tmp_path: Path, fill_value: float = 0.0) -> tuple:
+    """A store whose tiles are computed, skipped as background or still pending."""
+    rng = np.random.default_rng(1)
+    W = rng.normal(size=(4, 3)).astype(np.float32)
+    b = rng.normal(size=3).astype(np.float32)
+    store = DenseMapStore.create(
+        tmp_path / "h.zarr", map_shape=(130, 50), feature_dim=4, genes=["A", "B", "C"],
+        head_W=W, head_b=b, map_mpp=8.0, chunk=(6, 6), fill_value=fill_value,
+    )  # fmt: skip
+    feats = rng.normal(size=(130, 50, 4)).astype(np.float32) + 3.0
+    rows, cols = store.tile_grid
+    state = rng.integers(0, 3, size=(rows, cols))  # 0 pending, 1 computed, 2 background
+    state[0, 0] = 1
+    predicted = np.zeros((130, 50), bool)
+    for r in range(rows):
+        for c in range(cols):
+            ys, xs = slice(6 * r, 6 * r + 6), slice(6 * c, 6 * c + 6)
+            if state[r, c] == 1:
+                store.write_tile(_At(6 * r, 6 * c), feats[ys, xs])
+                store.mark_done((r, c))
+                predicted[ys, xs] = True
+    store.mark_background(state == 2)
+    return store, feats, predicted, W, b
+
+
+class _At:
+    def __init__(self, y: int, x: int) -> None:
+        self.map_y0, self.map_x0 = y, x
+
+
+@pytest.mark.parametrize("fill_value", [0.0, 0.5])
+def test_unpredicted_pixels_are_missing_at_every_level(tmp_path: Path, fill_value) -> None:
+    """Background and pending pixels are NaN at level 0 and pooled levels are means over
+    the predicted pixels only (lazy and stored pyramid alike), whatever the fill value."""
+    store, feats, predicted, W, b = _half_predicted(tmp_path, fill_value)
+    assert store.n_levels == 3
+    mask = predicted.astype(np.float64)[..., None]
+    sums = np.where(predicted[..., None], feats, 0.0)
+    refs, fracs = [np.where(predicted[..., None], feats, np.nan)], [mask[..., 0]]
+    for _ in (1, 2):  # chained ragged pooling of the masked sums and of the mask
+        sums, mask = _reference_pool(sums), _reference_pool(mask)
+        with np.errstate(invalid="ignore"):
+            refs.append(np.where(mask > 0, sums / mask, np.nan))
+        fracs.append(mask[..., 0])
+    # footprints (4 x 4 px at level 2) straddling computed and skipped 6 x 6 px tiles
+    assert ((fracs[2] > 0) & (fracs[2] < 1)).any() and (fracs[2] == 0).any()
+    for stage in ("lazy", "stored"):
+        if stage == "stored":
+            store.build_pyramid()
+        for level in (0, 1, 2):
+            np.testing.assert_allclose(
+                store.predicted_fraction(level).compute(), fracs[level], atol=1e-6
+            )
+            got = store.features_level(level).compute()
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(refs[level]))
+            np.testing.assert_allclose(got, refs[level], rtol=1e-5, atol=1e-5)
+        gene = store.gene_map("B", level=1).compute()
+        np.testing.assert_allclose(gene, refs[1] @ W[:, 1] + b[1], rtol=1e-4, atol=1e-4)
+        maps = store.gene_maps(["A", "C"], level=0).compute()
+        np.testing.assert_array_equal(np.isnan(maps[..., 0]), ~predicted)
+    ref0 = refs[0]
+    window = store.read_features(slice(5, 30), slice(7, 50))
+    np.testing.assert_allclose(window, ref0[5:30, 7:50], rtol=1e-6)
+    assert window.dtype == np.float32
+
+
+def test_gene_means_average_predicted_pixels_only(tmp_path: Path) -> None:
+    """The slide-wide mean of each gene ignores background (what a tissue mean needs)."""
+    store, feats, predicted, W, b = _half_predicted(tmp_path)
+    want = feats[predicted].mean(axis=0) @ W + b
+    # level 0 is exact; the coarsest level weighs pixels by their predicted share
+    np.testing.assert_allclose(store.gene_means(level=0), want, rtol=1e-5)
+    np.testing.assert_allclose(store.gene_means(), want, rtol=0.02)
+    np.testing.assert_allclose(store.gene_means(["C"], level=0), want[2:], rtol=1e-5)
+    # the same through the lazy maps, ignoring non-finite values
+    nanmean = np.nanmean(store.gene_maps(store.genes, level=0).compute(), axis=(0, 1))
+    np.testing.assert_allclose(nanmean, want, rtol=1e-5)
+    # with every tile still pending nothing is predicted
+    empty = DenseMapStore.create(
+        tmp_path / "e.zarr", map_shape=(20, 20), feature_dim=4, genes=["A", "B", "C"],
+        head_W=W, head_b=b, map_mpp=8.0, chunk=8,
+    )  # fmt: skip
+    assert np.isnan(empty.gene_means()).all()
+    assert np.isnan(empty.gene_map("A").compute()).all()
+
+
+def test_create_in_a_missing_or_file_folder_names_the_store(tmp_path: Path) -> None:
+    """No hidden temp name in the message: the store's own path and what is wrong."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cases = (
+        (afile / "C2.zarr", "is not a folder"),
+        (tmp_path / "no" / "C2.zarr", "does not exist"),
+    )
+    for out, what in cases:
+        with pytest.raises(InputFileError, match=what) as info:
+            _store_at(out)
+        assert str(out) in str(info.value) and ".tmp-" not in str(info.value)
+
+
+def _store_at(path: Path) -> DenseMapStore:
+    return DenseMapStore.create(
+        path, map_shape=(8, 8), feature_dim=2, chunk=8, genes=["A"],
+        head_W=np.ones((2, 1), np.float32), head_b=np.zeros(1, np.float32), map_mpp=4.0,
+    )  # fmt: skip

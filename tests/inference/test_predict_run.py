@@ -133,7 +133,7 @@ def test_slide_without_mpp(run_dir: Path, tmp_path: Path) -> None:
 
     png = tmp_path / "plain.png"
     Image.fromarray(np.full((256, 256, 3), 200, np.uint8)).save(png)
-    with pytest.raises(InputFileError, match=r"plain\.png.*µm per pixel unknown"):
+    with pytest.raises(InputFileError, match=r"plain\.png.*µm/px is unknown"):
         predict_with_run(run_dir, png, tmp_path / "x.zarr", device="cpu")
     report = predict_with_run(run_dir, png, tmp_path / "y.zarr", slide_mpp=0.5, device="cpu")
     assert report.status == "complete"

@@ -138,19 +138,25 @@ def test_background_tiles_are_skipped_and_flagged(tmp_path: Path) -> None:
     img = np.full((256, 512, 3), 255, np.uint8)
     img[:, :200] = tissue_like(256, 200)  # tissue in tile columns 0 and 1 (of 4 x 128 px)
     model = TinyDense()
+    seen: list[tuple[int, int]] = []
     rep = predict_slide(
         model, img, tmp_path / "m.zarr", model_mpp=None, tile_px=128, halo_px=16,
-        device="cpu", batch_size=2,
+        device="cpu", batch_size=2, progress=lambda d, t: seen.append((d, t)),
     )  # fmt: skip
     store = DenseMapStore.open(tmp_path / "m.zarr")
     assert rep.n_tiles == 8
     assert rep.n_skipped_background == 4 and rep.n_computed == 4
+    assert "4 background" in rep.summary()
     assert model.n_tiles_seen == 4  # background tiles never reached the model
+    # progress counts the tissue tiles only: it starts at 0 %, not at the skipped half
+    assert seen == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]
     np.testing.assert_array_equal(store.coverage, [[1, 1, 2, 2], [1, 1, 2, 2]])
     assert store.done_mask.all() and store.status == "complete"
     feats = np.asarray(store.features_level(0).compute())
-    assert np.all(feats[:, 128:] == 0)  # fill value, never computed
-    assert np.abs(feats[:, :64]).sum() > 0
+    assert np.isnan(feats[:, 128:]).all()  # never computed: missing, not the fill value
+    assert np.isfinite(feats[:, :128]).all() and np.abs(feats[:, :64]).sum() > 0
+    coarse = np.asarray(store.gene_map(0, level=store.n_levels - 1).compute())
+    assert np.isnan(coarse[:, -1]).all() and np.isfinite(coarse[:, 0]).all()
     assert store.tissue is not None and store.tissue[:, : store.tissue.shape[1] // 3].mean() > 0.9
 
 
@@ -200,7 +206,9 @@ def test_kill_from_progress_callback_then_resume(tmp_path: Path) -> None:
         TinyDense(), img, tmp_path / "k.zarr", progress=lambda d, t: seen.append((d, t)), **kw
     )
     assert rep.n_computed == 12 - 5 and rep.status == "complete"
-    assert seen[0] == (5, 12) and seen[-1] == (12, 12)
+    assert rep.n_already_done == 5
+    # the resumed run counts the tiles it computes: 0 of 7 first, 7 of 7 at the end
+    assert seen[0] == (0, 7) and seen[-1] == (7, 7) and len(seen) == 8
 
 
 def test_resume_refuses_a_different_model_or_geometry(tmp_path: Path) -> None:
@@ -210,15 +218,25 @@ def test_resume_refuses_a_different_model_or_geometry(tmp_path: Path) -> None:
     predict_slide(TinyDense(seed=0), img, out, tile_px=64, should_stop=lambda: True, **kw)
     with pytest.raises(InputFileError, match="head weights"):
         predict_slide(TinyDense(seed=1), img, out, tile_px=64, **kw)
-    with pytest.raises(InputFileError, match="tile_px"):
+    with pytest.raises(InputFileError, match="tile_px") as info:
         predict_slide(TinyDense(seed=0), img, out, tile_px=32, **kw)
+    assert info.value.setting == "restart" and "starting over replaces it" in str(info.value)
+    assert "resume=" not in str(info.value)  # no Python argument in a user message
+    broken = tmp_path / "broken.zarr"
+    broken.mkdir()
+    with pytest.raises(InputFileError, match="cannot resume this map store") as info:
+        predict_slide(TinyDense(seed=0), img, broken, tile_px=64, **kw)
+    assert info.value.setting == "restart" and "resume=" not in str(info.value)
     rep = predict_slide(TinyDense(seed=1), img, out, tile_px=64, resume=False, **kw)
     assert rep.n_computed == 4 and rep.status == "complete"
 
 
 def test_unknown_resolution_is_an_actionable_error(tmp_path: Path) -> None:
-    with pytest.raises(MissingResolutionError, match="slide_mpp"):
+    with pytest.raises(MissingResolutionError, match="µm/px is unknown") as info:
         predict_slide(TinyDense(), tissue_like(64, 64), tmp_path / "m.zarr", model_mpp=0.5)
+    # the CLI and the widgets add their own hint (--mpp, the µm/px field) from .setting
+    assert info.value.setting == "mpp"
+    assert "slide_mpp" not in str(info.value) and "mpp=" not in str(info.value)
 
 
 def test_provenance_and_attrs(tmp_path: Path) -> None:

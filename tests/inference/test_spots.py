@@ -70,6 +70,56 @@ def test_blocks_do_not_change_results(tmp_path: Path) -> None:
     np.testing.assert_allclose(a1, a2)
 
 
+def test_background_counts_neither_as_expression_nor_as_area(tmp_path: Path) -> None:
+    """A circle over skipped background tiles gets the mean of its predicted part and an
+    area_fraction below 1; one entirely on background gets NaN and 0 (not the bias)."""
+    rng = np.random.default_rng(2)
+    W = rng.normal(size=(5, 2)).astype(np.float32)
+    b = np.array([10.0, -10.0], np.float32)  # a bias far from any predicted value
+    store = DenseMapStore.create(
+        tmp_path / "bg.zarr", map_shape=(64, 64), feature_dim=5, genes=["ERBB2", "PTPRC"],
+        head_W=W, head_b=b, map_mpp=8.0, chunk=32,
+        attrs={"slide": {"path": "/data/slide.tif", "shape": [512, 512], "mpp": 1.0}},
+    )  # fmt: skip
+    feats = rng.normal(size=(64, 64, 5)).astype(np.float32)
+    store.write_tile(_Tile(0, 0), feats[:32, :32])  # tissue: top-left tile only
+    store.mark_done((0, 0))
+    background = np.ones((2, 2), bool)
+    background[0, 0] = False
+    store.mark_background(background)
+    circles = pd.DataFrame(
+        {"x_um": [100.0, 256.0, 400.0], "y_um": [100.0, 100.0, 400.0],
+         "diameter_um": [100.0, 200.0, 100.0], "id": ["tissue", "edge", "glass"]}
+    )  # fmt: skip
+    adata = predict_circles(store, circles)
+    frac = adata.obs["area_fraction"].to_numpy()
+    assert frac[0] == pytest.approx(1.0) and 0.3 < frac[1] < 0.7 and frac[2] == 0.0
+    assert np.isnan(adata.X[2]).all()
+    # the edge circle's value is the mean over its predicted pixels only
+    gene_maps = feats.astype(np.float64) @ W.astype(np.float64) + b
+    clean = np.where(_tissue_mask()[..., None], gene_maps, 0.0)
+    centres, radii = circles_to_grid(
+        circles.x_um.to_numpy(), circles.y_um.to_numpy(), circles.diameter_um.to_numpy(),
+        map_mpp=8.0, slide_mpp=1.0,
+    )  # fmt: skip
+    (cx, cy), r = centres[1], radii[1]
+    area = brute_force_circle_sum(_tissue_mask().astype(float), cx, cy, r)[0]
+    want = brute_force_circle_sum(clean, cx, cy, r) / area
+    np.testing.assert_allclose(adata.X[1], want, rtol=1e-3, atol=1e-3)
+    assert frac[1] == pytest.approx(area / (np.pi * r * r), rel=1e-6)
+
+
+class _Tile:
+    def __init__(self, y: int, x: int) -> None:
+        self.map_y0, self.map_x0 = y, x
+
+
+def _tissue_mask() -> np.ndarray:
+    mask = np.zeros((64, 64), bool)
+    mask[:32, :32] = True
+    return mask
+
+
 def test_read_circles_errors(tmp_path: Path) -> None:
     bad = tmp_path / "c.csv"
     bad.write_text("x,y,d\n1,2,3\n")

@@ -524,6 +524,49 @@ def test_error_truncated_pyramidal_tiff(tmp_path: Path) -> None:
         assert str(cut) in str(info.value)
 
 
+def test_truncated_tiff_is_reported_without_tifffile_noise(tmp_path: Path, caplog) -> None:
+    """tifffile logs "corrupted tag list" lines for a cut file; the clean error says it all."""
+    import logging
+
+    path = tmp_path / "pyr.tif"
+    with tifffile.TiffWriter(path) as tw:
+        for k in range(4):  # several pages: tifffile logs one line per unreadable page
+            tw.write(_rgb(512 >> k, 512 >> k, k), tile=(64, 64), photometric="rgb")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: len(data) // 2])
+    with caplog.at_level(logging.DEBUG), pytest.raises(InputFileError):
+        open_slide(cut)
+    assert not [r for r in caplog.records if r.name.startswith("tifffile")], caplog.text
+
+
+def test_tifffile_records_pass_when_the_file_opens(caplog) -> None:
+    import logging
+
+    from napari_histoexpress.io.slides import _tifffile_log_held
+
+    with caplog.at_level(logging.WARNING, logger="tifffile"):
+        with _tifffile_log_held():
+            logging.getLogger("tifffile").warning("odd but readable")
+        assert "odd but readable" in caplog.text
+        caplog.clear()
+        with pytest.raises(InputFileError), _tifffile_log_held():
+            logging.getLogger("tifffile").warning("noise before our error")
+            raise InputFileError("x.tif", "truncated TIFF")
+        assert "noise" not in caplog.text
+
+
+def test_missing_resolution_names_no_argument(tmp_path: Path) -> None:
+    path = tmp_path / "flat.png"
+    Image.fromarray(_rgb(64, 64)).save(path)
+    with open_slide(path) as slide, pytest.raises(MissingResolutionError) as info:
+        read_region_at_mpp(slide, (10, 10), (8, 8), 1.0)
+    assert info.value.setting == "mpp" and "mpp=" not in str(info.value)
+    with pytest.raises(InputFileError, match="positive") as bad:
+        open_slide(path, mpp=0)
+    assert bad.value.setting == "mpp" and "mpp must" not in str(bad.value)
+
+
 def test_error_truncated_jpeg_and_png(tmp_path: Path) -> None:
     for suffix in (".jpg", ".png"):
         path = tmp_path / f"full{suffix}"

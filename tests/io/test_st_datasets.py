@@ -325,6 +325,46 @@ def test_counts_and_spots_disagree(tmp_path: Path) -> None:
     assert str(counts) in str(info.value) and str(spots) in str(info.value)
 
 
+def test_counts_of_another_section_are_refused(tmp_path: Path) -> None:
+    """Most selected spots without counts: the files are of different sections (issue 9:
+    C2 counts with C3 spots kept 32 of 182 spots without a word)."""
+    from napari_histoexpress.errors import InputFileWarning
+
+    ids = [f"{x}x{y}" for x in range(1, 7) for y in range(1, 6)]
+    image, counts, spots = _write_legacy(tmp_path, missing_counts=tuple(ids[:20]))
+    with pytest.raises(InputFileError) as info:
+        read_legacy_st(image, counts, spots)
+    assert info.value.path == str(spots) and str(counts) in info.value.problem
+    assert "20 of its 30 selected spots" in info.value.problem
+    assert info.value.setting == "allow_missing_counts"
+    assert "allow_missing_counts" not in str(info.value)  # the front end names its flag
+    with pytest.warns(InputFileWarning, match="20 of its 30"):
+        adata = read_legacy_st(image, counts, spots, allow_missing_counts=True)
+    assert adata.n_obs == 10
+    # half or fewer missing: dropped with a warning, as before
+    image, counts, spots = _write_legacy(tmp_path, missing_counts=tuple(ids[:15]))
+    assert read_legacy_st(image, counts, spots).n_obs == 15
+
+
+def test_unknown_mpp_warning_carries_the_setting(tmp_path: Path) -> None:
+    from napari_histoexpress.errors import InputFileWarning
+
+    image, counts, spots = _write_legacy(tmp_path)
+    table = pd.read_csv(spots, sep="\t")
+    table["pixel_y"] *= 1.1  # 10 % anisotropic: no single µm/px
+    table.to_csv(spots, sep="\t", index=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        adata = read_legacy_st(image, counts, spots)
+    assert spatial.microns_per_pixel(adata) is None
+    unknown = [w.message for w in caught if "µm/px unknown" in str(w.message)]
+    assert len(unknown) == 1 and isinstance(unknown[0], InputFileWarning)
+    assert unknown[0].setting == "mpp" and "mpp=" not in str(unknown[0])
+    with pytest.raises(InputFileError, match="positive") as info:
+        read_legacy_st(image, counts, spots, mpp=-1.0)
+    assert info.value.setting == "mpp"
+
+
 def test_spot_pixels_outside_image(tmp_path: Path) -> None:
     image, counts, spots = _write_legacy(tmp_path)
     table = pd.read_csv(spots, sep="\t")

@@ -32,12 +32,13 @@ def _heatmaps(viewer) -> list:
     return [lyr for lyr in viewer.layers if lyr.metadata.get("histoexpress") == "heatmap"]
 
 
-def test_status_without_slide_or_map(make_napari_viewer, sample_slide: Path) -> None:
+def test_status_without_slide_or_map(make_napari_viewer, slide_copy: Path) -> None:
+    # a copy: the shipped sample's own project folder may hold a map from an earlier run
     viewer = make_napari_viewer()
     widget = GenesWidget(viewer)
     assert "No slide open" in widget.status.text() and widget.gene_list.count() == 0
     assert widget.show_gene("ERBB2") is None and not _heatmaps(viewer)
-    viewer.open(str(sample_slide), plugin=PLUGIN)
+    viewer.open(str(slide_copy), plugin=PLUGIN)
     assert "No slide has a predicted map" in widget.status.text()
     assert widget.slide_combo.count() == 0
 
@@ -124,3 +125,47 @@ def test_measured_vs_predicted_pcc(make_napari_viewer, qtbot, sample_map: Path) 
     )
     assert spots._face.color_properties.name == "KRT19"
     qtbot.waitUntil(lambda: "PCC KRT19" in widget.pcc_label.text(), timeout=30_000)
+
+
+def test_heatmap_goes_below_spots_with_colour_bars_and_units(
+    make_napari_viewer, qtbot, sample_map: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import napari.utils.notifications as notifications
+
+    from napari_histoexpress.io.synthetic import sample_paths
+
+    errors: list[str] = []
+    monkeypatch.setattr(notifications, "show_error", lambda m: errors.append(str(m)))
+    viewer = make_napari_viewer()
+    widget = GenesWidget(viewer)
+    layers = viewer.open(str(sample_paths()["spots"]), plugin=PLUGIN)
+    slide = next(lyr for lyr in layers if lyr.metadata.get("histoexpress") == "slide")
+    spots = next(lyr for lyr in layers if lyr.metadata.get("histoexpress") == "spots")
+    drawn = viewer.add_points([[10.0, 10.0]], name="my points")
+    _common.set_slide_map(slide, sample_map)
+
+    erbb2 = widget.show_gene("ERBB2")
+    names = [lyr.name for lyr in viewer.layers]
+    # above the slide, below every points layer: the spots stay visible
+    assert names.index(slide.name) < names.index("ERBB2") < names.index(spots.name)
+    assert names.index("ERBB2") < names.index(drawn.name)
+    assert viewer.layers.selection.active is erbb2
+    assert erbb2.colorbar.visible
+    assert spots.face_colorbar.visible and spots._face.color_properties.name == "ERBB2"
+    legend = widget.legend_label.text()
+    assert "ERBB2 in log1p counts per 10k" in legend
+    assert "heatmap = predicted (magma" in legend and "= measured ERBB2" in legend
+
+    krt19 = widget.show_gene("KRT19")  # only the current heatmap shows its colour bar
+    assert krt19.colorbar.visible and not erbb2.colorbar.visible
+    names = [lyr.name for lyr in viewer.layers]
+    assert names.index("KRT19") < names.index(spots.name)
+    viewer.layers.selection.active = erbb2  # selecting a heatmap switches legend and bar
+    assert erbb2.colorbar.visible and not krt19.colorbar.visible
+    assert widget.legend_label.text().startswith("ERBB2 in")
+
+    # errors lead with the problem, the map store comes last
+    assert widget.show_gene("NOT_A_GENE") is None
+    assert errors[-1].startswith("Cannot show NOT_A_GENE: ")
+    assert errors[-1].endswith(str(sample_map))
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=30_000)

@@ -253,11 +253,13 @@ def test_errors_are_notified_and_the_widget_returns_to_idle(
 
     # not a run folder: refused before any work
     _choose_run(widget, tmp_path, 128)
-    assert "not a checkpoint folder" in widget.status_label.text()
+    assert "not a checkpoint folder" in widget.status_label.text().lower()
     widget.predict_button.click()
     assert not widget.busy
     assert messages["error"] and str(tmp_path) in messages["error"][-1]
-    assert "not a checkpoint folder" in messages["error"][-1]
+    # the problem leads (a toast shows only its start), the path comes last
+    assert messages["error"][-1].lower().startswith("not a checkpoint folder")
+    assert messages["error"][-1].endswith(str(tmp_path))
 
     # broken weights: fails inside the worker, reported, buttons back
     broken = tmp_path / "broken_run"
@@ -268,7 +270,7 @@ def test_errors_are_notified_and_the_widget_returns_to_idle(
     assert widget.busy
     qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
     assert "weights.safetensors" in messages["error"][-1]
-    assert "cannot read weights" in messages["error"][-1]
+    assert messages["error"][-1].startswith("Cannot read weights")
     assert widget.status_label.text().startswith("Error:")
     assert widget.predict_button.isEnabled() and not widget.cancel_button.isEnabled()
     assert widget.run_edit.isEnabled()
@@ -284,6 +286,10 @@ def test_errors_are_notified_and_the_widget_returns_to_idle(
     widget.predict_button.click()
     assert not widget.busy
     assert "plain.png" in messages["error"][-1] and "µm/px is unknown" in messages["error"][-1]
+    # where to click, not a Python function or argument
+    assert '"slide µm/px" field' in messages["error"][-1]
+    assert "set_microns_per_pixel" not in messages["error"][-1]
+    assert "(" not in messages["error"][-1].split("field")[0].replace("(e.g.", "")
 
     # an unavailable device
     import torch
@@ -326,8 +332,12 @@ def test_start_over_replaces_a_map_made_with_other_settings(
     widget.tile_spin.setValue(64)
     widget.predict_button.click()
     qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
-    assert "cannot resume" in messages["error"][-1] and "tile_px" in messages["error"][-1]
-    assert widget.status_label.text().endswith("tick Start over to replace the existing map.")
+    error = messages["error"][-1]
+    assert "cannot be resumed" in error and "other tile px" in error
+    assert "tick Start over" in error and "resume=False" not in error
+    assert error.endswith(str(out))
+    assert "tick Start over" in widget.status_label.text()
+    assert "resume=False" not in widget.status_label.text()
     assert layer.metadata[_common.MAP_KEY] == str(out)  # the old map is untouched
     assert DenseMapStore.open(out).attrs["tile_px"] == 128
 
@@ -352,3 +362,98 @@ def test_start_over_replaces_a_map_made_with_other_settings(
     assert layer.metadata[_common.MAP_KEY] == str(out)
     assert not widget.restart_check.isChecked()  # the next Predict resumes again
     assert genes.genes() == GENES
+
+
+def test_slide_mpp_field_sets_the_scale_and_is_remembered(
+    make_napari_viewer: Any, tmp_path: Path, messages: dict
+) -> None:
+    from PIL import Image
+
+    from napari_histoexpress import slide_settings
+
+    png = tmp_path / "slides" / "C2.png"
+    png.parent.mkdir()
+    Image.fromarray(np.full((200, 120, 3), 210, np.uint8)).save(png)
+    viewer, widget = _viewer_with_widget(make_napari_viewer)
+    with pytest.warns(UserWarning, match="µm/px is unknown"):
+        layer = _open(viewer, png)
+    assert widget.mpp_edit.text() == ""
+    assert "does not say its µm/px" in widget.mpp_source_label.text()
+
+    # not a number: refused, nothing changes, the message says where to correct it
+    widget.mpp_edit.setText("abc")
+    widget.mpp_edit.editingFinished.emit()
+    assert messages["error"][-1].startswith("µm/px must be a positive number")
+    assert '"slide µm/px" field' in messages["error"][-1]
+    np.testing.assert_allclose(layer.scale, [1, 1])
+    assert slide_settings.load_mpp(png) is None
+
+    widget.mpp_edit.setText("0,688")  # a decimal comma is accepted too
+    widget.mpp_edit.editingFinished.emit()
+    np.testing.assert_allclose(layer.scale, [0.688, 0.688])
+    assert layer.metadata["microns_per_pixel"] == pytest.approx(0.688)
+    assert layer.metadata["mpp_source"] == slide_settings.MPP_SOURCE
+    assert slide_settings.load_mpp(png) == pytest.approx(0.688)
+    assert "saved in" in widget.status_label.text()
+    assert widget.mpp_edit.text() == "0.688"
+    n_errors = len(messages["error"])
+    widget.mpp_edit.editingFinished.emit()  # focus out, unchanged: nothing happens
+    assert len(messages["error"]) == n_errors
+
+    # reopening the slide restores it (the reader reads the project folder), no warning
+    viewer.layers.clear()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reopened = _open(viewer, png)
+    np.testing.assert_allclose(reopened.scale, [0.688, 0.688])
+    assert widget.mpp_edit.text() == "0.688"
+    assert "project" in widget.mpp_source_label.text()
+
+
+def test_demo_run_says_it_is_not_for_real_tissue(
+    make_napari_viewer: Any, qtbot: Any, slide_copy: Path, run_dir: Path, messages: dict
+) -> None:
+    from napari_histoexpress.widgets._predict import DEMO_NOTE
+
+    viewer, widget = _viewer_with_widget(make_napari_viewer)
+    _open(viewer, slide_copy)
+    assert not widget.demo_warning.isVisibleTo(widget)
+    widget.demo_button.click()
+    assert widget.demo_warning.isVisibleTo(widget)
+    assert "not for real tissue" in widget.demo_warning.text()
+    assert DEMO_NOTE in widget.status_label.text()
+    _choose_run(widget, run_dir, 128)  # a run of one's own: no warning
+    assert not widget.demo_warning.isVisibleTo(widget)
+    assert DEMO_NOTE not in widget.status_label.text()
+
+    widget.demo_button.click()
+    widget.device_combo.setCurrentText("cpu")
+    widget.predict_button.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    assert messages["error"] == []
+    assert widget.status_label.text().startswith("Done:")
+    assert widget.status_label.text().endswith(DEMO_NOTE)
+    assert any("Prediction finished" in m and DEMO_NOTE in m for m in messages["info"])
+
+
+def test_status_follows_a_newly_chosen_run(
+    make_napari_viewer: Any, slide_copy: Path, sample_map: Path, run_dir: Path
+) -> None:
+    from napari_histoexpress.project import default_map_path
+
+    stored = default_map_path(slide_copy, "other_run")
+    shutil.copytree(sample_map, stored)
+    viewer, widget = _viewer_with_widget(make_napari_viewer)
+    layer = _open(viewer, slide_copy)
+    assert layer.metadata[_common.MAP_KEY] == str(stored)
+    assert widget.status_label.text().startswith("Using stored map")
+
+    _choose_run(widget, run_dir, 128)  # another run: its own map is still to be predicted
+    text = widget.status_label.text()
+    assert text.startswith("Ready: tiny_run") and "Using stored map" not in text
+    assert "tick Start over" not in text and "other_run.zarr" in text
+
+    _choose_run(widget, stored.parent.parent / "other_run", 128)  # the stored map's run
+    assert widget.status_label.text().startswith("Using stored map")

@@ -83,6 +83,7 @@ def _table(widget: SpotsWidget) -> dict[str, float]:
 def test_click_adds_spots_and_table_matches_predict_circles(setup, qtbot, sample_map) -> None:
     viewer, _slide, widget = setup
     assert "Map:" in widget.status.text()
+    widget.rank_combo.setCurrentText("Mean expression")
     widget.preset_combo.setCurrentText("Visium 55 µm")
     widget.add_button.click()
     layer = widget.spots_layer()
@@ -274,7 +275,9 @@ def test_spots_saved_and_restored(make_napari_viewer, qtbot, slide_copy) -> None
     viewer.layers.remove(layer)  # removing the layer flushes, never erases
     viewer.layers.remove(slide)
     saved = project.load_spots(slide_copy)
-    pd.testing.assert_frame_equal(saved, saved_before, check_dtype=False)
+    cols = list(project.SPOT_COLUMNS)
+    pd.testing.assert_frame_equal(saved[cols], saved_before, check_dtype=False)
+    assert saved["layer"].tolist() == [layer.name] * 2
     assert widget.spots_layer() is None and widget.current_slide() is None
     assert "No slide" in widget.status.text()
     slide = _add_slide(viewer, slide_copy)
@@ -328,3 +331,71 @@ def test_select_tool_resize_is_live_and_snaps(setup, qtbot) -> None:
     x, y, d = _spot_layer.circle_of(v, mpp)
     assert d == pytest.approx(150.0, abs=1.0)
     assert (x, y) == pytest.approx((550.0, 500.0), abs=1.0)  # centre of the stretched box
+
+
+def test_table_ranks_against_the_slide_and_compares_two_groups(setup, qtbot, sample_map) -> None:
+    from napari_histoexpress.inference.spot_compare import slide_stats
+
+    viewer, _slide, widget = setup
+    store = DenseMapStore.open(sample_map)
+    genes = store.genes
+    assert widget.ranking == "delta"  # slide-relative by default
+    layer_a = widget.spots_layer(create=True)
+    widget.add_spot(500.0, 500.0, 100.0)
+    widget.add_spot(1000.0, 700.0, 100.0)
+    qtbot.waitUntil(lambda: widget.slide_stats() is not None, timeout=10000)
+    widget.update_table()
+    rec = widget.table_records()
+    expected_slide = slide_stats(store)
+    by_gene = rec.set_index("gene")
+    np.testing.assert_allclose(by_gene.loc[genes, "ref_mean"], expected_slide.mean, rtol=1e-6)
+    spots_a = _spot_layer.spots_table(layer_a)
+    np.testing.assert_allclose(
+        by_gene.loc[genes, "mean"], _expected(sample_map, spots_a), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(rec["delta"], rec["mean"] - rec["ref_mean"], atol=1e-12)
+    sd = pd.Series(expected_slide.sd, index=genes).loc[rec["gene"]].to_numpy()
+    np.testing.assert_allclose(rec["z"], rec["delta"] / sd, rtol=1e-9)
+    assert rec["delta"].tolist() == sorted(rec["delta"], reverse=True)  # ranked by Δ
+    assert [g for g, _ in widget.bars.bars()] == rec["gene"].tolist()[:6]
+    headers = [widget.model.headerData(i, Qt.Orientation.Horizontal) for i in range(5)]
+    assert "log1p counts per 10k" in headers[1] and "slide" in headers[2]
+    assert "Δ vs slide" in headers[3] and "log fold change" in headers[3]
+    assert "slide SD" in headers[4]
+    # z-score ranking
+    widget.rank_combo.setCurrentText("z-score (Δ in slide SDs)")
+    widget.update_table()
+    z = widget.table_records()["z"].tolist()
+    assert z == sorted(z, reverse=True)
+    widget.rank_combo.setCurrentText("Δ vs reference (log fold change)")
+
+    # a second layer as the reference: Δ = mean(A) − mean(B)
+    layer_b = widget.new_spots_layer()
+    widget.add_spot(1500.0, 1500.0, 100.0)
+    viewer.layers.selection.active = layer_a
+    items = [widget.ref_combo.itemText(i) for i in range(widget.ref_combo.count())]
+    assert f"Layer: {layer_b.name}" in items
+    widget.ref_combo.setCurrentText(f"Layer: {layer_b.name}")
+    widget.update_table()
+    rec = widget.table_records().set_index("gene")
+    ref_b = _expected(sample_map, _spot_layer.spots_table(layer_b))
+    np.testing.assert_allclose(rec.loc[genes, "ref_mean"], ref_b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        rec.loc[genes, "delta"], _expected(sample_map, spots_a) - ref_b, rtol=1e-5, atol=1e-6
+    )
+    assert "vs layer" in widget.model.headerData(3, Qt.Orientation.Horizontal)
+
+    # two selections of one layer: store spot_1 as the reference, then select spot_0
+    layer_a.selected_data = {1}
+    widget.update_table()
+    widget.ref_button.click()
+    assert widget.ref_combo.currentText().startswith("Stored reference group (1 spots)")
+    layer_a.selected_data = {0}
+    widget.update_table()
+    rec = widget.table_records().set_index("gene")
+    np.testing.assert_allclose(
+        rec.loc[genes, "delta"],
+        _expected(sample_map, spots_a.iloc[[0]]) - _expected(sample_map, spots_a.iloc[[1]]),
+        rtol=1e-5,
+        atol=1e-6,
+    )

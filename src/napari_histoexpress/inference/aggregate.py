@@ -20,6 +20,13 @@ Conventions (read these before passing coordinates):
   (or the map) ends inside a spot. A disk entirely outside the grid gives ``NaN`` for
   ``"mean"`` and ``0`` for ``"sum"``; :meth:`CircleAggregator.aggregate_many` can also
   return the covered area so callers can flag or drop such spots.
+- **Missing pixels.** A pixel whose value is not finite in any channel (NaN: a dense map's
+  never-predicted background, see :mod:`.map_store`) is treated like a pixel outside the
+  grid: no value and no weight. ``"mean"`` is then the mean over the *predicted* part of the
+  disk, ``"sum"`` the sum over it, and the area returned by
+  :meth:`CircleAggregator.aggregate_many` is the predicted area only (a disk entirely on
+  background gives ``NaN`` / ``0`` and area 0), so the head's bias is never counted as
+  expression and callers can report the covered share of each spot.
 - **Algorithm.** After one precomputation of row-wise prefix sums over x (float64, so long
   rows do not lose precision), every row of a disk splits into a run of fully covered pixels,
   summed by one subtraction of prefix sums, plus the few boundary pixels whose exact
@@ -239,7 +246,17 @@ class CircleAggregator:
             raise ValueError(f"values must be (H, W, C) or (H, W), got shape {values.shape}")
         if not np.issubdtype(values.dtype, np.floating):
             values = values.astype(np.float64)
+        n_channels = values.shape[2]
+        valid = np.isfinite(values).all(axis=2)
+        self.has_missing = not bool(valid.all())
+        if self.has_missing:
+            # zero the missing pixels and carry their validity as one more channel, whose
+            # aggregate is the predicted area of each disk
+            values = np.concatenate(
+                [np.where(valid[..., None], values, 0.0), valid[..., None]], axis=2
+            )
         self.values = values
+        self._n_channels = int(n_channels)
         self.shape = values.shape[:2]
         h, w, c = values.shape
         prefix = np.zeros((h, w + 1, c), dtype=np.float64)
@@ -249,7 +266,7 @@ class CircleAggregator:
 
     @property
     def n_channels(self) -> int:
-        return int(self.values.shape[2])
+        return self._n_channels
 
     def aggregate(self, cx: float, cy: float, r: float, *, reduce: Reduce = "mean") -> np.ndarray:
         """``(C,)`` sum or mean of the values over one disk (float64)."""
@@ -266,7 +283,7 @@ class CircleAggregator:
         """``(N, C)`` sums or means over N disks (``centres`` is ``(N, 2)`` as ``(x, y)``).
 
         With ``return_area=True`` also returns the ``(N,)`` area (px²) of each disk that
-        lies inside the grid (the weight of the mean).
+        lies inside the grid on non-missing pixels (the weight of the mean).
         """
         if reduce not in ("mean", "sum"):
             raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
@@ -313,6 +330,8 @@ class CircleAggregator:
         owner = np.concatenate([pc, pc, circ])
         mat = sp.csr_matrix((coef, (owner, np.arange(len(owner)))), shape=(n, len(owner)))
         sums = np.asarray(mat @ gathered)
+        if self.has_missing:
+            return sums[:, : self._n_channels], np.maximum(sums[:, self._n_channels], 0.0)
         area = runs.interior_count() + np.bincount(circ, weights=wgt, minlength=n)
         return sums, area
 

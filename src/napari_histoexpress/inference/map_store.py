@@ -21,14 +21,29 @@ Choices made here (and why):
 
 - **Chunk = tile core.** A tile writes exactly one chunk, so writes never race and a killed
   run leaves whole chunks (zarr's local store writes each chunk to a temp file and renames).
-- **Background is never written**: unwritten chunks read as ``fill_value`` (default 0.0, not
-  NaN, so pooled levels, colour limits and circle sums stay finite); ``coverage`` says which
-  pixels were really predicted.
+- **Background is never written, and reads as missing.** Unwritten chunks hold
+  ``fill_value`` on disk (0.0: pooling stays a plain mean), but every public read —
+  :meth:`DenseMapStore.features_level`, :meth:`~DenseMapStore.read_features`,
+  :meth:`~DenseMapStore.gene_map`, :meth:`~DenseMapStore.gene_maps` — returns **NaN** on
+  pixels that were never predicted (background skipped by tissue detection, and tiles still
+  pending in a partial store), so a heatmap shows nothing there (napari draws NaN
+  transparent) instead of the head's bias. Which pixels were predicted comes from
+  ``coverage`` (1 = computed), so stores written before this rule read the same way.
+- **Pooled levels are means over predicted pixels only.** A coarse pixel straddling tissue
+  and background is the mean of its predicted level-0 pixels (not diluted towards the
+  fill value); NaN only where none of its footprint was predicted.
+  :meth:`~DenseMapStore.predicted_fraction` gives that share at every level, and since
+  background reads as the fill value on disk, ``masked = (pooled − fill·(1 − frac)) / frac``
+  undoes the dilution exactly for any stored pyramid, old or new.
+- **Slide-wide means** over predicted pixels: :meth:`~DenseMapStore.gene_means` (weights =
+  predicted share per pixel of a coarse level; ignoring non-finite values of
+  :meth:`~DenseMapStore.gene_maps` with ``np.nanmean`` gives nearly the same).
 - **``done`` is the resume authority**, persisted after each tile's features are written:
   a tile is done only once its chunk is on disk.
 - **Pyramid levels are 2x2 mean pools with ragged edges** (``ceil(h/2)``; an edge pixel is
-  the mean of the pixels that exist). Until :meth:`build_pyramid` has run (e.g. a partial
-  run), :meth:`features_level` computes the same pooling lazily from level 0.
+  the mean of the pixels that exist), stored as pooled from the raw (fill-valued) features.
+  Until :meth:`build_pyramid` has run (e.g. a partial run), :meth:`features_level`
+  computes the same pooling lazily from level 0.
 - Features may be float16 (default of :func:`predict_slide`): they halve the disk size and
   decoder features are O(1); the head is applied in float32.
 """
@@ -110,6 +125,10 @@ class DenseMapStore:
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
         rows, cols = math.ceil(h / ch), math.ceil(w / cw)
+        folder = path.parent
+        if not folder.is_dir():
+            what = "is not a folder" if folder.exists() else "does not exist"
+            raise InputFileError(path, f"cannot create the map store: {folder} {what}")
 
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
@@ -312,19 +331,99 @@ class DenseMapStore:
             n += 1
         return n
 
+    @property
+    def fill_value(self) -> float:
+        """What never-written (background) chunks hold on disk (public reads give NaN)."""
+        return float(cast(float, self._group.attrs.get("fill_value", 0.0)))
+
     def read_features(self, rows: slice, cols: slice) -> np.ndarray:
         """Level-0 features of a window, read straight from the store ``(h, w, C)`` (no dask
-        graph: for small, frequent reads such as live spot updates)."""
-        return np.asarray(self._features[rows, cols, :])
+        graph: for small, frequent reads such as live spot updates). Pixels never predicted
+        (background, pending tiles) are NaN in every channel."""
+        block = np.array(self._features[rows, cols, :])
+        ys = np.arange(self.map_shape[0])[rows]
+        xs = np.arange(self.map_shape[1])[cols]
+        ch, cw = self.chunk
+        predicted = (self.coverage == 1)[np.ix_(ys // ch, xs // cw)]
+        if not predicted.all():
+            block[~predicted] = np.nan
+        return block
+
+    def predicted_fraction(self, level: int = 0) -> da.Array:
+        """Lazy ``(h, w)`` float32: the share of each pixel's level-0 footprint that was
+        predicted (computed tiles). Level 0 is 1 or 0; coarser levels are the same 2x2 mean
+        pooling as the features, so ``> 0`` means "has a value" at that level."""
+        self._check_level(level)
+        x = self._predicted_level0()[..., None]
+        for _ in range(level):
+            x = mean_pool2(x)
+        return x[..., 0]
 
     def features_level(self, level: int = 0) -> da.Array:
-        """Features at pyramid ``level`` as a lazy dask array ``(h, w, C)``.
+        """Features at pyramid ``level`` as a lazy dask array ``(h, w, C)``; NaN where none
+        of a pixel's footprint was predicted (see the module docstring).
 
-        Stored levels are used when :meth:`build_pyramid` has run; otherwise the 2x2 mean
-        pooling is computed lazily from level 0 (same values).
+        Level 0 keeps the stored dtype; coarser levels are float32 means over the predicted
+        pixels of each footprint. Stored levels are used when :meth:`build_pyramid` has run;
+        otherwise the 2x2 mean pooling is computed lazily from level 0 (same values).
         """
+        raw = self._raw_level(level)
+        frac = self.predicted_fraction(level)
+        if level == 0:
+            return da.map_blocks(
+                _mask_level0, raw, frac.rechunk(raw.chunks[:2])[..., None], dtype=raw.dtype
+            )
+        return da.map_blocks(
+            _unmix_pooled,
+            raw,
+            frac.rechunk(raw.chunks[:2])[..., None],
+            self.fill_value,
+            dtype=np.float32,
+        )
+
+    def gene_means(
+        self, genes: Sequence[str | int] | None = None, level: int | None = None
+    ) -> np.ndarray:
+        """``(k,)`` float64: each gene's mean over every predicted pixel of the slide (NaN
+        when nothing was predicted). Read at ``level`` (default the coarsest, a few thousand
+        pixels), weighting each pixel by its predicted share (:meth:`predicted_fraction`),
+        which equals the level-0 mean up to the ragged edges of the pooling."""
+        idx = [self.gene_index(g) for g in (range(len(self._genes)) if genes is None else genes)]
+        level = self.n_levels - 1 if level is None else int(level)
+        raw = np.asarray(self._raw_level(level), dtype=np.float64)
+        frac = np.asarray(self.predicted_fraction(level), dtype=np.float64)
+        total = float(frac.sum())
+        if not total > 0:
+            return np.full(len(idx), np.nan)
+        # raw = frac * masked + fill * (1 - frac) per pixel (background reads as fill)
+        sums = raw.reshape(-1, raw.shape[-1]).sum(axis=0) - self.fill_value * (frac.size - total)
+        mean_feats = sums / total
+        W, b = self._W[:, idx].astype(np.float64), self._b[idx].astype(np.float64)
+        return np.asarray(mean_feats @ W + b, dtype=np.float64)
+
+    def _check_level(self, level: int) -> None:
         if not 0 <= level < self.n_levels:
             raise ValueError(f"level {level} out of range 0..{self.n_levels - 1}")
+
+    def _predicted_level0(self) -> da.Array:
+        """``(H, W)`` float32, 1 on computed tiles, built per chunk from ``coverage``."""
+        computed = self.coverage == 1
+        ch, cw = self.chunk
+
+        def block(block_info: dict[Any, Any] | None = None) -> np.ndarray:
+            assert block_info is not None
+            (y0, y1), (x0, x1) = block_info[None]["array-location"]
+            value = computed[y0 // ch, x0 // cw]
+            return np.full((y1 - y0, x1 - x0), 1.0 if value else 0.0, np.float32)
+
+        h, w = self.map_shape
+        return da.map_blocks(
+            block, chunks=da.core.normalize_chunks((ch, cw), (h, w)), dtype=np.float32
+        )
+
+    def _raw_level(self, level: int) -> da.Array:
+        """Pooled features as stored (background = fill value, unmasked)."""
+        self._check_level(level)
         if level == 0:
             return da.from_zarr(self._features)
         if int(cast(int, self._group.attrs.get("pyramid_levels", 0))) > level:
@@ -349,7 +448,8 @@ class DenseMapStore:
             raise KeyError(f"gene {gene!r} is not in this map ({len(self._genes)} genes)") from None
 
     def gene_map(self, gene: str | int, level: int = 0) -> da.Array:
-        """Lazy ``(h, w)`` float32 map of one gene: ``features @ W[:, g] + b[g]`` per chunk."""
+        """Lazy ``(h, w)`` float32 map of one gene: ``features @ W[:, g] + b[g]`` per chunk;
+        NaN where nothing was predicted (background, pending tiles)."""
         g = self.gene_index(gene)
         w = self._W[:, g].copy()
         b = float(self._b[g])
@@ -357,7 +457,7 @@ class DenseMapStore:
         return da.map_blocks(_apply_head, feats, w, b, drop_axis=2, dtype=np.float32)
 
     def gene_maps(self, genes: Sequence[str | int], level: int = 0) -> da.Array:
-        """Lazy ``(h, w, k)`` float32 maps of several genes."""
+        """Lazy ``(h, w, k)`` float32 maps of several genes (NaN where nothing was predicted)."""
         idx = [self.gene_index(g) for g in genes]
         W = self._W[:, idx].copy()
         b = self._b[idx].copy()
@@ -456,6 +556,22 @@ def _pool_block(block: np.ndarray) -> np.ndarray:
     s = b.reshape(H // 2, 2, W // 2, 2, -1).sum(axis=(1, 3))
     n = count.reshape(H // 2, 2, W // 2, 2, 1).sum(axis=(1, 3))
     return s / n
+
+
+def _mask_level0(block: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    if predicted.all():
+        return block
+    return np.where(predicted > 0, block, np.nan).astype(block.dtype)
+
+
+def _unmix_pooled(block: np.ndarray, frac: np.ndarray, fill: float) -> np.ndarray:
+    """Mean over the predicted pixels of each footprint from the plain (fill-diluted) mean."""
+    b: np.ndarray = block.astype(np.float32)
+    if fill != 0.0:
+        b = b - np.float32(fill) * (1.0 - frac)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(frac > 0, b / np.where(frac > 0, frac, 1.0), np.nan)
+    return out.astype(np.float32)
 
 
 def _apply_head(block: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:

@@ -21,7 +21,9 @@ Choices made here (and why):
   field is several hundred pixels but its effective one is far smaller; 64 px of context on
   each side of a 512 px core costs 1.56x the pixels of the core alone.
 - **Background tiles are skipped** (:mod:`.tissue` on the coarsest level): never read, never
-  computed; their chunks keep the fill value and ``coverage`` marks them 2.
+  computed; their chunks keep the fill value, ``coverage`` marks them 2 and the store reads
+  them as missing (NaN, see :mod:`.map_store`). Progress counts only the tiles computed
+  (a slide that is 80 % glass does not start at 80 %); the report gives the skipped count.
 - **Resumable.** ``done`` is persisted after each tile's features; a re-run with
   ``resume=True`` recomputes only the missing tiles (after checking the store was made with
   the same geometry and head). ``should_stop`` is polled before each batch: a cancelled run
@@ -174,9 +176,11 @@ def predict_slide(
             :func:`default_halo_px`). Both multiples of the model's alignment.
         device: ``'auto'``, ``'cpu'``, ``'cuda'``, ``'mps'`` or a ``torch.device``.
         batch_size: tiles per forward pass.
-        progress: ``callable(done, total)`` called after each tile (done counts finished
-            tiles, background and resumed ones included), or a tqdm-like object with
-            ``update``/``total``, or ``True`` for a tqdm bar.
+        progress: ``callable(done, total)`` called once before the first tile (``done =
+            0``) and after each computed tile; ``total`` counts only the tiles this call
+            computes (tissue tiles not done yet): skipped background and tiles kept from a
+            resumed store are not in it (the report says how many there were). Or a
+            tqdm-like object with ``update``/``total``, or ``True`` for a tqdm bar.
         should_stop: polled before each batch; returning True stops cleanly (partial store).
         resume: keep the finished tiles of an existing compatible store; ``False`` replaces
             any store at ``out_path``.
@@ -247,8 +251,8 @@ def _working_geometry(
     if slide.mpp is None:
         raise MissingResolutionError(
             slide.path,
-            f"µm per pixel unknown, needed to run the model at {model_mpp} µm/px; "
-            "pass slide_mpp= (e.g. 0.5)",
+            f"the slide's µm/px is unknown (its file does not record it) and the model runs "
+            f"at {model_mpp:g} µm/px: set the slide's µm/px (e.g. 0.5 for a 20x scan)",
         )
     f = float(model_mpp) / float(slide.mpp)
     return f, (max(1, round(h0 / f)), max(1, round(w0 / f))), float(model_mpp)
@@ -323,7 +327,9 @@ def _open_or_create(
             store = DenseMapStore.open(out_path, mode="r+")
         except InputFileError as exc:
             raise InputFileError(
-                out_path, f"cannot resume: {exc.problem}; pass resume=False to replace it"
+                out_path,
+                f"cannot resume this map store ({exc.problem}); starting over replaces it",
+                setting="restart",
             ) from exc
         attrs = store.attrs
         stored = {k: attrs.get(k) for k in _RESUME_KEYS}
@@ -341,7 +347,7 @@ def _open_or_create(
             raise StoreMismatchError(
                 out_path,
                 f"cannot resume: the existing store differs in {', '.join(diff)}; "
-                "pass resume=False to replace it or choose another output path",
+                "starting over replaces it, or write the map elsewhere",
             )
         return store, True
     store = DenseMapStore.create(out_path, overwrite=True, **create_kwargs)
@@ -485,8 +491,7 @@ def _predict(
     coverage = store.coverage
     n_background = int((coverage == 2).sum())
     done = store.done_mask
-    todo = [t for t in tiles if not done[t.row, t.col]]
-    n_done = int(done.sum())
+    todo = [t for t in tiles if not done[t.row, t.col]]  # tissue tiles still to compute
 
     # ---------------------------------------------------------------- model
     if isinstance(model, torch.nn.Module):
@@ -503,8 +508,8 @@ def _predict(
     def load(batch: list[Tile]) -> np.ndarray:
         return np.stack([_read_window(slide, f, work_mpp, t) for t in batch])
 
-    bar = _Progress(progress, len(tiles))
-    bar(n_done, n_done)
+    bar = _Progress(progress, len(todo))
+    bar(0, 0)
     n_computed = 0
     stopped = False
     t_compute = time.perf_counter()
@@ -526,8 +531,7 @@ def _predict(
                     store.write_tile(t, np.moveaxis(core, 0, -1))
                     store.mark_done(t, computed=True)
                     n_computed += 1
-                    n_done += 1
-                    bar(n_done, 1)
+                    bar(n_computed, 1)
         finally:
             if pending is not None:
                 pending.cancel()

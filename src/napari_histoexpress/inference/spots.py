@@ -11,7 +11,16 @@ in :mod:`.aggregate`'s pixel-centre convention.
 Aggregation. Exact area weights at partial pixels and O(radius) per circle
 (:class:`~.aggregate.CircleAggregator` on the stored *features*, C channels, then the linear
 head once per circle — equal to aggregating each gene map because the head is affine and
-the weights of a mean sum to one). Memory stays bounded whatever the map size: circles are
+the weights of a mean sum to one).
+
+Background. Pixels the prediction never computed (background tiles skipped by tissue
+detection, tiles still pending in a partial map) read as NaN from the store and have no value
+and no weight (:mod:`.aggregate`): a circle overlapping background gets the mean over its
+*predicted* part, never the head's bias counted as expression, and ``area_fraction`` says
+which share of the circle that is (1 = fully on predicted map, 0 = entirely on background or
+off the map → ``NaN`` predictions). Filter on it when a spot must be fully on tissue.
+
+Memory stays bounded whatever the map size: circles are
 grouped by the map block (``block_px`` square, plus a margin of the largest radius) their
 centre falls in, and one block's features are loaded at a time.
 """
@@ -76,7 +85,8 @@ def aggregate_circles(
     reduce: str = "mean",
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features ``(N, C)`` and covered area ``(N,)`` (map px²) of circles on the store."""
+    """Pooled features ``(N, C)`` and predicted area ``(N,)`` (map px²) of circles on the
+    store: means over the predicted pixels of each circle (see the module docstring)."""
     feats = store.features_level(0)
     h, w = store.map_shape
     n = len(radii)
@@ -118,8 +128,9 @@ def predict_circles(
     """An AnnData of the circles: ``X`` = every gene's aggregated prediction.
 
     ``X`` is on the model's scale (log1p counts per 10k for PixNet runs: the mean over the
-    circle of the dense map). ``obs`` keeps the input columns plus ``area_fraction`` (share
-    of the circle inside the map; 0 → ``NaN`` predictions); ``obsm['spatial']`` are slide
+    circle of the dense map, over its predicted pixels). ``obs`` keeps the input columns plus
+    ``area_fraction`` (share of the circle on predicted map pixels, i.e. inside the map and
+    not on skipped background; 0 → ``NaN`` predictions); ``obsm['spatial']`` are slide
     pixels; ``uns['spatial'][library_id]`` follows :mod:`napari_histoexpress.io.spatial`
     (``spot_diameter_fullres`` = median circle diameter; each circle's own diameter is in
     ``obs['diameter_um']``); ``uns['histoexpress']`` records the map's provenance.

@@ -32,6 +32,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..errors import SettingError
+
 __all__ = ["Tile", "grid_shape", "plan_tiles"]
 
 
@@ -110,7 +112,11 @@ def plan_tiles(
     if stride < 1 or align < 1 or align % stride:
         raise ValueError(f"align ({align}) must be a positive multiple of stride ({stride})")
     if tile_px <= 0 or tile_px % align:
-        raise ValueError(f"tile_px ({tile_px}) must be a positive multiple of {align}")
+        raise SettingError(
+            "tile_px",
+            f"the tile side ({tile_px} px) must be a positive multiple of {align} px "
+            "for this model",
+        )
     if halo_px < 0 or halo_px % align:
         raise ValueError(f"halo_px ({halo_px}) must be a non-negative multiple of {align}")
     h_map, w_map = (int(v) for v in map_shape_hw)

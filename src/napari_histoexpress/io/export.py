@@ -5,6 +5,12 @@ system, so the final :func:`os.replace` is an atomic rename that also replaces a
 file) and removes the temporary file if anything fails. A missing destination folder is an
 :class:`~napari_histoexpress.errors.InputFileError` rather than silently created: a typo in
 an output path should be seen.
+
+File modes: :func:`tempfile.mkstemp` creates its file with mode ``0600`` whatever the umask;
+the finished file is given ``0666 & ~umask`` before the rename, as a plain ``open(path, "w")``
+would create it (``0644`` under the usual umask ``022``, ``0664`` under ``002``), so results
+can be shared like any other file the user writes. :func:`apply_umask` does the same for
+writers elsewhere in the package that use a temporary name.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,18 +28,51 @@ from anndata import AnnData
 
 from ..errors import InputFileError
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux ``/proc``);
+    elsewhere set and restored at once under a lock."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike[str], *, executable: bool = False) -> None:
+    """Give ``path`` the mode a normal create would: ``0666 & ~umask`` (``0777`` for a
+    folder or with ``executable``)."""
+    path = Path(path)
+    base = 0o777 if executable or path.is_dir() else 0o666
+    os.chmod(path, base & ~current_umask() & 0o7777)
+
 
 def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
     folder = path.parent
     if not folder.is_dir():
-        raise InputFileError(path, f"output folder {folder} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise InputFileError(path, f"output folder {folder} {what}")
+    if path.is_dir():
+        raise InputFileError(path, "is a folder; give the output a file name")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise InputFileError(path, f"cannot write in {folder} ({exc.strerror or exc})") from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        apply_umask(tmp)  # mkstemp made it 0600
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -60,7 +60,7 @@ from anndata import AnnData
 from scipy import sparse
 from scipy.spatial import cKDTree
 
-from ..errors import InputFileError
+from ..errors import InputFileError, InputFileWarning
 from .spatial import set_library
 from .thumbnails import thumbnails_from_slide
 
@@ -70,6 +70,10 @@ ST_ARRAY_PITCH_UM = 200.0
 MAX_ANISOTROPY = 0.03
 #: Minimum number of spots for the array fit.
 MIN_SPOTS_FOR_FIT = 3
+#: Largest fraction of the selected spots that may lack a counts row: above it the two
+#: files are taken to belong to different sections and the import is refused (unless
+#: ``allow_missing_counts``). Real sections lack a handful at most (her2st C3: 2 of 182).
+MAX_FRACTION_WITHOUT_COUNTS = 0.5
 
 _SPOT_ID = re.compile(r"^\d+x\d+$")
 _REQUIRED_SPOT_COLUMNS = ("x", "y", "pixel_x", "pixel_y")
@@ -222,6 +226,7 @@ def read_legacy_st(
     spot_diameter_um: float = 100.0,
     mpp: float | None = None,
     library_id: str | None = None,
+    allow_missing_counts: bool = False,
 ) -> AnnData:
     """Read one legacy-ST section (image + counts + spot table) as spatial AnnData.
 
@@ -230,13 +235,21 @@ def read_legacy_st(
     ``obs`` has ``array_col`` (= x) and ``array_row`` (= y), ``obsm['spatial']`` is
     ``(pixel_x, pixel_y)`` in pixels of ``image``. The library id defaults to the image
     file's stem (``C2`` for ``C2.jpg``).
+
+    When more than :data:`MAX_FRACTION_WITHOUT_COUNTS` of the selected spots have no counts
+    row, the counts and the spots most likely come from different sections (e.g. ``C2``
+    counts with ``C3`` spots, which share 32 spot ids by chance): :class:`InputFileError`
+    (setting ``"allow_missing_counts"``) unless ``allow_missing_counts`` is true. Fewer
+    missing rows are dropped with an :class:`InputFileWarning`.
     """
     image, counts, spots = Path(image), Path(counts), Path(spots)
     for path, what in ((image, "image"), (counts, "counts table"), (spots, "spot table")):
         if not path.is_file():
             raise InputFileError(path, f"{what} file not found")
     if mpp is not None and not (np.isfinite(mpp) and mpp > 0):
-        raise ValueError(f"mpp must be a positive number, got {mpp!r}")
+        raise InputFileError(
+            image, f"µm per pixel must be a positive number, got {mpp!r}", setting="mpp"
+        )
     lib_id = library_id or image.name.split(".")[0]
 
     X, count_ids, genes = read_counts_table(counts)
@@ -267,17 +280,28 @@ def read_legacy_st(
     spots_without_counts = [i for i in selected.index if i not in count_set]
     n_without_spot = sum(1 for i in count_ids if i not in table.index)
     n_unselected_rows = sum(1 for i in count_ids if i in table.index and i not in selected.index)
-    if spots_without_counts:
+    if len(spots_without_counts) > MAX_FRACTION_WITHOUT_COUNTS * len(selected):
+        problem = (
+            f"{len(spots_without_counts)} of its {len(selected)} selected spots have no row "
+            f"in the counts table {counts}: the two files seem to be of different sections"
+        )
+        if not allow_missing_counts:
+            raise InputFileError(spots, problem, setting="allow_missing_counts")
+        warnings.warn(InputFileWarning(spots, f"{problem}; imported anyway"), stacklevel=2)
+    elif spots_without_counts:
         warnings.warn(
-            f"{len(spots_without_counts)} selected spot(s) of {spots} have no row in "
-            f"{counts} and were dropped: {spots_without_counts[:5]}",
-            UserWarning,
+            InputFileWarning(
+                spots,
+                f"{len(spots_without_counts)} selected spot(s) have no row in the counts "
+                f"table {counts} and were dropped, e.g. {spots_without_counts[:5]}",
+            ),
             stacklevel=2,
         )
     if n_without_spot:
         warnings.warn(
-            f"{n_without_spot} count row(s) of {counts} have no spot in {spots} and were dropped",
-            UserWarning,
+            InputFileWarning(
+                counts, f"{n_without_spot} count row(s) have no spot in {spots} and were dropped"
+            ),
             stacklevel=2,
         )
 
@@ -320,8 +344,12 @@ def read_legacy_st(
     else:
         mpp_source = "unknown"
         warnings.warn(
-            f"{lib_id}: µm/px unknown ({fit.note}); pass mpp= to set it",
-            UserWarning,
+            InputFileWarning(
+                image,
+                f"µm/px unknown ({fit.note}); the spot size is estimated from the spot "
+                "spacing and training or prediction will need the µm/px",
+                setting="mpp",
+            ),
             stacklevel=2,
         )
     if final_mpp is not None:

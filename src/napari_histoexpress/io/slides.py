@@ -50,6 +50,7 @@ the file; corrupt compressed data inside the file is reported when the region is
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import threading
 import uuid
@@ -197,7 +198,7 @@ def open_slide(path: str | PathLike[str], mpp: float | None = None) -> Slide:
             valid = False
         if not valid:
             raise InputFileError(
-                path, f"mpp must be a positive number of µm per pixel, got {mpp!r}"
+                path, f"µm per pixel must be a positive number, got {mpp!r}", setting="mpp"
             )
     if not path.exists():
         raise InputFileError(path, "file not found")
@@ -384,22 +385,57 @@ def _open_plain(path: Path) -> da.Array:
 # ---- TIFF family ---------------------------------------------------------------------------
 
 
+class _HeldRecords(logging.Filter):
+    """Holds back the records of a logger (see :func:`_tifffile_log_held`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+
+@contextlib.contextmanager
+def _tifffile_log_held() -> Iterator[None]:
+    """Hold back what ``tifffile`` logs while a file is opened; drop it if opening raises
+    :class:`InputFileError` (this module then reports the problem itself, e.g. a truncated
+    file, which tifffile logs as several "corrupted tag list" lines first), else log it
+    as tifffile would have."""
+    logger = logging.getLogger("tifffile")
+    held = _HeldRecords()
+    logger.addFilter(held)
+    failed = False
+    try:
+        yield
+    except InputFileError:
+        failed = True
+        raise
+    finally:
+        logger.removeFilter(held)
+        if not failed:
+            for record in held.records:
+                logger.handle(record)
+
+
 def _open_tiff(
     path: Path,
 ) -> tuple[list[da.Array], float | None, str, list[Callable[[], None]]]:
-    try:
-        tif = tifffile.TiffFile(path)
-    except (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError) as exc:
-        raise InputFileError(path, f"not a readable TIFF file ({exc})") from exc
-    try:
-        owner = _OpenTiff(tif)  # no reference back from tif: closes as soon as unreferenced
-        levels, mpp, source = _tiff_levels(tif, path, owner)
-    except InputFileError:
-        tif.close()
-        raise
-    except Exception as exc:
-        tif.close()
-        raise InputFileError(path, f"cannot read TIFF structure ({exc})") from exc
+    with _tifffile_log_held():
+        try:
+            tif = tifffile.TiffFile(path)
+        except (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError) as exc:
+            raise InputFileError(path, f"not a readable TIFF file ({exc})") from exc
+        try:
+            owner = _OpenTiff(tif)  # no reference back from tif: closes once unreferenced
+            levels, mpp, source = _tiff_levels(tif, path, owner)
+        except InputFileError:
+            tif.close()
+            raise
+        except Exception as exc:
+            tif.close()
+            raise InputFileError(path, f"cannot read TIFF structure ({exc})") from exc
     return levels, mpp, source, [owner.close]
 
 
@@ -743,7 +779,7 @@ def read_region_at_mpp(
     """
     if slide.mpp is None:
         raise MissingResolutionError(
-            slide.path, "µm per pixel unknown; pass mpp= to open_slide (e.g. mpp=0.5)"
+            slide.path, "µm per pixel unknown (the file does not record it); give it"
         )
     if not (math.isfinite(target_mpp) and target_mpp > 0):
         raise ValueError(f"target_mpp must be positive, got {target_mpp!r}")

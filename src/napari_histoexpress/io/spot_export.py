@@ -8,9 +8,10 @@ spots on the slide and squidpy finds the image and its scale factors:
   (:func:`~napari_histoexpress.inference.spots.predict_circles` on the slide's dense map: the
   mean over the circle, on the model's scale, e.g. log1p counts per 10k for PixNet runs).
 * ``obs`` (index = spot ``id``): ``id, x_um, y_um, diameter_um, source`` (the spots table of
-  :mod:`napari_histoexpress.project`), ``area_fraction`` (share of the circle inside the map;
-  0 → ``NaN`` predictions) and ``diameter_px`` (the spot's own diameter in full-resolution
-  slide pixels).
+  :mod:`napari_histoexpress.project`), ``area_fraction`` (share of the circle on predicted
+  map pixels: inside the map and not on background skipped by tissue detection, whose
+  pixels count neither as expression nor as area; 0 → ``NaN`` predictions) and
+  ``diameter_px`` (the spot's own diameter in full-resolution slide pixels).
 * ``obsm["spatial"]``: ``(x, y)`` centres in full-resolution slide pixels (level 0).
 * ``uns["spatial"][library_id]`` (``library_id`` = the slide file name without suffixes):
   ``images["hires"]`` (longest side ≤ 2000 px) and ``images["lowres"]`` (≤ 600 px), uint8

@@ -25,7 +25,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import InputFileError
+from ..io.export import write_atomic
 from ..models.registry import get_model_class, model_name_of
 
 __all__ = [
@@ -86,17 +86,6 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _atomic_write(path: Path, write) -> None:  # type: ignore[no-untyped-def]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(
     run_dir: str | os.PathLike[str],
     model: SavableModel,
@@ -132,11 +121,11 @@ def save_checkpoint(
     text = json.dumps(meta, indent=2, default=_json_default, allow_nan=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(
+    write_atomic(
         run_dir / WEIGHTS_NAME,
         lambda tmp: save_file(state, tmp, metadata={"format": FORMAT, "model": name}),
     )
-    _atomic_write(run_dir / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text + "\n"))
+    write_atomic(run_dir / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text + "\n"))
 
 
 def read_checkpoint_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ Spot predictions of a dense model (PixNet) come from a crop of ``crop_um`` µm c
 each spot at the run's working µm/px (the same context the model was trained with), the
 dense map aggregated inside the spot's disk; the ridge baseline predicts from its own
 spot-centred patches. Metrics per section: :func:`~.metrics.evaluate_predictions`.
+Every section must measure all the run's genes (checked before predicting anything).
 """
 
 from __future__ import annotations
@@ -16,7 +17,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import InputFileError
 from .sections import Section
+
+
+def check_genes(run_dir: str | os.PathLike[str], genes: Sequence[str], section: Section) -> None:
+    """Raise :class:`InputFileError` naming the section's file when it lacks genes the run
+    predicts (checked before any prediction: a mismatch is a wrong pair of files, not
+    something to find out after minutes of work)."""
+    present = set(map(str, section.adata.var_names))
+    missing = [g for g in genes if g not in present]
+    if missing:
+        raise InputFileError(
+            section.path,
+            f"lacks {len(missing)} of the {len(genes)} genes that the run {run_dir} predicts, "
+            f"e.g. {missing[:5]}: evaluate on sections that measure them",
+        )
 
 
 def predict_section_spots(
@@ -89,6 +105,8 @@ def evaluate_run(
 
     model, meta = load_checkpoint(run_dir)
     genes = list(meta["genes"])
+    for section in sections:
+        check_genes(run_dir, genes, section)
     target_sum = float(meta.get("config", {}).get("target_sum", 1e4))
     results: dict[str, Any] = {}
     for section in sections:

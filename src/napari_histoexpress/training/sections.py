@@ -57,7 +57,11 @@ def load_section(path: str | os.PathLike[str]) -> Section:
     mpp = spatial.microns_per_pixel(adata, lib_id)
     slide = open_slide(image, mpp=mpp)
     if slide.mpp is None:
-        raise InputFileError(path, "µm/px unknown: re-import with --mpp")
+        raise InputFileError(
+            path,
+            "µm/px of the section's image unknown: import the section again giving its "
+            "µm/px (e.g. histoexpress import st ... --mpp 0.5)",
+        )
     return Section(name=lib_id, path=path, adata=adata, slide=slide)
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -98,10 +97,9 @@ def _save_resume(
                 tensors[f"opt.{pid}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars[f"{pid}.{key}"] = value
-    fd, tmp = tempfile.mkstemp(dir=resume_dir, suffix=".tmp")
-    os.close(fd)
-    save_file(tensors, tmp)
-    os.replace(tmp, resume_dir / "state.safetensors")
+    from ..io.export import write_atomic
+
+    write_atomic(resume_dir / "state.safetensors", lambda tmp: save_file(tensors, tmp))
     _atomic_json(
         resume_dir / "state.json",
         {**state, "opt_param_groups": opt_state["param_groups"], "opt_scalars": scalars},

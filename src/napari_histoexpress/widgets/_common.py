@@ -9,6 +9,14 @@ Conventions (all widgets follow them):
 - The dense-map store predicted for a slide layer is recorded as
   ``metadata["histoexpress_map"]`` (a path); :func:`set_slide_map` sets it and emits
   :data:`hub.map_changed`, :func:`slide_map` opens it (cached per path).
+- **Errors** are worded for a napari toast, which shows only its first words: the problem
+  first, the file last (:func:`describe`); they name buttons and fields, never Python
+  arguments.
+- **Heatmaps go below annotations**: :func:`add_below_annotations` inserts a layer under the
+  lowest points/shapes layer above the slides, so a clicked gene never hides the spots.
+- **Short dock titles**: napari names a plugin's dock "Predict (napari-histoexpress)", cut
+  to "Predict (nap…" when four are tabbed; :func:`keep_dock_title_short` makes the tab say
+  "Predict" (napari still finds the dock by its full name, so Plugins-menu toggles work).
 """
 
 from __future__ import annotations
@@ -18,7 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from psygnal import Signal
-from qtpy.QtWidgets import QComboBox
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QComboBox, QDockWidget, QWidget
+
+from ..errors import InputFileError
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +114,7 @@ def notify_error(message: str | BaseException) -> None:
     """Show an error to the user as a napari notification (and log it)."""
     from napari.utils.notifications import show_error
 
-    text = str(message) if not isinstance(message, BaseException) else _describe(message)
+    text = str(message) if not isinstance(message, BaseException) else describe(message)
     log.error(text)
     show_error(text)
 
@@ -114,13 +125,97 @@ def notify_info(message: str) -> None:
     show_info(message)
 
 
-def _describe(exc: BaseException) -> str:
+def problem_first(problem: str, where: str | Path | None = None) -> str:
+    """``"Problem — /full/path"``: what went wrong leads (a toast shows only its start),
+    the file comes last (in full, so it can be found)."""
+    text = problem.strip() or "unknown problem"
+    if text[0].isascii():  # "µm/px …" stays (µ upper-cased is Greek Mu)
+        text = text[0].upper() + text[1:]
+    return f"{text} — {where}" if where else text
+
+
+#: What a user does in the widgets to fix an error whose ``.setting`` is the key
+#: (:data:`napari_histoexpress.errors.SETTINGS`): GUI words, never a Python argument.
+SETTING_HINTS: dict[str, str] = {
+    "mpp": "type the slide's µm/px in the Predict widget's \"slide µm/px\" field and press Enter",
+    "restart": "tick Start over in the Predict widget and click Predict",
+}
+
+
+def describe(exc: BaseException) -> str:
+    """How an exception is worded for the user: an :class:`InputFileError` (``"path:
+    problem"``) becomes :func:`problem_first`, with what to click when its ``setting`` says
+    which setting fixes it (:data:`SETTING_HINTS`); other errors of this package keep their
+    text; foreign ones are prefixed with their type (``"KeyError: ..."``)."""
+    if isinstance(exc, InputFileError):
+        hint = SETTING_HINTS.get(str(getattr(exc, "setting", None)))
+        problem = exc.problem if hint is None else f"{exc.problem.rstrip('. ')}; {hint}"
+        return problem_first(problem, exc.path)
     text = str(exc) or type(exc).__name__
     return (
         text
         if type(exc).__module__.startswith("napari_histoexpress")
         else (f"{type(exc).__name__}: {text}")
     )
+
+
+def short_path(path: str | Path) -> str:
+    """A path as ``…/parent/name`` (enough to recognise it in a status line)."""
+    p = Path(path)
+    return f"…/{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
+ANNOTATION_TYPES = ("points", "shapes")
+
+
+def _layer_type(layer: Any) -> str:
+    return type(layer).__name__.lower()
+
+
+def add_below_annotations(viewer: Any, layer: Any) -> Any:
+    """Insert ``layer`` (a heatmap) just below the lowest points/shapes layer that sits above
+    every slide layer, else on top: overlays never cover the user's spots or drawings.
+
+    (Annotation layers below a slide are left alone: they are hidden by the slide anyway.)
+    """
+    layers = list(viewer.layers)
+    slides = [i for i, lyr in enumerate(layers) if is_slide_layer(lyr)]
+    above = max(slides) + 1 if slides else 0
+    marks = [
+        i for i, lyr in enumerate(layers) if i >= above and _layer_type(lyr) in ANNOTATION_TYPES
+    ]
+    viewer.layers.insert(min(marks) if marks else len(layers), layer)
+    return layer
+
+
+class _DockTitle(QObject):
+    """Event filter: when its widget is put in a :class:`QDockWidget`, title that dock."""
+
+    def __init__(self, widget: QWidget, title: str) -> None:
+        super().__init__(widget)
+        self._title = title
+        widget.installEventFilter(self)
+        self.apply(widget)
+
+    def apply(self, widget: QWidget) -> None:
+        dock = widget.parentWidget()
+        if isinstance(dock, QDockWidget) and dock.windowTitle() != self._title:
+            dock.setWindowTitle(self._title)
+
+    def eventFilter(self, obj: QObject | None, event: QEvent | None) -> bool:
+        parented = event is not None and event.type() == QEvent.Type.ParentChange
+        if parented and isinstance(obj, QWidget):
+            self.apply(obj)
+        return False
+
+
+def keep_dock_title_short(widget: QWidget, title: str) -> None:
+    """Make the dock that holds ``widget`` (now or later) titled ``title`` in its tab.
+
+    Only the window title changes; napari's dock name (its key in the Window and Plugins
+    menus) stays as napari made it.
+    """
+    _DockTitle(widget, title)
 
 
 class SlideCombo(QComboBox):

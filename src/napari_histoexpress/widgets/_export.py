@@ -94,6 +94,7 @@ class ExportWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
         self.viewer.layers.events.removed.connect(self._on_layers_changed)
         _common.hub.map_changed.connect(self._on_map_changed)
+        _common.keep_dock_title_short(self, "Export")
         self.refresh_slides()
 
     # ------------------------------------------------------------------ choices
@@ -267,7 +268,10 @@ class ExportWidget(QWidget):
         if slide is not None:
             if path.resolve() == project.spots_path(slide).resolve():
                 notify_error(
-                    f"{path}: this is the slide's saved spots table; choose another file name."
+                    _common.problem_first(
+                        "Export: this is the slide's saved spots table; choose another file name",
+                        path,
+                    )
                 )
                 return
             if path.parent == project.project_dir(slide):
@@ -300,7 +304,7 @@ class ExportWidget(QWidget):
     def _on_errored(self, exc: BaseException) -> None:
         notify_error(exc)
         if self._alive():
-            self.status.setText(f"Export failed: {_common._describe(exc)}")
+            self.status.setText(f"Export failed: {_common.describe(exc)}")
 
     def _on_finished(self) -> None:
         self._worker = None

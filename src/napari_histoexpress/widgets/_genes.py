@@ -6,6 +6,13 @@ Thin: gene search is :mod:`napari_histoexpress.models.gene_aliases`, heatmap lay
 click reads only the coarsest level), measured-vs-predicted correlations are
 :mod:`napari_histoexpress.inference.measured_vs_predicted` (computed in a worker thread,
 cached per map and AnnData).
+
+Display choices: a new heatmap is inserted *below* the user's points/shapes layers
+(:func:`._common.add_below_annotations`), so measured or drawn spots stay visible; the
+current heatmap (and spots coloured by a gene) show napari's colour-bar overlay, and the
+widget's legend line gives what the colours mean and their unit
+(:func:`napari_histoexpress.inference.expression_units.expression_unit`: log1p counts per
+10k), which the overlay cannot label. Errors lead with the problem and end with the map.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ from qtpy.QtWidgets import (
 )
 
 from .. import _layers
+from ..errors import InputFileError
 from ..inference import measured_vs_predicted as mvp
+from ..inference.expression_units import expression_unit
 from ..models.gene_aliases import aliases_of, search_genes
 from . import _common, _spot_layer
 
@@ -70,6 +79,10 @@ class GenesWidget(QWidget):
         self.pcc_label.setWordWrap(True)
         self.mean_pcc_label = QLabel()
         self.mean_pcc_label.setWordWrap(True)
+        #: what the colours mean, with units (napari's colour bar has no title)
+        self.legend_label = QLabel()
+        self.legend_label.setWordWrap(True)
+        self.legend_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
         top = QFormLayout()
         top.addRow("Slide", self.slide_combo)
@@ -82,6 +95,7 @@ class GenesWidget(QWidget):
         layout.addWidget(self.filter_edit)
         layout.addWidget(self.gene_list, stretch=1)
         layout.addLayout(controls)
+        layout.addWidget(self.legend_label)
         layout.addWidget(self.pcc_label)
         layout.addWidget(self.mean_pcc_label)
 
@@ -95,6 +109,7 @@ class GenesWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._on_layers_changed)
         self.viewer.layers.selection.events.active.connect(self._on_active_layer)
         _common.hub.map_changed.connect(self._on_map_changed)
+        _common.keep_dock_title_short(self, "Genes")
         self.refresh_slides()
 
     # ------------------------------------------------------------------ slides
@@ -131,6 +146,7 @@ class GenesWidget(QWidget):
         self._comparison_key = None
         self.pcc_label.setText("")
         self.mean_pcc_label.setText("")
+        self.legend_label.setText("")
         if self._store is None:
             self.gene_list.clear()
             if not _common.slide_layers(self.viewer):
@@ -205,26 +221,61 @@ class GenesWidget(QWidget):
         t0 = time.perf_counter()
         layer = self.heatmap_layer(gene)
         if layer is None:
+            from napari.layers import Layer
+
             try:
-                data, kwargs, _ = _layers.gene_heatmap_layer_data(
+                data, kwargs, kind = _layers.gene_heatmap_layer_data(
                     self._store,
                     gene,
                     colormap=self.colormap_combo.currentText(),
                     opacity=self.opacity_slider.value() / 100.0,
                 )
-                layer = self.viewer.add_image(data, **kwargs)
+                layer = _common.add_below_annotations(self.viewer, Layer.create(data, kwargs, kind))
             except Exception as exc:  # a broken/changed store: say which
-                _common.notify_error(f"{self._store.path}: cannot show {gene!r} ({exc})")
+                _common.notify_error(self._problem(f"cannot show {gene}", exc, self._store.path))
                 return None
         else:
             layer.visible = True
-            self.viewer.layers.selection.active = layer
+        self.viewer.layers.selection.active = layer
         self._current = layer
         self._sync_controls(layer)
+        self._show_legend(layer)
         self.last_click_seconds = time.perf_counter() - t0
         self.status.setText(f"{gene}: shown in {self.last_click_seconds * 1e3:.0f} ms.")
         self._compare(gene)
         return layer
+
+    @staticmethod
+    def _problem(what: str, exc: BaseException, where: Any) -> str:
+        """``"What: why — where"`` (the problem leads; see :func:`._common.problem_first`)."""
+        why = exc.problem if isinstance(exc, InputFileError) else _common.describe(exc)
+        return _common.problem_first(f"{what}: {why}", where)
+
+    # ------------------------------------------------------------------ legend
+    def unit(self) -> str:
+        """The unit of the current map's values (and of the measured spots beside it)."""
+        target_sum = mvp.model_target_sum(self._store)[0] if self._store is not None else 1e4
+        return expression_unit(target_sum)
+
+    def _show_legend(self, heatmap: Any) -> None:
+        """Show ``heatmap``'s colour bar (only the current heatmap's: they would pile up
+        unlabelled) and say in the legend what its colours mean."""
+        for other in self.viewer.layers:
+            bar = getattr(other, "colorbar", None)
+            if bar is not None and _common.is_heatmap_layer(other):
+                bar.visible = other is heatmap
+        lo, hi = (float(v) for v in heatmap.contrast_limits)
+        gene = heatmap.metadata.get("gene", heatmap.name)
+        text = (
+            f"{gene} in {self.unit()}. Colour bars (top right of the canvas): heatmap = "
+            f"predicted ({heatmap.colormap.name}, {lo:.2f} – {hi:.2f})"
+        )
+        spots = self.measured_spots_layer()
+        by = getattr(getattr(spots, "_face", None), "color_properties", None)
+        if spots is not None and by is not None and spots.face_color_mode == "colormap":
+            text += f"; {spots.name} = measured {by.name} ({spots.face_colormap.name})"
+        text += "."
+        self.legend_label.setText(text)
 
     def target_heatmap(self) -> Any | None:
         """The heatmap the colormap/opacity controls act on: the selected one, else the last."""
@@ -242,6 +293,7 @@ class GenesWidget(QWidget):
         if active is not None and _common.is_heatmap_layer(active):
             self._current = active
             self._sync_controls(active)
+            self._show_legend(active)
 
     def _sync_controls(self, layer: Any) -> None:
         name = layer.colormap.name
@@ -258,6 +310,7 @@ class GenesWidget(QWidget):
         layer = self.target_heatmap()
         if layer is not None and name:
             layer.colormap = name
+            self._show_legend(layer)
 
     def _on_opacity(self, value: int) -> None:
         layer = self.target_heatmap()
@@ -317,8 +370,14 @@ class GenesWidget(QWidget):
                 features[gene] = mvp.measured_values(adata, gene, target_sum)
                 spots.features = features
             _layers.color_spots_by(spots, gene)
+            spots.face_colorbar.visible = True
         except Exception as exc:
-            _common.notify_error(f"{spots.name}: cannot colour the spots by {gene} ({exc})")
+            _common.notify_error(
+                self._problem(f"cannot colour the spots by {gene}", exc, spots.name)
+            )
+            return
+        if self._current is not None and self._current in self.viewer.layers:
+            self._show_legend(self._current)
 
     def _start_comparison(self, store: Any, adata: Any, library_id: Any, key: Any) -> None:
         from napari.qt.threading import create_worker
@@ -335,7 +394,9 @@ class GenesWidget(QWidget):
                 self._show_pcc(self._pending_gene)
 
         def failed(exc: BaseException) -> None:
-            _common.notify_error(f"{store.path}: cannot compare with the measured spots ({exc})")
+            _common.notify_error(
+                self._problem("cannot compare with the measured spots", exc, store.path)
+            )
             if self._alive():
                 self.pcc_label.setText(f"Measured vs predicted: not available ({exc}).")
 

@@ -12,6 +12,16 @@ read from it. On success the store is recorded on the slide layer with
 Reuse: when a slide layer is inserted or selected and its slide already has a complete map
 (:func:`napari_histoexpress.project.complete_map`), that map is set at once, with no
 computation.
+
+µm/px: the **slide µm/px** field shows the chosen slide's µm/px and where it came from; typing
+a value (Enter) sets the layer's scale (:func:`napari_histoexpress._layers.set_microns_per_pixel`,
+so the scale bar and spots are in µm) and saves it in the slide's project folder
+(:mod:`napari_histoexpress.slide_settings`), where the reader finds it when the slide is
+reopened. A slide without µm/px cannot be predicted: the error says to use that field.
+
+The bundled demo run was trained on the synthetic sample only: when it is chosen the widget
+shows a warning line, and its status and "finished" report repeat that it is not for real
+tissue. Errors use GUI words (a map made with another tile size: "tick Start over").
 """
 
 from __future__ import annotations
@@ -38,12 +48,23 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..errors import HistoExpressError
 from . import _common
 
 if TYPE_CHECKING:
     import napari
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+#: Shown while the bundled demo run is chosen (and appended to its reports).
+DEMO_WARNING = (
+    "The bundled demo run was trained on the synthetic sample only: it is not for real "
+    "tissue (its predictions on real slides are meaningless). Train a run on your own "
+    "sections (histoexpress train) for real slides."
+)
+#: Appended to the status and the "finished" notification of a demo-run prediction.
+DEMO_NOTE = "Bundled demo run: trained on the synthetic sample only, not for real tissue."
+#: Placeholder of the slide µm/px field when the slide's µm/px is unknown.
+MPP_PLACEHOLDER = "unknown: type it (e.g. 0.5) and press Enter"
 #: Tile core side (working px): the CLI's default.
 DEFAULT_TILE_PX = 512
 
@@ -106,6 +127,7 @@ class PredictWidget(QWidget):
         self._worker: Any = None
         self._stop = threading.Event()
         self._job: dict[str, Any] = {}
+        self._mpp_shown = ""
         #: The last finished prediction's report (``None`` before any).
         self.last_report: Any = None
 
@@ -117,6 +139,18 @@ class PredictWidget(QWidget):
         self.demo_button.setToolTip(
             "A small PixNet trained on the synthetic sample (for trying the plugin on it)"
         )
+        self.demo_warning = QLabel(DEMO_WARNING)
+        self.demo_warning.setWordWrap(True)
+        self.demo_warning.setStyleSheet("color: #f0a030;")
+        self.demo_warning.setVisible(False)
+        self.mpp_edit = QLineEdit()
+        self.mpp_edit.setPlaceholderText(MPP_PLACEHOLDER)
+        self.mpp_edit.setToolTip(
+            "µm per pixel of the slide's full resolution; sets the layer's scale and is "
+            "remembered in the slide's project folder"
+        )
+        self.mpp_source_label = QLabel("")
+        self.mpp_source_label.setWordWrap(True)
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICES)
         self.tile_spin = QSpinBox()
@@ -144,8 +178,11 @@ class PredictWidget(QWidget):
         run_row.addWidget(self.browse_button)
         form = QFormLayout()
         form.addRow("slide", self.slide_combo)
+        form.addRow("slide µm/px", self.mpp_edit)
+        form.addRow("", self.mpp_source_label)
         form.addRow("run", run_row)
         form.addRow("", self.demo_button)
+        form.addRow("", self.demo_warning)
         form.addRow("device", self.device_combo)
         form.addRow("tile px", self.tile_spin)
         form.addRow("", self.restart_check)
@@ -165,6 +202,7 @@ class PredictWidget(QWidget):
 
         self.slide_combo.currentIndexChanged.connect(self._on_slide_selected)
         self.run_edit.editingFinished.connect(self._on_run_changed)
+        self.mpp_edit.editingFinished.connect(self._on_mpp_entered)
         self.browse_button.clicked.connect(self._browse)
         self.demo_button.clicked.connect(self.use_demo_run)
         self.device_combo.currentTextChanged.connect(self._on_device_changed)
@@ -174,10 +212,12 @@ class PredictWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._on_layers_changed)
         _common.hub.map_changed.connect(self._on_map_changed)
 
+        _common.keep_dock_title_short(self, "Predict")
         self._refresh_slides()
         for layer in _common.slide_layers(self.viewer):
             self._reuse_stored_map(layer)
         self._set_busy(False)
+        self._show_mpp()
         self._update_status()
 
     # ------------------------------------------------------------------ state
@@ -213,6 +253,7 @@ class PredictWidget(QWidget):
             self.device_combo,
             self.tile_spin,
             self.restart_check,
+            self.mpp_edit,
         ):
             w.setEnabled(not busy)
 
@@ -238,10 +279,12 @@ class PredictWidget(QWidget):
             self._reuse_stored_map(layer)
             changed = True
         if changed:
+            self._show_mpp()
             self._update_status()
 
     def _on_layers_changed(self, event: Any = None) -> None:
         if self._refresh_slides():
+            self._show_mpp()
             self._update_status()
 
     def _on_slide_selected(self, index: int) -> None:
@@ -249,6 +292,7 @@ class PredictWidget(QWidget):
         if layer is not None:
             self._reuse_stored_map(layer)
         self._update_output()
+        self._show_mpp()
         self._update_status()
 
     def _on_map_changed(self, layer: Any) -> None:
@@ -271,6 +315,87 @@ class PredictWidget(QWidget):
         if stored is not None:
             _common.set_slide_map(layer, stored)
 
+    # ------------------------------------------------------------------ µm/px
+    def _show_mpp(self) -> None:
+        """Show the chosen slide's µm/px and where it came from."""
+        layer = self.current_layer()
+        mpp = _common.slide_mpp(layer) if layer is not None else None
+        self._mpp_shown = f"{mpp:.6g}" if mpp is not None else ""
+        self.mpp_edit.setText(self._mpp_shown)
+        if layer is None:
+            self.mpp_source_label.setText("")
+        elif mpp is None:
+            self.mpp_source_label.setText(
+                "The file does not say its µm/px: type it above (scanner or dataset "
+                "documentation) so the slide is in µm and can be predicted."
+            )
+        else:
+            source = (layer.metadata or {}).get("mpp_source") or "unknown"
+            self.mpp_source_label.setText(f"from: {source}")
+
+    def _on_mpp_entered(self) -> None:
+        text = self.mpp_edit.text().strip()
+        layer = self.current_layer()
+        if layer is None or not text:
+            self._show_mpp()
+            return
+        if text == self._mpp_shown:  # unchanged (editingFinished also fires on focus out)
+            return
+        try:
+            value = float(text.replace(",", "."))
+        except ValueError:
+            value = float("nan")
+        self.set_slide_mpp(value)
+
+    def set_slide_mpp(self, mpp: float) -> bool:
+        """Set the chosen slide's µm/px (every layer of that slide file) and save it in the
+        slide's project folder; returns whether it was set. Errors are notified."""
+        from .._layers import set_microns_per_pixel
+        from ..slide_settings import MPP_SOURCE, save_mpp, valid_mpp
+
+        layer = self.current_layer()
+        if layer is None:
+            return False
+        value = valid_mpp(mpp)
+        if value is None:
+            problem = (
+                f"µm/px must be a positive number such as 0.5, got {self.mpp_edit.text()!r}: "
+                'correct it in the Predict widget\'s "slide µm/px" field'
+            )
+            _common.notify_error(_common.problem_first(problem, layer.name))
+            self._set_status(f"Error: {problem}.")
+            self._show_mpp()
+            return False
+        path = _common.slide_path(layer)
+        same = [lyr for lyr in _common.slide_layers(self.viewer) if _common.slide_path(lyr) == path]
+        for lyr in same if path is not None else [layer]:
+            set_microns_per_pixel(lyr, value)
+            lyr.metadata["mpp_source"] = MPP_SOURCE
+        self.viewer.reset_view()
+        saved = ""
+        if path is not None:
+            try:
+                where = save_mpp(path, value)
+                saved = f" and saved in {where} (used when the slide is reopened)"
+            except Exception as exc:  # set for this session; say why it is not kept
+                _common.notify_error(
+                    _common.problem_first(
+                        f"µm/px set, but it could not be saved: {_common.describe(exc)}", path
+                    )
+                )
+        self._show_mpp()
+        self._update_status()
+        note = f"{layer.name}: µm/px set to {value:g}{saved}."
+        store = _common.slide_map(layer)
+        made_at = (store.attrs.get("slide", {}) or {}).get("mpp") if store is not None else None
+        if made_at and abs(float(made_at) - value) > 1e-9:
+            note += (
+                f" Its map was predicted at {float(made_at):g} µm/px: tick Start over and "
+                "Predict to redo it at the new µm/px."
+            )
+        self._set_status(note + " " + self.status_label.text())
+        return True
+
     # ------------------------------------------------------------------ inputs
     def _browse(self) -> None:
         start = str(self.run_dir() or Path.home())
@@ -292,8 +417,21 @@ class PredictWidget(QWidget):
         self._on_run_changed()
 
     def _on_run_changed(self) -> None:
+        self.demo_warning.setVisible(self.is_demo_run())
         self._update_output()
         self._update_status()
+
+    def is_demo_run(self, run: Path | None = None) -> bool:
+        """Whether ``run`` (default: the chosen run folder) is the bundled demo run."""
+        from ..demo import bundled_demo_run
+
+        run = run if run is not None else self.run_dir()
+        if run is None:
+            return False
+        try:
+            return run.resolve() == bundled_demo_run().resolve()
+        except Exception:  # no bundled run in this install: then it is not it
+            return False
 
     def _on_device_changed(self, device: str) -> None:
         problem = self._device_problem(device)
@@ -327,7 +465,12 @@ class PredictWidget(QWidget):
             self._set_status("No slide layer: open a slide (File ▸ Open) to predict its map.")
             return
         stored = _common.slide_map_path(layer)
-        if stored is not None:
+        run = self.run_dir()
+        try:
+            out = self.output_path()
+        except OSError:
+            out = None
+        if stored is not None and (run is None or out is None or _same_path(stored, out)):
             self._set_status(
                 f"Using stored map {stored}. To predict it again, tick Start over and Predict."
             )
@@ -335,7 +478,6 @@ class PredictWidget(QWidget):
         if _common.slide_path(layer) is None:
             self._set_status(f"{layer.name}: no slide file behind this layer; open the slide.")
             return
-        run = self.run_dir()
         if run is None:
             self._set_status("Choose a run folder (Browse…) or the bundled demo run.")
             return
@@ -344,14 +486,22 @@ class PredictWidget(QWidget):
         try:
             info = check_run(run)
         except Exception as exc:
-            self._set_status(str(exc))
+            self._set_status(_common.describe(exc))
             return
-        out = self.output_path()
         partial = out is not None and out.exists()
-        self._set_status(
-            f"Ready: {info.describe()}."
-            + (" A map exists: Predict resumes it (Start over replaces it)." if partial else "")
-        )
+        text = f"Ready: {info.describe()}."
+        if partial:
+            text += " A map exists: Predict resumes it (Start over replaces it)."
+        if stored is not None:
+            text += (
+                f" The slide now shows the map {_common.short_path(stored)}; Predict makes "
+                "this run's own map."
+            )
+        if _common.slide_mpp(layer) is None:
+            text += ' Type the slide\'s µm/px in "slide µm/px" first.'
+        if self.is_demo_run(run):
+            text += f" {DEMO_NOTE}"
+        self._set_status(text)
 
     # ------------------------------------------------------------------ run
     def predict(self) -> None:
@@ -365,39 +515,45 @@ class PredictWidget(QWidget):
         layer = self.current_layer()
         try:
             if layer is None:
-                raise ValueError("no slide layer: open a slide first")
+                raise HistoExpressError("No slide layer: open a slide first (File ▸ Open)")
             slide = _common.slide_path(layer)
             if slide is None:
-                raise ValueError(f"{layer.name}: this layer has no slide file to predict")
+                raise HistoExpressError(f"This layer has no slide file to predict — {layer.name}")
             mpp = _common.slide_mpp(layer)
             if mpp is None:
-                raise ValueError(
-                    f"{slide}: the slide's µm/px is unknown; set it with "
-                    "napari_histoexpress.set_microns_per_pixel(layer, mpp) first"
+                self.mpp_edit.setFocus()
+                raise HistoExpressError(
+                    _common.problem_first(
+                        "the slide's µm/px is unknown: type it in the Predict widget's "
+                        '"slide µm/px" field (e.g. 0.5) and press Enter, then Predict',
+                        slide,
+                    )
                 )
             run = self.run_dir()
             if run is None:
-                raise ValueError("choose a run folder (Browse…) or the bundled demo run")
+                raise HistoExpressError("Choose a run folder (Browse…) or the bundled demo run")
             check_run(run)
             device = self.device_combo.currentText()
             problem = self._device_problem(device)
             if problem:
-                raise ValueError(problem)
+                raise HistoExpressError(problem)
             tile_px = int(self.tile_spin.value())
             if tile_px % 32:
-                raise ValueError(f"tile px must be a multiple of 32, got {tile_px}")
+                raise HistoExpressError(f"Tile px must be a multiple of 32, got {tile_px}")
             out = self.output_path(create=True)
             assert out is not None
         except Exception as exc:
             _common.notify_error(exc)
-            self._set_status(f"Error: {_common._describe(exc)}")
+            self._set_status(f"Error: {_common.describe(exc)}")
             return
 
         resume = not self.restart_check.isChecked()
         if not resume:  # first: unsetting the map re-runs _update_status
             self._release_map(layer, out)
         self._stop.clear()
-        self._job = {"layer": layer, "out": out, "t0": None, "done0": 0, "resume": resume}
+        self._job = {
+            "layer": layer, "out": out, "run": run, "t0": None, "done0": 0, "resume": resume
+        }  # fmt: skip
         self.progress_bar.setRange(0, 0)  # busy until the first update
         self.rate_label.setText("")
         verb = "Predicting" if resume else "Predicting afresh"
@@ -454,8 +610,9 @@ class PredictWidget(QWidget):
             self.rate_label.setText(f"{report.tiles_per_s:.2f} tiles/s")
             if layer is not None:
                 _common.set_slide_map(layer, out)
-            _common.notify_info(f"Prediction finished: {report.summary()}")
-            self._set_status(f"Done: {report.summary()}")
+            demo = f". {DEMO_NOTE}" if self.is_demo_run(self._job.get("run")) else ""
+            _common.notify_info(f"Prediction finished: {report.summary()}{demo}")
+            self._set_status(f"Done: {report.summary()}{demo}")
             self.restart_check.setChecked(False)  # a later Predict resumes again
         else:
             done = self._job.get("last", (0, report.n_tiles))[0]
@@ -467,13 +624,52 @@ class PredictWidget(QWidget):
     def _on_errored(self, exc: BaseException) -> None:
         from ..errors import StoreMismatchError
 
-        _common.notify_error(exc)
-        text = f"Error: {_common._describe(exc)}"
         if isinstance(exc, StoreMismatchError):
-            text += " — tick Start over to replace the existing map."
-        self._set_status(text)
+            message = mismatch_message(exc)
+            _common.notify_error(message)
+            self._set_status(f"Error: {message}")
+            return
+        _common.notify_error(exc)
+        self._set_status(f"Error: {_common.describe(exc)}")
 
     def _on_finished(self) -> None:
         self._worker = None
         self._job.pop("t0", None)
         self._set_busy(False)
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return a == b
+
+
+#: Settings of a map store (``predict_slide._RESUME_KEYS``) in the widget's words.
+_SETTING_WORDS = {
+    "tile_px": "tile px",
+    "halo_px": "tile overlap",
+    "model_mpp": "the run's µm/px",
+    "genes": "the run's genes",
+    "feature_dim": "the run's model",
+    "stride": "the run's model",
+    "map_shape": "the slide size or µm/px",
+    "slide_shape": "the slide size",
+    "head weights": "the run's weights",
+}
+
+
+def mismatch_message(exc: Any) -> str:
+    """A :class:`~napari_histoexpress.errors.StoreMismatchError` in GUI words: which of the
+    widget's settings differ from the existing map, and that *Start over* replaces it."""
+    import re
+
+    match = re.search(r"differs in ([^;]+)", str(getattr(exc, "problem", exc)))
+    keys = [k.strip() for k in match.group(1).split(",")] if match else []
+    words = list(dict.fromkeys(_SETTING_WORDS.get(k, k) for k in keys))
+    what = f" (other {', '.join(words)})" if words else ""
+    return _common.problem_first(
+        f"This slide's existing map for this run was made with other settings{what} and "
+        "cannot be resumed: tick Start over to replace it, or choose another run folder",
+        getattr(exc, "path", None),
+    )

@@ -8,7 +8,8 @@ Representation (the Spots and Export widgets and the tests rely on it):
 - every shape is an ``ellipse`` whose bounding box is a square (a circle); the circle's
   centre is the mean of the four corners, its diameter the box side (mean of the two
   sides if a user stretched it before it was snapped back);
-- ``features`` carries ``id`` (text, unique) and ``source`` (``drawn`` / ``grid``).
+- ``features`` carries ``id`` (text, unique across all drawn-spots layers of the slide) and
+  ``source`` (``drawn`` / ``grid``).
 
 :func:`spots_table` turns the layer into the table of :mod:`napari_histoexpress.project`
 (``id, x_um, y_um, diameter_um, source``), :func:`spots_layer_data` does the reverse.
@@ -61,6 +62,12 @@ def circle_of(vertices: np.ndarray, mpp: float) -> tuple[float, float, float]:
     h = float(np.ptp(v[:, 0]))
     w = float(np.ptp(v[:, 1]))
     return float(cx) * mpp, float(cy) * mpp, (h + w) / 2.0 * mpp
+
+
+def unwrap(obj: Any) -> Any:
+    """The napari object behind a plugin's ``PublicOnlyProxy`` (napari hands dock widgets a
+    proxied viewer, whose layers warn on private attributes), or ``obj`` itself."""
+    return getattr(obj, "__wrapped__", obj)
 
 
 def layer_mpp(layer: Any) -> float:

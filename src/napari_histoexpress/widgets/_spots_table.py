@@ -1,4 +1,4 @@
-"""Qt views of the Spots widget: a sortable gene table model and a small bar plot.
+"""Qt views of the Spots widget: a sortable gene comparison table model and a small bar plot.
 
 Both take plain arrays (no science here) and are cheap to refresh many times per second:
 the table is a :class:`QAbstractTableModel` over two arrays (no per-cell items), the plot
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from qtpy.QtCore import QAbstractTableModel, QModelIndex, QRectF, Qt
 from qtpy.QtGui import QColor, QPainter
 from qtpy.QtWidgets import QSizePolicy, QWidget
@@ -20,30 +21,57 @@ _ROLE_SORT = Qt.ItemDataRole.UserRole
 
 
 class GeneTableModel(QAbstractTableModel):
-    """``gene | mean`` rows; sortable by either column (highest value first by default)."""
+    """``gene | mean | reference mean | Δ | z`` rows over a comparison table (the columns of
+    :func:`napari_histoexpress.inference.spot_compare.compare_groups`); sortable by any
+    column, NaN last whatever the order. Headers (with units) are set by the widget."""
 
-    HEADERS = ("gene", "mean")
+    COLUMNS = ("gene", "mean", "ref_mean", "delta", "z")
+    SIGNED = ("delta", "z")
 
     def __init__(self, parent: Any = None) -> None:
         super().__init__(parent)
         self._genes = np.zeros(0, dtype=object)
-        self._values = np.zeros(0)
+        self._values = np.zeros((0, len(self.COLUMNS) - 1))
+        self._headers = list(self.COLUMNS)
         self._sort: tuple[int, Qt.SortOrder] = (1, Qt.SortOrder.DescendingOrder)
 
     # -- data
-    def set_values(self, genes: list[str] | np.ndarray, values: np.ndarray) -> None:
+    def set_table(self, table: pd.DataFrame) -> None:
+        """Show a comparison table (missing numeric columns read as NaN)."""
         self.beginResetModel()
-        self._genes = np.asarray(genes, dtype=object)
-        self._values = np.asarray(values, dtype=np.float64)
+        self._genes = np.asarray(table["gene"], dtype=object) if len(table) else np.zeros(0, object)
+        n = len(self._genes)
+        cols = [
+            table[c].to_numpy(dtype=np.float64) if c in table else np.full(n, np.nan)
+            for c in self.COLUMNS[1:]
+        ]
+        self._values = np.stack(cols, axis=1) if n else np.zeros((0, len(cols)))
         self._apply_sort()
         self.endResetModel()
+
+    def set_values(self, genes: list[str] | np.ndarray, values: np.ndarray) -> None:
+        """Show plain means (no reference)."""
+        self.set_table(pd.DataFrame({"gene": list(genes), "mean": np.asarray(values, float)}))
+
+    def set_headers(self, headers: list[str]) -> None:
+        self._headers = list(headers)
+        self.headerDataChanged.emit(Qt.Orientation.Horizontal, 0, len(self._headers) - 1)
 
     def clear(self) -> None:
         self.set_values([], np.zeros(0))
 
     def rows(self) -> list[tuple[str, float]]:
-        """The rows in display order."""
-        return list(zip(self._genes.tolist(), self._values.tolist(), strict=True))
+        """``(gene, mean)`` in display order."""
+        return list(zip(self._genes.tolist(), self._values[:, 0].tolist(), strict=True))
+
+    def records(self) -> pd.DataFrame:
+        """The whole table in display order."""
+        df = pd.DataFrame(self._values, columns=list(self.COLUMNS[1:]))
+        df.insert(0, "gene", self._genes.tolist())
+        return df
+
+    def column(self, key: str) -> int:
+        return self.COLUMNS.index(key)
 
     def _apply_sort(self) -> None:
         col, order = self._sort
@@ -52,7 +80,7 @@ class GeneTableModel(QAbstractTableModel):
             if order == Qt.SortOrder.DescendingOrder:
                 idx = idx[::-1]
         else:
-            v = self._values
+            v = self._values[:, col - 1]
             key = -v if order == Qt.SortOrder.DescendingOrder else v
             idx = np.argsort(np.where(np.isnan(v), np.inf, key), kind="stable")  # NaN last
         self._genes, self._values = self._genes[idx], self._values[idx]
@@ -62,7 +90,7 @@ class GeneTableModel(QAbstractTableModel):
         return 0 if parent.isValid() else len(self._genes)
 
     def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else 2
+        return 0 if parent.isValid() else len(self.COLUMNS)
 
     def data(self, index: QModelIndex, role: int = _ROLE_DISPLAY) -> Any:
         if not index.isValid():
@@ -71,19 +99,23 @@ class GeneTableModel(QAbstractTableModel):
         if role == _ROLE_DISPLAY:
             if c == 0:
                 return str(self._genes[r])
-            v = self._values[r]
-            return "n/a" if np.isnan(v) else f"{v:.4g}"
+            v = self._values[r, c - 1]
+            if np.isnan(v):
+                return "n/a"
+            return f"{v:+.3g}" if self.COLUMNS[c] in self.SIGNED else f"{v:.4g}"
         if role == _ROLE_SORT:
-            return self._genes[r] if c == 0 else float(self._values[r])
-        if role == _ROLE_ALIGN and c == 1:
+            return self._genes[r] if c == 0 else float(self._values[r, c - 1])
+        if role == _ROLE_ALIGN and c > 0:
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None
 
     def headerData(
         self, section: int, orientation: Qt.Orientation, role: int = _ROLE_DISPLAY
     ) -> Any:
-        if role == _ROLE_DISPLAY and orientation == Qt.Orientation.Horizontal:
-            return self.HEADERS[section]
+        if orientation != Qt.Orientation.Horizontal or not 0 <= section < len(self._headers):
+            return None
+        if role in (_ROLE_DISPLAY, Qt.ItemDataRole.ToolTipRole):
+            return self._headers[section]
         return None
 
     def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
