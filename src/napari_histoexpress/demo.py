@@ -20,18 +20,18 @@ from typing import Any, cast
 
 import numpy as np
 
-#: PixNet training of the demo on the sample (also what ``scripts/make_demo_run.py`` ships):
+#: PixNet training of the demo on the sample (also what ``scripts/make_demo_run.py`` uses):
 #: coarse working resolution (4 µm/px), the ResNet18 stem + layer1-2 only with a 32-channel
-#: decoder (a 16 µm/px map, ~0.7 M parameters), the paper's transposed-conv upsampling, and
-#: 40 short epochs (48 crops of 384 µm) at lr 2e-3 with a cosine decay.
+#: decoder (a 16 µm/px map, ~0.7 M parameters), bilinear upsampling, and 40 short epochs
+#: (48 crops of 384 µm) at lr 2e-3 with a cosine decay.
 #:
-#: Why these and not the package's CPU defaults: the full ResNet18 (levels 1-4) with a
-#: bilinear decoder for 8 epochs gave an ERBB2 map bright nearly everywhere (r = 0.19
-#: against the ground truth); the same small model with a bilinear decoder and a constant
-#: lr reached r = 0.78 after 40 epochs; with the transposed decoder and the cosine decay
-#: r = 0.887 (seed 0; KRT19 0.91, COL1A1 0.90, PTPRC 0.80) and 0.921 (seed 1), in 4-5 min
-#: on 2 CPU cores when they are not shared (``tests/test_demo.py`` asserts r >= 0.8).
-#: Trained and evaluated on the same spots: a demonstration, not a benchmark.
+#: Why these and not the package's CPU defaults: the full ResNet18 (levels 1-4) for 8 epochs
+#: gave an ERBB2 map bright nearly everywhere (r = 0.19 against the ground truth); the small
+#: model with a constant lr reached r = 0.78 after 40 epochs; with the cosine decay r = 0.88
+#: (seed 0, bilinear, 2.7 min on 2 CPU cores); the paper's transposed-conv upsampling gave
+#: 0.887 (seed 0) and 0.921 (seed 1) but a visible stride checkerboard in the map, hence
+#: bilinear (``tests/test_demo.py`` asserts r >= 0.8). Trained and evaluated on the same
+#: spots: a demonstration, not a benchmark.
 DEMO_TRAINING: dict[str, Any] = {
     "n_genes": None,
     "epochs": 40,
@@ -43,7 +43,7 @@ DEMO_TRAINING: dict[str, Any] = {
     "lr": 2e-3,
     "lr_schedule": "cosine",
     "device": "auto",
-    "model_config": {"decoder_dim": 32, "out_indices": [1, 2], "upsample": "transposed"},
+    "model_config": {"decoder_dim": 32, "out_indices": [1, 2], "upsample": "bilinear"},
 }
 
 

@@ -60,15 +60,19 @@ class InputFileError(HistoExpressError, ValueError):
 
     The message always starts with the path, then says what is wrong, e.g.
     ``"/data/C2.tif: truncated TIFF (tile 12 of level 0 ends past the end of the file)"``.
-    ``setting`` (a key of :data:`SETTINGS`) names the setting that would fix it, if any.
+    ``setting`` (a key of :data:`SETTINGS`) names the setting that would fix it, if any
+    (default: the class's :attr:`DEFAULT_SETTING`).
     """
+
+    #: The setting that fixes this kind of error when the raiser names none.
+    DEFAULT_SETTING: str | None = None
 
     def __init__(
         self, path: str | PathLike[str], problem: str, *, setting: str | None = None
     ) -> None:
         self.path = str(path)
         self.problem = problem
-        self.setting = _check_setting(setting)
+        self.setting = _check_setting(setting or self.DEFAULT_SETTING)
         super().__init__(f"{self.path}: {problem}")
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
@@ -86,19 +90,13 @@ class StoreMismatchError(InputFileError):
     """An existing map store was made with other settings and cannot be resumed (predict
     afresh, setting ``"restart"``, or write elsewhere)."""
 
-    def __init__(
-        self, path: str | PathLike[str], problem: str, *, setting: str | None = "restart"
-    ) -> None:
-        super().__init__(path, problem, setting=setting)
+    DEFAULT_SETTING = "restart"
 
 
 class MissingResolutionError(InputFileError):
     """The µm/px of a slide is unknown and was needed (setting ``"mpp"``: give it)."""
 
-    def __init__(
-        self, path: str | PathLike[str], problem: str, *, setting: str | None = "mpp"
-    ) -> None:
-        super().__init__(path, problem, setting=setting)
+    DEFAULT_SETTING = "mpp"
 
 
 class InputFileWarning(UserWarning):

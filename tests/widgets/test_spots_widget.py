@@ -359,9 +359,10 @@ def test_table_ranks_against_the_slide_and_compares_two_groups(setup, qtbot, sam
     assert rec["delta"].tolist() == sorted(rec["delta"], reverse=True)  # ranked by Δ
     assert [g for g, _ in widget.bars.bars()] == rec["gene"].tolist()[:6]
     headers = [widget.model.headerData(i, Qt.Orientation.Horizontal) for i in range(5)]
-    assert "log1p counts per 10k" in headers[1] and "slide" in headers[2]
-    assert "Δ vs slide" in headers[3] and "log fold change" in headers[3]
-    assert "slide SD" in headers[4]
+    assert headers[1] == "mean" and "slide" in headers[2] and "Δ vs slide" in headers[3]
+    units = widget.units_label.text()  # the units of every column, under the table
+    assert "log1p counts per 10k" in units and "log fold change" in units
+    assert "slide SD" in units
     # z-score ranking
     widget.rank_combo.setCurrentText("z-score (Δ in slide SDs)")
     widget.update_table()

@@ -125,10 +125,12 @@ class DenseMapStore:
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
         rows, cols = math.ceil(h / ch), math.ceil(w / cw)
-        folder = path.parent
-        if not folder.is_dir():
-            what = "is not a folder" if folder.exists() else "does not exist"
-            raise InputFileError(path, f"cannot create the map store: {folder} {what}")
+        try:  # missing parent folders are created (as zarr does); a file in the way is named
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputFileError(
+                path, f"cannot create the map store in {path.parent} ({exc.strerror or exc})"
+            ) from exc
 
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
         try:

@@ -264,7 +264,11 @@ class SpotsWidget(QWidget):
         v_header, h_header = self.table.verticalHeader(), self.table.horizontalHeader()
         assert v_header is not None and h_header is not None  # a QTableView has both
         v_header.setVisible(False)
-        h_header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        # gene names in full; the numbers share the rest (headers are short, units below)
+        h_header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        h_header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        self.units_label = QLabel()
+        self.units_label.setWordWrap(True)
         self.table.sortByColumn(self.model.column("delta"), Qt.SortOrder.DescendingOrder)
         self.bars = BarPlot(self)
 
@@ -302,6 +306,7 @@ class SpotsWidget(QWidget):
         layout.addWidget(compare_box)
         layout.addWidget(self.selection_label)
         layout.addWidget(self.table, stretch=1)
+        layout.addWidget(self.units_label)
         layout.addWidget(self.bars)
         self._refresh_references()
 
@@ -1205,6 +1210,7 @@ class SpotsWidget(QWidget):
         worker.start()
 
     def _headers(self, unit: str) -> list[str]:
+        """The table's short column titles; their units go in the line under the table."""
         ref = self.ref_combo.currentText()
         if ref == REF_SLIDE:
             ref_name, vs = "slide mean", "vs slide"
@@ -1212,13 +1218,11 @@ class SpotsWidget(QWidget):
             ref_name, vs = "reference mean", "vs reference"
         else:
             ref_name, vs = f"{ref[len('Layer: ') :]} mean", "vs layer"
-        return [
-            "gene",
-            f"mean\n({unit})",
-            f"{ref_name}\n({unit})",
-            f"Δ {vs}\n(log fold change, ln)",
-            "z\n(slide SDs)",
-        ]
+        self.units_label.setText(
+            f"mean, {ref_name}: {unit}. Δ {vs}: mean − {ref_name} (a natural-log fold "
+            "change). z: Δ in units of the gene's SD across the slide's tissue (slide SDs)."
+        )
+        return ["gene", "mean", ref_name, f"Δ {vs}", "z"]
 
     def _unit(self) -> str:
         slide = self.current_slide()
