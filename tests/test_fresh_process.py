@@ -52,3 +52,11 @@ def test_guard_is_installed_by_the_package() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+def test_llvm_markers_in_a_process_map() -> None:
+    from napari_histoexpress._llvm_guard import llvm_loaded
+
+    mesa = "7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libLLVM-15.so.1\n"
+    plain = "7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n"
+    assert llvm_loaded(mesa) and not llvm_loaded(plain)
