@@ -28,10 +28,10 @@ import numpy as np
 #: Why these and not the package's CPU defaults: the full ResNet18 (levels 1-4) for 8 epochs
 #: gave an ERBB2 map bright nearly everywhere (r = 0.19 against the ground truth); the small
 #: model with a constant lr reached r = 0.78 after 40 epochs; with the cosine decay r = 0.88
-#: (seed 0, bilinear, 2.7 min on 2 CPU cores); the paper's transposed-conv upsampling gave
-#: 0.887 (seed 0) and 0.921 (seed 1) but a visible stride checkerboard in the map, hence
-#: bilinear (``tests/test_demo.py`` asserts r >= 0.8). Trained and evaluated on the same
-#: spots: a demonstration, not a benchmark.
+#: (seed 0, bilinear; the whole demo in 98 s on 2 idle CPU cores); the paper's
+#: transposed-conv upsampling gave 0.887 (seed 0) and 0.921 (seed 1) but a visible stride
+#: checkerboard in the map, hence bilinear (``tests/test_demo.py`` asserts r >= 0.8).
+#: Trained and evaluated on the same spots: a demonstration, not a benchmark.
 DEMO_TRAINING: dict[str, Any] = {
     "n_genes": None,
     "epochs": 40,
