@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from napari_histoexpress.inference.aggregate import CircleAggregator, brute_force_circle_sum
+from napari_histoexpress.geometry import CircleAggregator, brute_force_circle_sum
 
 UM_PER_PX = 4.0
 SIZE = 1024

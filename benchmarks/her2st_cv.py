@@ -84,13 +84,13 @@ def whole_slide_check(section, out: Path, device: str) -> None:  # type: ignore[
     """
     import numpy as np
 
+    from napari_histoexpress.expression import expression_matrix
     from napari_histoexpress.inference.map_store import DenseMapStore
     from napari_histoexpress.inference.measured_vs_predicted import spot_circles
     from napari_histoexpress.inference.predict_slide import predict_slide
     from napari_histoexpress.inference.spots import predict_circles
+    from napari_histoexpress.metrics import evaluate_predictions
     from napari_histoexpress.models.checkpoint import load_checkpoint
-    from napari_histoexpress.training.genes import expression_matrix
-    from napari_histoexpress.training.metrics import evaluate_predictions
 
     run = out / "pixnet" / f"fold-{section.name}"
     model, meta = load_checkpoint(run)

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_histoexpress.expression import expression_matrix, select_genes
 from napari_histoexpress.io.slides import open_slide
 from napari_histoexpress.io.spatial import microns_per_pixel, source_image_path
+from napari_histoexpress.metrics import aggregate_folds, evaluate_predictions
 from napari_histoexpress.models.ridge import RidgeBaseline, RidgeConfig
-from napari_histoexpress.training.genes import expression_matrix, select_genes
-from napari_histoexpress.training.metrics import aggregate_folds, evaluate_predictions
 
 try:
     from napari_histoexpress.io.st_datasets import read_legacy_st

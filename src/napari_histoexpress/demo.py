@@ -186,15 +186,15 @@ def run_demo(
     if not train and run is None:
         return outputs
 
+    from .expression import expression_matrix
     from .inference.map_store import DenseMapStore
     from .inference.predict_slide import DenseFeatureModel, predict_slide
     from .inference.spots import predict_circles
     from .io import spatial
     from .io.export import write_h5ad_atomic
     from .io.synthetic import sample_paths
+    from .metrics import evaluate_predictions
     from .models.checkpoint import load_checkpoint
-    from .training.genes import expression_matrix
-    from .training.metrics import evaluate_predictions
     from .training.sections import load_section
     from .training.train import TrainConfig
     from .training.train import train as train_model

@@ -115,7 +115,7 @@ def _is_counts(adata: Any) -> str:
     import numpy as np
     import scipy.sparse as sp
 
-    from .training.genes import raw_counts
+    from .expression import raw_counts
 
     X = raw_counts(adata)
     where = "layers['counts']" if X is not adata.X else "X"

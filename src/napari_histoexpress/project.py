@@ -17,7 +17,8 @@ package always gets the cache folder, even where ``site-packages`` is writable, 
 virtual environment: installs are replaced wholesale on upgrade and are no place for a
 user's work.)
 
-Spots table (``spots.csv``): one row per circle, columns :data:`SPOT_COLUMNS`:
+Spots table (``spots.csv``): one row per circle, columns
+:data:`napari_histoexpress.io.spot_table.SPOT_COLUMNS`:
 ``id`` (unique text), ``x_um``, ``y_um`` (centre in µm; slide pixel centres at integer
 pixel indices, so ``x_um = column · µm/px``, as :mod:`.inference.spots` expects),
 ``diameter_um``, ``source`` (``drawn`` or ``grid``), optionally ``layer`` (the name of the
@@ -37,15 +38,14 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .errors import InputFileError
+from .io.spot_table import empty_spots, validate_spots
 
 PROJECT_SUFFIX = ".histoexpress"
 SPOTS_FILE = "spots.csv"
 MAPS_FOLDER = "maps"
-SPOT_COLUMNS = ("id", "x_um", "y_um", "diameter_um", "source")
 
 
 def projects_home() -> Path:
@@ -171,45 +171,6 @@ def complete_map(slide_path: str | os.PathLike[str]) -> Path | None:
 def spots_path(slide_path: str | os.PathLike[str]) -> Path:
     """Path of the slide's spots table (it may not exist yet)."""
     return project_dir(slide_path) / SPOTS_FILE
-
-
-def empty_spots() -> pd.DataFrame:
-    """An empty spots table with the right columns and dtypes."""
-    return pd.DataFrame(
-        {
-            "id": pd.Series(dtype=str),
-            "x_um": pd.Series(dtype=float),
-            "y_um": pd.Series(dtype=float),
-            "diameter_um": pd.Series(dtype=float),
-            "source": pd.Series(dtype=str),
-        }
-    )
-
-
-def validate_spots(df: pd.DataFrame, where: str | os.PathLike[str] = "spots table") -> pd.DataFrame:
-    """A clean copy of a spots table: required columns, finite numbers, positive diameters,
-    unique ids (missing ids and sources filled). Raises :class:`InputFileError`."""
-    for col in ("x_um", "y_um", "diameter_um"):
-        if col not in df.columns:
-            raise InputFileError(where, f"missing column {col!r}; need {list(SPOT_COLUMNS)}")
-    out = df.copy()
-    nums = out[["x_um", "y_um", "diameter_um"]].apply(pd.to_numeric, errors="coerce")
-    bad = ~np.isfinite(nums.to_numpy(float)).all(axis=1) | (nums["diameter_um"] <= 0).to_numpy()
-    if bad.any():
-        rows = (np.flatnonzero(bad)[:5] + 2).tolist()
-        raise InputFileError(where, f"invalid or non-positive values on line(s) {rows}")
-    out[["x_um", "y_um", "diameter_um"]] = nums.astype(float)
-    if "id" not in out.columns:
-        out["id"] = [f"spot_{i}" for i in range(len(out))]
-    out["id"] = out["id"].astype(str)
-    if out["id"].duplicated().any():
-        dup = out["id"][out["id"].duplicated()].iloc[0]
-        raise InputFileError(where, f"spot id {dup!r} appears more than once")
-    if "source" not in out.columns:
-        out["source"] = "drawn"
-    out["source"] = out["source"].fillna("drawn").astype(str)
-    extra = [c for c in out.columns if c not in SPOT_COLUMNS]
-    return out[[*SPOT_COLUMNS, *extra]].reset_index(drop=True)
 
 
 def load_spots(slide_path: str | os.PathLike[str]) -> pd.DataFrame:

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from napari_histoexpress.expression import expression_matrix
 from napari_histoexpress.inference import measured_vs_predicted as mvp
 from napari_histoexpress.inference.map_store import DenseMapStore
-from napari_histoexpress.training.genes import expression_matrix
 
 SLIDE_MPP, MAP_MPP, CHUNK, GRID = 0.5, 8.0, 16, 6
 GENES = [

@@ -18,7 +18,7 @@ from napari_histoexpress.inference.spot_grid import (
     lattice_centres,
     region_from_shape,
 )
-from napari_histoexpress.project import validate_spots
+from napari_histoexpress.io.spot_table import validate_spots
 
 
 def _nn(pts: np.ndarray, k: int = 1) -> np.ndarray:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from napari_histoexpress.errors import InputFileError
-from napari_histoexpress.inference.aggregate import brute_force_circle_sum
+from napari_histoexpress.geometry import brute_force_circle_sum
 from napari_histoexpress.inference.map_store import DenseMapStore
 from napari_histoexpress.inference.spots import circles_to_grid, predict_circles, read_circles
 

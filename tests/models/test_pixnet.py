@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_histoexpress.inference.aggregate import CircleAggregator, circle_pixel_weights
+from napari_histoexpress.geometry import CircleAggregator, circle_pixel_weights
 from napari_histoexpress.models.pixnet import (
     PixNet,
     PixNetConfig,

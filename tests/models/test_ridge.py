@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from napari_histoexpress.errors import InputFileError
+from napari_histoexpress.expression import expression_matrix
 from napari_histoexpress.io.slides import Slide
+from napari_histoexpress.metrics import evaluate_predictions
 from napari_histoexpress.models.ridge import RidgeBaseline, RidgeConfig
-from napari_histoexpress.training.genes import expression_matrix
-from napari_histoexpress.training.metrics import evaluate_predictions
 
 SLIDE_MPP = 0.5
 GENES = ["DARK", "LIGHT", "NOISE"]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from napari_histoexpress.expression import expression_matrix
 from napari_histoexpress.io.slides import Slide
-from napari_histoexpress.training.genes import expression_matrix
 from napari_histoexpress.training.spot_crops import (
     SpotCropConfig,
     SpotCropDataset,

@@ -11,9 +11,9 @@ import pytest
 
 from napari_histoexpress import project
 from napari_histoexpress.inference.map_store import DenseMapStore
+from napari_histoexpress.inference.spot_export import CSV_FIXED_COLUMNS
 from napari_histoexpress.inference.spots import predict_circles
 from napari_histoexpress.io import spatial
-from napari_histoexpress.io.spot_export import CSV_FIXED_COLUMNS
 from napari_histoexpress.widgets import _common, _export, _spot_layer
 from napari_histoexpress.widgets._export import ExportWidget
 

@@ -27,6 +27,7 @@ from napari_histoexpress.inference.live_spots import SpotExpression
 from napari_histoexpress.inference.map_store import DenseMapStore
 from napari_histoexpress.inference.spot_grid import grid_spots, region_from_shape
 from napari_histoexpress.inference.spots import predict_circles
+from napari_histoexpress.io import spot_table
 from napari_histoexpress.io.slides import open_slide
 from napari_histoexpress.widgets import _common, _spot_layer
 from napari_histoexpress.widgets._spots import SpotsWidget
@@ -275,7 +276,7 @@ def test_spots_saved_and_restored(make_napari_viewer, qtbot, slide_copy) -> None
     viewer.layers.remove(layer)  # removing the layer flushes, never erases
     viewer.layers.remove(slide)
     saved = project.load_spots(slide_copy)
-    cols = list(project.SPOT_COLUMNS)
+    cols = list(spot_table.SPOT_COLUMNS)
     pd.testing.assert_frame_equal(saved[cols], saved_before, check_dtype=False)
     assert saved["layer"].tolist() == [layer.name] * 2
     assert widget.spots_layer() is None and widget.current_slide() is None

@@ -16,8 +16,9 @@ the same exact aggregation, but keeps what is slow out of the loop:
 
 Each circle is aggregated on the window of the map around it only (its bounding box plus a
 margin of 2 px, exactly the window :func:`~.spots.aggregate_circles` uses for a circle alone),
-with :class:`~.aggregate.CircleAggregator`: exact area weights at partial pixels, ``NaN``
-for a circle entirely outside the map, the mean over the covered part at the map's border.
+with :class:`~napari_histoexpress.geometry.CircleAggregator`: exact area weights at partial
+pixels, ``NaN`` for a circle entirely outside the map, the mean over the covered part at the
+map's border.
 Many circles at once (a grid) are grouped by map block (:attr:`SpotExpression.block_px`) as
 in :func:`~.spots.aggregate_circles`, one window per group, unless the group's window would be
 more than twice the circles' own windows (a few spots spread over a block: one window each);
@@ -40,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputFileError
-from .aggregate import CircleAggregator
+from ..geometry import CircleAggregator
 from .map_store import DenseMapStore
 from .spots import circles_to_grid
 

@@ -1,6 +1,6 @@
 """Measured ST spots vs a dense-map prediction of the same slide: per-gene Pearson correlation.
 
-Protocol (the one of :mod:`napari_histoexpress.training.metrics`, so the numbers compare
+Protocol (the one of :mod:`napari_histoexpress.metrics`, so the numbers compare
 with the training/evaluation reports):
 
 - **Predicted** values are the map aggregated over each measured spot's true disk
@@ -10,7 +10,7 @@ with the training/evaluation reports):
   µm/px** (the spot pixels are pixels of that slide image; using the store's own µm/px keeps
   the circles where the map was computed even if the AnnData records another value).
 - **Measured** values are normalised as the model's targets were
-  (:func:`napari_histoexpress.training.genes.expression_matrix`: library size over *all*
+  (:func:`napari_histoexpress.expression.expression_matrix`: library size over *all*
   measured genes, scaled to ``target_sum`` counts, ``log1p``). ``target_sum`` is read from
   the training run the map was predicted with (``provenance.run_dir`` of the store →
   ``config.json``: ``config.target_sum``, else ``extra.normalisation.target_sum``); when the
@@ -21,7 +21,7 @@ with the training/evaluation reports):
   tissue detector skipped would only get the head's bias, so they are left out; their
   number is reported (``n_spots_used`` / ``n_spots_total``).
 - **Per-gene Pearson** across the used spots
-  (:func:`napari_histoexpress.training.metrics.pearson_per_gene`). A gene whose measured or
+  (:func:`napari_histoexpress.metrics.pearson_per_gene`). A gene whose measured or
   predicted values are constant gets ``NaN`` and is listed in ``zero_variance_genes``; a
   gene of the model that the section does not measure gets ``NaN`` and is listed in
   ``missing_genes``. Neither is dropped; :attr:`MeasuredVsPredicted.mean_pcc` is the mean
@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..expression import expression_matrix
 from ..io import spatial
-from ..training.genes import expression_matrix
-from ..training.metrics import pearson_per_gene
+from ..metrics import pearson_per_gene
 from .map_store import DenseMapStore
 from .spots import circles_to_grid, predict_circles
 

@@ -6,19 +6,20 @@ Coordinates. Circles are given in **µm** as napari shows them for a slide layer
 stored map's pixel ``j`` covers slide µm ``[j, j + 1) · map_mpp`` measured from the slide's
 corner (:mod:`.predict_slide` places tiles that way), so a circle goes to map-grid
 coordinates as ``q = (x_um + slide_mpp / 2) / map_mpp − 1/2`` and ``r_q = r_um / map_mpp``,
-in :mod:`.aggregate`'s pixel-centre convention.
+in :mod:`napari_histoexpress.geometry`'s pixel-centre convention.
 
 Aggregation. Exact area weights at partial pixels and O(radius) per circle
-(:class:`~.aggregate.CircleAggregator` on the stored *features*, C channels, then the linear
-head once per circle — equal to aggregating each gene map because the head is affine and
-the weights of a mean sum to one).
+(:class:`~napari_histoexpress.geometry.CircleAggregator` on the stored *features*, C channels,
+then the linear head once per circle — equal to aggregating each gene map because the head is
+affine and the weights of a mean sum to one).
 
 Background. Pixels the prediction never computed (background tiles skipped by tissue
 detection, tiles still pending in a partial map) read as NaN from the store and have no value
-and no weight (:mod:`.aggregate`): a circle overlapping background gets the mean over its
-*predicted* part, never the head's bias counted as expression, and ``area_fraction`` says
-which share of the circle that is (1 = fully on predicted map, 0 = entirely on background or
-off the map → ``NaN`` predictions). Filter on it when a spot must be fully on tissue.
+and no weight (:mod:`napari_histoexpress.geometry`): a circle overlapping background gets the
+mean over its *predicted* part, never the head's bias counted as expression, and
+``area_fraction`` says which share of the circle that is (1 = fully on predicted map,
+0 = entirely on background or off the map → ``NaN`` predictions).
+Filter on it when a spot must be fully on tissue.
 
 Memory stays bounded whatever the map size: circles are
 grouped by the map block (``block_px`` square, plus a margin of the largest radius) their
@@ -36,8 +37,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputFileError
+from ..geometry import CircleAggregator, Reduce
 from ..io.export import h5ad_safe
-from .aggregate import CircleAggregator, Reduce
 from .map_store import DenseMapStore
 
 CIRCLE_COLUMNS = ("x_um", "y_um", "diameter_um")

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..training.genes import expression_matrix, raw_counts
+from ..expression import expression_matrix, raw_counts
 from . import spatial
 
 

@@ -14,7 +14,7 @@ It is scanpy/squidpy's ``spatial`` convention, with a few documented extras:
       e.g. ``"user"``, ``"tiff-resolution"``, ``"st-array-pitch"``, ``"unknown"``),
       ``spot_diameter_um``, ``technology`` (``"visium"``, ``"st"``, ``"drawn"``, ...).
 * ``adata.X``: raw counts (integers, as measured). Normalisation is a later,
-  explicit step (``training.genes``); when ``X`` holds something else the raw counts
+  explicit step (``napari_histoexpress.expression``); when ``X`` holds something else the raw counts
   are in ``adata.layers["counts"]``.
 """
 

@@ -77,7 +77,7 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 
-from ..inference.aggregate import circle_pixel_weights
+from ..geometry import circle_pixel_weights
 from ..models.backbones import backbone_transform_stats, create_backbone
 from ..models.registry import register_model
 
@@ -340,7 +340,7 @@ class PixNet(nn.Module):
         Args:
             features: ``(B, C, h, w)`` from :meth:`features`.
             centres_xy: ``(N, 2)`` spot centres ``(x, y)`` in input-image pixels (pixel
-                centres at integers, see :mod:`napari_histoexpress.inference.aggregate`).
+                centres at integers, see :mod:`napari_histoexpress.geometry`).
             radii: ``(N,)`` or scalar, input-image pixels.
             image_size: ``(H, W)`` of the input image (the size ``G`` is resized to).
             batch_index: ``(N,)`` image of each spot; may be omitted when B == 1.

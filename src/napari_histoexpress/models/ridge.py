@@ -5,7 +5,7 @@ For every spot, a square patch of ``patch_um`` µm centred on the spot is resamp
 default, or local pretrained weights), each stage's feature map is global-average
 pooled and the pooled vectors are concatenated. Then ``StandardScaler -> PCA(256) ->
 Ridge`` maps features to the normalised expression of the chosen genes
-(:func:`napari_histoexpress.training.genes.expression_matrix`).
+(:func:`napari_histoexpress.expression.expression_matrix`).
 
 Choices (the reference protocol of ``../shared/data/README.md``, expressed in µm so it
 works at any resolution):
@@ -40,9 +40,9 @@ import numpy as np
 import torch
 
 from ..errors import InputFileError
+from ..expression import expression_matrix
+from ..metrics import pearson_per_gene
 from ..models.registry import register_model
-from ..training.genes import expression_matrix
-from ..training.metrics import pearson_per_gene
 
 __all__ = ["RidgeBaseline", "RidgeConfig"]
 

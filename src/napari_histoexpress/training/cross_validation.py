@@ -89,8 +89,8 @@ def cross_validate(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run every fold (resumable: a fold whose ``metrics.json`` exists is not rerun)."""
+    from ..metrics import aggregate_folds
     from .evaluate import evaluate_run
-    from .metrics import aggregate_folds
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -99,9 +99,9 @@ def evaluate_run(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Per-section metrics and their mean over sections: ``{'sections': {...}, 'mean': {...}}``."""
+    from ..expression import expression_matrix
+    from ..metrics import aggregate_folds, evaluate_predictions
     from ..models.checkpoint import load_checkpoint
-    from .genes import expression_matrix
-    from .metrics import aggregate_folds, evaluate_predictions
 
     model, meta = load_checkpoint(run_dir)
     genes = list(meta["genes"])

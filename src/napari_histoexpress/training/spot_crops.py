@@ -41,8 +41,8 @@ import torch
 from scipy.spatial import cKDTree
 from torch.utils.data import Dataset
 
+from ..expression import expression_matrix
 from ..io.spatial import microns_per_pixel, spot_centres_px, spot_diameter_px
-from ..training.genes import expression_matrix
 
 __all__ = [
     "SpotCrop",

@@ -52,7 +52,7 @@ __all__ = [
 
 
 def choose_genes(sections: Sequence[Section], config: TrainConfig) -> list[str]:
-    from .genes import select_genes
+    from ..expression import select_genes
 
     return select_genes([s.adata for s in sections], n=config.n_genes, gene_file=config.gene_file)
 

@@ -1,6 +1,6 @@
 """The Export dock widget: a slide's spots and their predicted expression → ``.h5ad`` / ``.csv``.
 
-Thin: the file is made by :func:`napari_histoexpress.io.spot_export.export_spots` (the
+Thin: the file is made by :func:`napari_histoexpress.inference.spot_export.export_spots` (the
 scanpy/squidpy spatial AnnData, or a CSV of one row per spot), in a napari ``thread_worker``
 (always: even a few spots read the slide's pyramid for the hires/lowres images). Spots are
 those of every drawn-spots layer of the chosen slide (:mod:`._spot_layer`), all of them or
@@ -27,7 +27,8 @@ from qtpy.QtWidgets import (
 )
 
 from .. import project
-from ..io.spot_export import EXPORT_FORMATS, ExportResult, combine_spot_tables, export_spots
+from ..inference.spot_export import EXPORT_FORMATS, ExportResult, combine_spot_tables, export_spots
+from ..io import spot_table
 from . import _common, _spot_layer
 from ._common import notify_error, notify_info
 
@@ -115,7 +116,7 @@ class ExportWidget(QWidget):
         """The chosen spots of the current slide (all its drawn-spots layers, combined)."""
         layer = self.slide_layer
         if layer is None:
-            return project.empty_spots()
+            return spot_table.empty_spots()
         tables = {
             lay.name: _spot_layer.spots_table(lay)
             for lay in _spot_layer.spot_layers(self.viewer, layer)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..project import SPOT_COLUMNS, empty_spots, validate_spots
+from ..io.spot_table import SPOT_COLUMNS, empty_spots, validate_spots
 
 SPOTS_KIND = "drawn_spots"
 

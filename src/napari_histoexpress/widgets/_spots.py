@@ -91,6 +91,7 @@ from ..inference.spot_grid import (
     grid_spots,
     region_from_shape,
 )
+from ..io import spot_table
 from . import _common, _spot_layer
 from ._spots_table import BarPlot, GeneTableModel
 
@@ -160,7 +161,7 @@ class SpotsWidget(QWidget):
         self._save_error: str | None = None
         self._last_update = 0.0
         self._generation = 0
-        self.last_spots: pd.DataFrame = project.empty_spots()  # what the table shows
+        self.last_spots: pd.DataFrame = spot_table.empty_spots()  # what the table shows
         self.last_values: np.ndarray | None = None
         self.last_table: pd.DataFrame | None = None  # the comparison, in gene order
         self._ranked = True  # whether the table is sorted by the chosen ranking
@@ -401,7 +402,7 @@ class SpotsWidget(QWidget):
             return layers[0]
         if not create:
             return None
-        return self._add_spots_layer(slide, project.empty_spots())
+        return self._add_spots_layer(slide, spot_table.empty_spots())
 
     def new_spots_layer(self) -> Any | None:
         """Add an empty drawn-spots layer to the current slide and make it active."""
@@ -413,7 +414,9 @@ class SpotsWidget(QWidget):
         n = 2
         while f"{slide.name} spots {n}" in names:
             n += 1
-        layer = self._add_spots_layer(slide, project.empty_spots(), name=f"{slide.name} spots {n}")
+        layer = self._add_spots_layer(
+            slide, spot_table.empty_spots(), name=f"{slide.name} spots {n}"
+        )
         self.viewer.layers.selection.active = layer
         self._current_spots[slide.name] = layer_key(layer)
         return layer
@@ -447,7 +450,7 @@ class SpotsWidget(QWidget):
         )
         for name in dict.fromkeys(names.tolist()):
             part = spots[(names == name).to_numpy()].reset_index(drop=True)
-            self._add_spots_layer(slide, part[list(project.SPOT_COLUMNS)], name=name)
+            self._add_spots_layer(slide, part[list(spot_table.SPOT_COLUMNS)], name=name)
 
     def _slide_of(self, layer: Any) -> Any | None:
         name = layer.metadata.get("slide")
@@ -967,7 +970,7 @@ class SpotsWidget(QWidget):
         ]
         tables = [t for t in tables if len(t)]
         if not tables:
-            return project.empty_spots().assign(layer=pd.Series(dtype=str))
+            return spot_table.empty_spots().assign(layer=pd.Series(dtype=str))
         return pd.concat(tables, ignore_index=True)
 
     def _save(self, slide_key: str) -> None:
@@ -988,7 +991,7 @@ class SpotsWidget(QWidget):
                     if kept is not None
                     else str(exc)
                 )
-                saved = project.empty_spots()
+                saved = spot_table.empty_spots()
             deleted = self._deleted.get(slide_key, set())
             detached = saved[~saved["id"].isin(set(live["id"]) | deleted)]
             table = pd.concat([live, detached], ignore_index=True) if len(detached) else live
@@ -1062,7 +1065,7 @@ class SpotsWidget(QWidget):
             key, ids = self._reference
             info = self._hooked.get(key)
             if info is None:
-                return project.empty_spots()
+                return spot_table.empty_spots()
             table = _spot_layer.spots_table(info.layer)
             return table[table["id"].isin(set(ids))].reset_index(drop=True)
         if text.startswith("Layer: "):
@@ -1070,7 +1073,7 @@ class SpotsWidget(QWidget):
             for lay in self._reference_layers():
                 if lay.name == name:
                     return _spot_layer.spots_table(lay)
-            return project.empty_spots()
+            return spot_table.empty_spots()
         return None
 
     def slide_stats(self) -> SlideStats | None:
@@ -1117,7 +1120,7 @@ class SpotsWidget(QWidget):
         with their *current* geometry (mid-drag included)."""
         layer = layer if layer is not None else self.spots_layer()
         if layer is None or len(layer.data) == 0:
-            return project.empty_spots()
+            return spot_table.empty_spots()
         table = _spot_layer.spots_table(layer)
         sel = sorted(int(i) for i in layer.selected_data if 0 <= int(i) < len(table))
         return table.iloc[sel].reset_index(drop=True) if sel else table

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import InputFileError
+from .errors import InputFileError
 
 __all__ = [
     "expression_matrix",

@@ -11,16 +11,16 @@ import pytest
 
 from napari_histoexpress.errors import InputFileError
 from napari_histoexpress.inference.map_store import DenseMapStore
-from napari_histoexpress.inference.spots import predict_circles
-from napari_histoexpress.io import spatial
-from napari_histoexpress.io.slides import open_slide
-from napari_histoexpress.io.spot_export import (
+from napari_histoexpress.inference.spot_export import (
     CSV_FIXED_COLUMNS,
     ExportError,
     combine_spot_tables,
     export_spots,
     spots_anndata,
 )
+from napari_histoexpress.inference.spots import predict_circles
+from napari_histoexpress.io import spatial
+from napari_histoexpress.io.slides import open_slide
 from napari_histoexpress.io.synthetic import sample_paths
 
 GENES = ["ERBB2", "PTPRC", "COL1A1"]

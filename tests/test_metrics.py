@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr
 
-from napari_histoexpress.training.metrics import (
+from napari_histoexpress.metrics import (
     SUMMARY_KEYS,
     aggregate_folds,
     evaluate_predictions,

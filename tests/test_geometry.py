@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from shapely.geometry import Point, box
 
-from napari_histoexpress.inference.aggregate import (
+from napari_histoexpress.geometry import (
     CircleAggregator,
     brute_force_circle_sum,
     circle_pixel_weights,
@@ -100,7 +100,7 @@ def test_mean_and_borders(values: np.ndarray) -> None:
 def test_many_equals_single_and_chunking(
     values: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import napari_histoexpress.inference.aggregate as mod
+    import napari_histoexpress.geometry as mod
 
     rng = np.random.default_rng(2)
     centres = rng.uniform(-5, 85, size=(40, 2))

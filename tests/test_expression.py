@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from napari_histoexpress.errors import InputFileError
-from napari_histoexpress.training.genes import (
+from napari_histoexpress.expression import (
     expression_matrix,
     normalise_counts,
     read_gene_file,

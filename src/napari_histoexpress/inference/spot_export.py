@@ -56,8 +56,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import HistoExpressError, InputFileError
-from . import spatial
-from .export import h5ad_safe, write_csv_atomic, write_h5ad_atomic
+from ..io import spatial
+from ..io.export import h5ad_safe, write_csv_atomic, write_h5ad_atomic
 
 __all__ = [
     "CSV_FIXED_COLUMNS",
@@ -104,7 +104,7 @@ def combine_spot_tables(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     Ids must be unique in the result: when an id appears in more than one table, the ids of
     every table after the first are prefixed with ``"<table name>:"``.
     """
-    from ..project import empty_spots, validate_spots
+    from ..io.spot_table import empty_spots, validate_spots
 
     parts = [validate_spots(df) for df in tables.values() if len(df)]
     if not parts:
@@ -123,8 +123,8 @@ def slide_images(
 ) -> tuple[dict[str, np.ndarray], dict[str, float], str | None]:
     """``(images, scalefactors, warning)``: hires/lowres thumbnails of the slide and their
     ``tissue_*_scalef``; empty dicts and a warning when the slide cannot be used."""
-    from .slides import open_slide
-    from .thumbnails import thumbnails_from_slide
+    from ..io.slides import open_slide
+    from ..io.thumbnails import thumbnails_from_slide
 
     if not slide_path:
         return {}, {}, "the map store does not record its slide file; exported without image"
@@ -160,9 +160,9 @@ def spots_anndata(
     expression predicted by the dense-map ``store`` (a store or its path); see the module
     docstring. ``slide_path`` defaults to the slide recorded in the store."""
     from .. import __version__
-    from ..inference.map_store import DenseMapStore
-    from ..inference.spots import predict_circles
-    from ..project import validate_spots
+    from ..io.spot_table import validate_spots
+    from .map_store import DenseMapStore
+    from .spots import predict_circles
 
     if not isinstance(store, DenseMapStore):
         store = DenseMapStore.open(store, mode="r")
