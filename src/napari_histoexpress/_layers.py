@@ -23,6 +23,10 @@ import pandas as pd
 
 from .io import spatial
 
+#: Slide-layer metadata key holding the path of the slide's dense-map store (the reader sets
+#: it for a stored map, the widgets for a new prediction).
+MAP_KEY = "histoexpress_map"
+
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 
 #: Genes whose measured values are copied into the spots layer's ``features`` table (the

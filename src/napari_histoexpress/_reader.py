@@ -3,7 +3,7 @@
 Dispatch only; the reading is done by :mod:`napari_histoexpress.io`. A slide whose project
 folder already holds a complete dense-map store (:func:`napari_histoexpress.project.complete_map`)
 opens with that store recorded in ``metadata["histoexpress_map"]`` (the key of
-``widgets._common.MAP_KEY``), so a slide predicted once shows its genes again with no
+``_layers.MAP_KEY``), so a slide predicted once shows its genes again with no
 computation.
 
 A slide whose project folder holds a µm/px the user set in the Predict widget
@@ -19,13 +19,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._layers import LayerDataTuple, slide_layer_data, st_layers
+from ._layers import MAP_KEY, LayerDataTuple, slide_layer_data, st_layers
 
 ReaderFunction = Callable[[Any], list[LayerDataTuple]]
-
-#: Slide-layer metadata key of its map store (same as ``widgets._common.MAP_KEY``; the
-#: reader does not import the widgets).
-MAP_KEY = "histoexpress_map"
 
 log = logging.getLogger(__name__)
 
@@ -67,20 +63,11 @@ def _open_slide_layer(path: Path) -> LayerDataTuple:
     return _with_stored_map(layer, path)
 
 
-def _is_spaceranger_folder(path: Path) -> bool:
-    return path.is_dir() and (
-        (path / "spatial").is_dir()
-        or any(
-            (path / n).exists()
-            for n in ("filtered_feature_bc_matrix.h5", "raw_feature_bc_matrix.h5")
-        )
-    )
-
-
 def _kind(path: Path) -> str | None:
     from .io.slides import is_slide_path
+    from .io.visium import is_spaceranger_folder
 
-    if _is_spaceranger_folder(path):
+    if path.is_dir() and is_spaceranger_folder(path):
         return "st"
     if path.suffix.lower() == ".h5ad":
         return "st"

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .devices import DEVICE_CHOICES
 from .errors import HistoExpressError, SettingError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -390,7 +391,7 @@ def _add_device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device",
         default="auto",
-        choices=["auto", "cpu", "cuda", "mps"],
+        choices=list(DEVICE_CHOICES),
         help="where the model runs: auto = CUDA, else MPS, else CPU",
     )
 

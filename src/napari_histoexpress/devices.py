@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+#: The device names every entry point offers (CLI ``--device``, the Predict widget, the API).
+DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+
 
 def resolve_device(device: Any = "auto") -> Any:
     """``'auto'`` → CUDA if available, else MPS, else CPU; a named device must be available.

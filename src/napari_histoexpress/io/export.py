@@ -16,13 +16,15 @@ writers elsewhere in the package that use a temporary name.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from anndata import AnnData
 
@@ -79,6 +81,34 @@ def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
             tmp.unlink()
         raise
     return path
+
+
+def to_jsonable(value: Any, *, strict: bool = False, nan_to_none: bool = True) -> Any:
+    """``value`` as plain JSON types: numpy scalars/arrays, tuples, sets and paths converted.
+
+    The one JSON sanitiser of the package (checkpoints, map-store attributes, run records).
+    Non-finite floats become ``None`` (standard JSON) unless ``nan_to_none=False``; a value of
+    any other type raises ``TypeError`` when ``strict``, else becomes its ``str``.
+    """
+    if isinstance(value, Mapping):
+        return {
+            str(k): to_jsonable(v, strict=strict, nan_to_none=nan_to_none) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_jsonable(v, strict=strict, nan_to_none=nan_to_none) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist(), strict=strict, nan_to_none=nan_to_none)
+    if isinstance(value, np.generic):
+        return to_jsonable(value.item(), strict=strict, nan_to_none=nan_to_none)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if value is None or isinstance(value, str | int | float | bool):
+        if nan_to_none and isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+    if strict:
+        raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+    return str(value)
 
 
 def h5ad_safe(value: Any) -> Any:

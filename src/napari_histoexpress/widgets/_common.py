@@ -29,11 +29,10 @@ from psygnal import Signal
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QComboBox, QDockWidget, QWidget
 
+from .._layers import MAP_KEY
 from ..errors import InputFileError
 
 log = logging.getLogger(__name__)
-
-MAP_KEY = "histoexpress_map"
 
 
 class _Hub:

@@ -48,13 +48,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .. import devices
 from ..errors import HistoExpressError
 from . import _common
 
 if TYPE_CHECKING:
     import napari
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICES = devices.DEVICE_CHOICES
 #: Shown while the bundled demo run is chosen (and appended to its reports).
 DEMO_WARNING = (
     "The bundled demo run was trained on the synthetic sample only: it is not for real "

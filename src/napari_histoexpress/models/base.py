@@ -1,0 +1,244 @@
+"""The one model interface: what every registered model is, whatever it predicts from.
+
+Every model in the registry (:mod:`.registry`) subclasses :class:`HistoModel` through one of
+two shapes, and the rest of the package (training loop, evaluation, whole-slide prediction,
+the dense-map store, the widgets) talks to models only through this interface:
+
+* :class:`DenseModel` — maps an RGB tile to a **dense feature map** ``(B, C, h, w)`` at a
+  fixed stride (PixNet): whole-slide prediction tiles the slide and stores the features.
+* :class:`SpotModel` — encodes **spot/patch inputs** (and whatever context it needs:
+  neighbours, a region, the whole section) into ``(N, C)`` features (the ridge baseline;
+  HAGE, DKAN and ALIGN-ST): its predictions go into the same dense-map store on a patch
+  lattice.
+
+Both end in one **linear gene head** ``genes = features @ W + b`` with ``W (C, G)`` and
+``b (G,)`` (:meth:`HistoModel.gene_head`; one layout only, float64 numpy), which is what lets
+the store keep ``C`` feature channels instead of ``G`` gene maps, aggregate circles on the
+features, and gain a gene later (zero-shot) by adding a column to ``W``.
+
+Every model also declares:
+
+* ``registry_name`` (set by :func:`~.registry.register_model`) and ``genes`` (the head's
+  output names, in order; set by training and restored by :func:`~.checkpoint.load_checkpoint`);
+* a config round trip: ``from_config(dict)`` ↔ ``config_dict()`` (JSON-able);
+* an :class:`InputSpec`: the working µm/px, the RGB normalisation, and the input geometry
+  (dense: stride, alignment, receptive field; spot: patch size);
+* tensors for safetensors checkpoints: ``state_dict()`` / ``load_state_dict()`` (an
+  ``nn.Module`` has them; non-torch models such as ridge provide them).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DenseModel",
+    "HistoModel",
+    "InputSpec",
+    "ModelKind",
+    "SpotInputs",
+    "SpotModel",
+    "check_gene_head",
+]
+
+ModelKind = Literal["dense", "spot"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model expects of its input pixels.
+
+    Attributes:
+        mpp: working resolution in µm per pixel (``None`` until the model is trained or
+            loaded from a run that records it).
+        mean, std: RGB normalisation of inputs in [0, 1] (``(x - mean) / std``).
+        normalizes_input: True when the model applies ``mean``/``std`` itself, so callers
+            pass RGB in [0, 1]; False when callers must normalise first.
+        stride: dense models: input pixels per feature pixel (1 for spot models).
+        input_multiple: dense models: tile windows must be multiples of (and sit on a grid
+            of) this many input pixels.
+        receptive_field_px: dense models: the receptive field in input pixels (sets the
+            tiling halo), ``None`` when unknown.
+        patch_px: spot models: side of the square patch the encoder sees, in working pixels.
+        context: spot models: what else :meth:`SpotModel.encode_spots` needs besides the
+            patch (``"none"``, ``"neighbours"``, ``"region"``, ``"section"``).
+    """
+
+    mpp: float | None
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    normalizes_input: bool = False
+    stride: int = 1
+    input_multiple: int = 1
+    receptive_field_px: float | None = None
+    patch_px: int | None = None
+    context: str = "none"
+
+    @property
+    def patch_um(self) -> float | None:
+        """Spot models: the patch side in µm (``patch_px · mpp``)."""
+        if self.patch_px is None or self.mpp is None:
+            return None
+        return float(self.patch_px) * float(self.mpp)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> InputSpec:
+        kw = dict(d)
+        kw["mean"] = tuple(float(v) for v in kw["mean"])
+        kw["std"] = tuple(float(v) for v in kw["std"])
+        return cls(**kw)
+
+
+@dataclass
+class SpotInputs:
+    """A batch of spots for :meth:`SpotModel.encode_spots`.
+
+    Attributes:
+        images: ``(N, 3, p, p)`` RGB in [0, 1] at the working µm/px, one patch per spot
+            centred on it (``p = input_spec().patch_px``); ``None`` when the model encodes
+            from cached ``features`` instead.
+        positions_um: ``(N, 2)`` spot centres ``(x, y)`` in µm of the slide (for models with
+            spatial context), or ``None``.
+        features: ``(N, D)`` precomputed frozen-encoder features of the patches, when the
+            model works from a feature cache, or ``None``.
+        context: anything else the model's ``context`` needs (neighbour indices, region
+            features, the section's lattice), by name.
+    """
+
+    images: torch.Tensor | None = None
+    positions_um: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        for value in (self.images, self.features, self.positions_um):
+            if value is not None:
+                return int(value.shape[0])
+        return 0
+
+
+def check_gene_head(
+    W: np.ndarray, b: np.ndarray, feature_dim: int, n_genes: int, *, who: str = "model"
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(W, b)`` as float64 arrays, checked to be ``(C, G)`` and ``(G,)``; ``ValueError``
+    naming ``who`` otherwise."""
+    W = np.asarray(W, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if W.shape != (feature_dim, n_genes) or b.shape != (n_genes,):
+        raise ValueError(
+            f"{who}: gene head must be W (C, G) = ({feature_dim}, {n_genes}) and b (G,) = "
+            f"({n_genes},); got W {W.shape}, b {b.shape}"
+        )
+    return W, b
+
+
+class HistoModel(abc.ABC):
+    """Base of every registered model (see the module docstring).
+
+    Subclasses that are also ``torch.nn.Module`` list ``nn.Module`` **first**
+    (``class PixNet(nn.Module, DenseModel)``) so its ``state_dict``/``load_state_dict``
+    implement the abstract ones here.
+    """
+
+    registry_name: ClassVar[str]
+    kind: ClassVar[ModelKind]
+
+    #: names of the head's outputs, in order (training sets them; checkpoints restore them)
+    genes: list[str]
+    #: working µm/px of the trained model (``None`` until known)
+    working_mpp: float | None = None
+
+    # ------------------------------------------------------------------ config
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config: Mapping[str, Any]) -> HistoModel:
+        """A model built from a plain (JSON) config dict."""
+
+    @abc.abstractmethod
+    def config_dict(self) -> dict[str, Any]:
+        """The JSON-able config that :meth:`from_config` rebuilds the same model from."""
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    @abc.abstractmethod
+    def feature_dim(self) -> int:
+        """``C``: channels of the features the gene head reads."""
+
+    @property
+    def n_genes(self) -> int:
+        return len(self.gene_names)
+
+    @property
+    def gene_names(self) -> list[str]:
+        """``genes``, or ``gene_0 ...`` placeholders before training names them."""
+        names = getattr(self, "genes", None)
+        if names:
+            return list(names)
+        return [f"gene_{i}" for i in range(self._head_outputs())]
+
+    def _head_outputs(self) -> int:
+        return int(self.gene_head()[1].shape[0])
+
+    @abc.abstractmethod
+    def input_spec(self) -> InputSpec:
+        """What the model expects of its input pixels."""
+
+    @abc.abstractmethod
+    def gene_head(self) -> tuple[np.ndarray, np.ndarray]:
+        """The linear head: ``W (C, G)`` and ``b (G,)`` float64, ``genes = feats @ W + b``."""
+
+    def set_genes(self, genes: Sequence[str], working_mpp: float | None = None) -> None:
+        """Name the head's outputs (and record the working µm/px) after training/loading."""
+        genes = [str(g) for g in genes]
+        n = self._head_outputs()
+        if len(genes) != n:
+            raise ValueError(f"the head predicts {n} genes but {len(genes)} names were given")
+        self.genes = genes
+        if working_mpp is not None:
+            self.working_mpp = float(working_mpp)
+
+    # ------------------------------------------------------------------ tensors
+    @abc.abstractmethod
+    def state_dict(self) -> Mapping[str, torch.Tensor]:
+        """Every tensor needed to restore the model (saved as safetensors)."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> Any:
+        """Inverse of :meth:`state_dict`."""
+
+
+class DenseModel(HistoModel):
+    """A model that maps an RGB tile to a dense feature map (see the module docstring)."""
+
+    kind: ClassVar[ModelKind] = "dense"
+
+    @property
+    @abc.abstractmethod
+    def feature_stride(self) -> int:
+        """``s``: input pixels per feature pixel."""
+
+    @abc.abstractmethod
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, n, n)`` input (see ``input_spec().normalizes_input``) →
+        **exactly** ``(B, C, n / s, n / s)`` for ``n`` a multiple of ``input_multiple``."""
+
+
+class SpotModel(HistoModel):
+    """A model that encodes spots/patches (with their context) into ``(N, C)`` features."""
+
+    kind: ClassVar[ModelKind] = "spot"
+
+    @abc.abstractmethod
+    def encode_spots(self, spots: SpotInputs) -> torch.Tensor:
+        """``(N, C)`` float features of the spots; genes are ``features @ W + b``."""
