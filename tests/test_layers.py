@@ -2,7 +2,7 @@
 
 Floors, bottom up (README, "Layout"):
 
-0. ground floor: ``errors``, ``expression``, ``metrics``, ``geometry``, ``devices``,
+0. ground floor: ``errors``, ``expression``, ``metrics``, ``geometry``, ``devices``, ``user_cache``,
    ``stain``, ``_llvm_guard`` — import nothing of the package but ``errors``;
 1. ``io/`` — the ground floor and itself;
 2. ``models/`` — ``io`` and the ground floor;
@@ -23,7 +23,16 @@ import pytest
 PKG = "napari_histoexpress"
 SRC = Path(__file__).resolve().parents[1] / "src" / PKG
 
-GROUND = {"errors", "expression", "metrics", "geometry", "devices", "stain", "_llvm_guard"}
+GROUND = {
+    "errors",
+    "expression",
+    "metrics",
+    "geometry",
+    "devices",
+    "stain",
+    "user_cache",
+    "_llvm_guard",
+}
 ALLOWED: dict[str, set[str]] = {
     "io": {"io"},
     "models": {"io", "models"},

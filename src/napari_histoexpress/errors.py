@@ -113,3 +113,8 @@ class InputFileWarning(UserWarning):
         self.problem = problem
         self.setting = _check_setting(setting)
         super().__init__(f"{self.path}: {problem}")
+
+
+class MissingExtraError(HistoExpressError, ImportError):
+    """A package of an optional extra is not installed (the message says how to install it,
+    e.g. ``pip install "napari-histoexpress[pretrained]"``)."""

@@ -42,6 +42,7 @@ import pandas as pd
 
 from .errors import InputFileError
 from .io.spot_table import empty_spots, validate_spots
+from .user_cache import cache_home
 
 PROJECT_SUFFIX = ".histoexpress"
 SPOTS_FILE = "spots.csv"
@@ -50,11 +51,7 @@ MAPS_FOLDER = "maps"
 
 def projects_home() -> Path:
     """The user-cache folder of project folders for slides in read-only places."""
-    env = os.environ.get("HISTOEXPRESS_HOME")
-    if env:
-        return Path(env) / "projects"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "napari-histoexpress" / "projects"
+    return cache_home("projects")
 
 
 def _writable(folder: Path) -> bool:

@@ -157,3 +157,10 @@ def test_architecture_options_are_checked() -> None:
     with pytest.raises(ValueError, match="may not set"):
         create_backbone("resnet18", model_kwargs={"features_only": False})
     assert create_backbone("resnet18", model_kwargs={"drop_path_rate": 0.1}).feature_info
+
+
+def test_path_named_imagenet_is_a_file_not_the_keyword(tmp_path: Path) -> None:
+    """Only the text "imagenet" selects the offline weights (models/pretrained.py); a path
+    object of that name is a weights file like any other."""
+    with pytest.raises(InputFileError, match="weights file not found"):
+        create_backbone("resnet18", pretrained=tmp_path / "imagenet")

