@@ -225,3 +225,49 @@ def test_unreadable_saved_table_is_set_aside_not_overwritten(
     assert len(kept) == 1 and "not a number" in kept[0].read_text(encoding="utf-8")
     assert any(str(kept[0]) in e for e in errors)
     assert _saved(slide_copy)["id"].tolist() == _all_ids(widget, slide)
+
+
+def test_id_rule_without_a_viewer() -> None:
+    from napari_histoexpress.widgets._spot_ids import SlideIds, assign_ids, id_number
+
+    assert [id_number(i) for i in ("spot_12", "spot_x", "tumour", "spot_0")] == [12, -1, -1, 0]
+    counter = SlideIds()
+    counter.bump(["spot_3", "tumour_a"])
+    assert counter.next_number == 4
+    ids = ["spot_0", "spot_0", "", "spot_9", "tumour_a", "spot_5"]
+    sources = ["drawn", "drawn", "grid", "drawn", "grid", "pasted"]
+    changed, seen = assign_ids(
+        ids,
+        sources,
+        known={"spot_0", "spot_9", "tumour_a", "spot_5"},
+        elsewhere={"spot_9"},  # held by another layer of the slide
+        fresh=counter.fresh({"spot_4", *ids}),
+    )
+    assert changed
+    # spot_4 and spot_5 are taken: the counter skips them (and never gives them later)
+    assert ids == ["spot_0", "spot_6", "spot_7", "spot_8", "tumour_a", "spot_5"]
+    assert sources == ["drawn", "drawn", "drawn", "drawn", "grid", "drawn"]
+    assert seen == set(ids) and counter.next_number == 9
+
+
+def test_merge_keeps_saved_rows_of_closed_layers_not_deleted_ones() -> None:
+    from napari_histoexpress.widgets._spot_saving import merge_saved, saved_layers
+
+    def table(ids: list[str], layer: list[str | None]) -> pd.DataFrame:
+        n = len(ids)
+        return pd.DataFrame(
+            {"id": ids, "x_um": [1.0] * n, "y_um": [2.0] * n, "diameter_um": [55.0] * n,
+             "source": ["drawn"] * n, "layer": layer}
+        )  # fmt: skip
+
+    live = table(["spot_0", "spot_1"], ["a", "a"])
+    saved = table(["spot_0", "spot_2", "spot_3"], ["a", "b", "b"])
+    merged = merge_saved(live, saved, deleted={"spot_3"})
+    assert merged["id"].tolist() == ["spot_0", "spot_1", "spot_2"]
+    assert merge_saved(live, saved.iloc[:1], deleted=set()) is live
+    parts = saved_layers(table(["s0", "s1", "s2"], ["b", None, "b"]), default="slide spots")
+    assert [(name, part["id"].tolist()) for name, part in parts] == [
+        ("b", ["s0", "s2"]),
+        ("slide spots", ["s1"]),
+    ]
+    assert "layer" not in parts[0][1]

@@ -401,3 +401,15 @@ def test_table_ranks_against_the_slide_and_compares_two_groups(setup, qtbot, sam
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+def test_hiding_the_widget_saves_pending_spots(make_napari_viewer, qtbot, slide_copy) -> None:
+    viewer = make_napari_viewer()
+    _add_slide(viewer, slide_copy)
+    widget = SpotsWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.show()
+    widget.add_spot(300.0, 400.0, 55.0)
+    assert not project.spots_path(slide_copy).exists()  # debounced: not written yet
+    widget.hide()  # the viewer closes, another tab is shown: nothing waits for the timer
+    assert project.load_spots(slide_copy)["id"].tolist() == ["spot_0"]

@@ -12,7 +12,9 @@ Representation (the Spots and Export widgets and the tests rely on it):
   ``source`` (``drawn`` / ``grid``).
 
 :func:`spots_table` turns the layer into the table of :mod:`napari_histoexpress.project`
-(``id, x_um, y_um, diameter_um, source``), :func:`spots_layer_data` does the reverse.
+(``id, x_um, y_um, diameter_um, source``), :func:`spots_layer_data` does the reverse. The circle
+geometry (:func:`circle_corners`, :func:`circle_of`) lives in
+:mod:`napari_histoexpress.inference.spot_shapes`; it is re-exported here.
 """
 
 from __future__ import annotations
@@ -22,7 +24,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..inference.spot_shapes import circle_corners, circle_of
 from ..io.spot_table import SPOT_COLUMNS, empty_spots, validate_spots
+
+__all__ = [
+    "MEASURED_SPOTS_KIND",
+    "SPOTS_KIND",
+    "circle_corners",
+    "circle_of",
+    "edge_width_px",
+    "is_measured_spots_layer",
+    "is_spots_layer",
+    "layer_mpp",
+    "measured_spot_layers",
+    "spot_layers",
+    "spots_layer_data",
+    "spots_table",
+    "unwrap",
+]
 
 SPOTS_KIND = "drawn_spots"
 
@@ -40,28 +59,10 @@ def spot_layers(viewer: Any, slide_layer: Any | None = None) -> list[Any]:
     return out
 
 
-def circle_corners(x_um: float, y_um: float, diameter_um: float, mpp: float) -> np.ndarray:
-    """The four ``(row, col)`` corners (slide px) of a circle's bounding square."""
-    r = diameter_um / 2.0 / mpp
-    cy, cx = y_um / mpp, x_um / mpp
-    return np.array(
-        [[cy - r, cx - r], [cy + r, cx - r], [cy + r, cx + r], [cy - r, cx + r]], dtype=float
-    )
-
-
 def edge_width_px(diameter_um: float, mpp: float) -> float:
     """Outline width of a drawn spot in slide px: 6 % of its diameter (at least 1 px), so
     circles of any size stay visible when zoomed out without hiding small HD bins."""
     return max(1.0, 0.06 * float(diameter_um) / float(mpp))
-
-
-def circle_of(vertices: np.ndarray, mpp: float) -> tuple[float, float, float]:
-    """``(x_um, y_um, diameter_um)`` of an ellipse shape's vertices (slide px)."""
-    v = np.asarray(vertices, dtype=float)
-    cy, cx = v.mean(axis=0)
-    h = float(np.ptp(v[:, 0]))
-    w = float(np.ptp(v[:, 1]))
-    return float(cx) * mpp, float(cy) * mpp, (h + w) / 2.0 * mpp
 
 
 def unwrap(obj: Any) -> Any:

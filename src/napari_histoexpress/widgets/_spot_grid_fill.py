@@ -1,0 +1,164 @@
+"""The Spots widget's "Grid" box: fill a drawn region with a lattice of spots.
+
+The region is drawn in the slide's "grid region" Shapes layer (*Draw region*: rectangle,
+polygon or ellipse), or is the selected shapes of any other Shapes layer; *Fill with grid*
+adds the lattice of :func:`napari_histoexpress.inference.spot_grid.grid_spots` (hexagonal or
+square, pitch in µm) as spots of source ``grid`` (through the ``add_spots`` callback).
+The region's geometry is :func:`napari_histoexpress.inference.spot_shapes.shapes_region`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import napari
+import numpy as np
+import pandas as pd
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QPushButton,
+)
+
+from ..inference.spot_grid import LATTICES, default_lattice, default_pitch_um, grid_spots
+from ..inference.spot_shapes import shapes_region
+from . import _common, _spot_layer
+
+REGION_KIND = "grid_region"
+
+
+class GridBox(QGroupBox):
+    """Lattice + pitch fields and the *Draw region* / *Fill with grid* buttons."""
+
+    def __init__(
+        self,
+        viewer: Any,
+        *,
+        current_slide: Callable[[], Any | None],
+        diameter_um: Callable[[], float],
+        add_spots: Callable[[pd.DataFrame], list[str]],
+        stop_adding: Callable[[], None],
+    ) -> None:
+        super().__init__("Grid")
+        self.viewer = viewer
+        self._current_slide = current_slide
+        self._diameter_um = diameter_um
+        self._add_spots = add_spots
+        self._stop_adding = stop_adding
+
+        self.lattice_combo = QComboBox()
+        self.lattice_combo.addItems(list(LATTICES))
+        self.pitch_spin = QDoubleSpinBox()
+        self.pitch_spin.setRange(0.5, 100_000.0)
+        self.pitch_spin.setDecimals(1)
+        self.pitch_spin.setSuffix(" µm")
+        self.region_button = QPushButton("Draw region")
+        self.region_button.setToolTip("Draw a rectangle, polygon or ellipse to fill with spots")
+        self.region_button.clicked.connect(self.draw_region)
+        self.fill_button = QPushButton("Fill with grid")
+        self.fill_button.clicked.connect(self.fill_grid)
+
+        form = QFormLayout(self)
+        form.addRow("Lattice", self.lattice_combo)
+        form.addRow("Pitch", self.pitch_spin)
+        row = QHBoxLayout()
+        row.addWidget(self.region_button)
+        row.addWidget(self.fill_button)
+        form.addRow(row)
+
+    def set_diameter(self, diameter_um: float) -> None:
+        """Set the pitch and lattice that suit spots of this diameter."""
+        self.pitch_spin.setValue(default_pitch_um(diameter_um))
+        self.lattice_combo.setCurrentText(default_lattice(diameter_um))
+
+    def region_layer(self, *, create: bool = False) -> Any | None:
+        """The current slide's grid-region layer (made on demand with ``create``)."""
+        slide = self._current_slide()
+        if slide is None:
+            return None
+        for layer in self.viewer.layers:
+            md = getattr(layer, "metadata", None) or {}
+            if md.get("histoexpress") == REGION_KIND and md.get("slide") == slide.name:
+                return layer
+        if not create:
+            return None
+        mpp = _common.slide_mpp(slide) or 1.0
+        return self.viewer.add_shapes(
+            name=f"{slide.name} grid region",
+            scale=(mpp, mpp),
+            units=("micrometer",) * 2 if _common.slide_mpp(slide) else ("pixel",) * 2,
+            edge_color="#ffd400",
+            edge_width=3.0,
+            face_color=[1.0, 0.83, 0.0, 0.08],
+            metadata={"histoexpress": REGION_KIND, "slide": slide.name},
+        )
+
+    def draw_region(self) -> None:
+        """Make the grid-region layer active in rectangle mode."""
+        layer = self.region_layer(create=True)
+        if layer is None:
+            _common.notify_error("Open a slide first: the grid region is drawn on a slide.")
+            return
+        self._stop_adding()
+        self.viewer.layers.selection.active = layer
+        layer.mode = "add_rectangle"
+
+    def grid_region(self) -> Any | None:
+        """The union (µm) of the chosen region shapes: the selected shapes of the active
+        Shapes layer (not a spots layer), else the grid-region layer's selected or all."""
+        candidates = []
+        active = self.viewer.layers.selection.active
+        if (
+            isinstance(_spot_layer.unwrap(active), napari.layers.Shapes)
+            and not _spot_layer.is_spots_layer(active)
+            and active.selected_data
+        ):
+            candidates.append((active, sorted(active.selected_data)))
+        region = self.region_layer()
+        if not candidates and region is not None and len(region.data):
+            idx = sorted(region.selected_data) or list(range(len(region.data)))
+            candidates.append((region, idx))
+        return shapes_region(
+            (
+                np.array([layer.data_to_world(v) for v in layer.data[i]], dtype=float),
+                layer.shape_type[i],
+            )
+            for layer, idx in candidates
+            for i in idx
+        )
+
+    def fill_grid(self) -> None:
+        """Fill the drawn region with a lattice of spots (source ``grid``)."""
+        if self._current_slide() is None:
+            _common.notify_error("Open a slide first: spots are drawn on a slide layer.")
+            return
+        try:
+            region = self.grid_region()
+            if region is None:
+                _common.notify_error(
+                    "No grid region: click 'Draw region' and draw a rectangle, polygon or "
+                    "ellipse (or select shapes in a Shapes layer) first."
+                )
+                return
+            spots = grid_spots(
+                region,
+                self._diameter_um(),
+                pitch_um=self.pitch_spin.value(),
+                lattice=self.lattice_combo.currentText(),
+                ids=itertools.repeat(""),
+            )
+        except ValueError as exc:
+            _common.notify_error(f"Cannot fill the region with a grid: {exc}")
+            return
+        if not len(spots):
+            _common.notify_error(
+                "The grid has no spot in this region: draw a larger region or lower the pitch."
+            )
+            return
+        ids = self._add_spots(spots)
+        _common.notify_info(f"Added {len(ids)} grid spots.")
