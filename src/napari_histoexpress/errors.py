@@ -24,6 +24,17 @@ SETTINGS: dict[str, str] = {
     "tile_px": "the side of a prediction tile, in pixels at the model's working resolution",
     "batch_size": "how many tiles or crops go through the model at once",
     "device": "where the model runs (auto, cpu, cuda, mps)",
+    "stain_augment_sigma": (
+        "the relative strength of HED stain augmentation in training (0 = off, e.g. 0.05)"
+    ),
+    "stain_augment_bias": (
+        "the additive strength of HED stain augmentation in training, in optical density "
+        "(0 = off, e.g. 0.05)"
+    ),
+    "stain_normalize": (
+        "the stain normalisation of training crops and prediction tiles (none, macenko, "
+        "reinhard) and its reference"
+    ),
 }
 
 
