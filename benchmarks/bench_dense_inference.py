@@ -31,12 +31,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
 import torch
 from torch import nn
+
+from napari_histoexpress.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from napari_histoexpress.models.base import DenseModel, InputSpec
 
 TILE_PX = 256
 HALO_PX = 32
@@ -44,12 +49,8 @@ BATCH = 4
 MPP = 0.5
 
 
-class ResNetDenseStandIn(nn.Module):
-    """timm resnet18 features_only -> stride-4 feature map of 64 channels."""
-
-    feature_stride = 4
-    feature_dim = 64
-    input_multiple = 32
+class ResNetDenseStandIn(nn.Module, DenseModel):
+    """timm resnet18 features_only -> stride-4 feature map of 64 channels (unregistered)."""
 
     def __init__(self, n_genes: int = 250) -> None:
         super().__init__()
@@ -59,17 +60,40 @@ class ResNetDenseStandIn(nn.Module):
             "resnet18", pretrained=False, features_only=True, out_indices=(1, 4)
         )
         c4, c32 = self.backbone.feature_info.channels()
-        self.lateral = nn.Conv2d(c4, self.feature_dim, 1)
-        self.top = nn.Conv2d(c32, self.feature_dim, 1)
-        self.head = nn.Linear(self.feature_dim, n_genes)
+        self.lateral = nn.Conv2d(c4, 64, 1)
+        self.top = nn.Conv2d(c32, 64, 1)
+        self.head = nn.Linear(64, n_genes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         f4, f32 = self.backbone(x)
         up = nn.functional.interpolate(self.top(f32), size=f4.shape[-2:], mode="nearest")
         return self.lateral(f4) + up
 
-    def head_weights(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.head.weight.detach().numpy().T.copy(), self.head.bias.detach().numpy()
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ResNetDenseStandIn:
+        return cls(**config)
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"n_genes": self.head.out_features}
+
+    @property
+    def feature_stride(self) -> int:
+        return 4
+
+    @property
+    def feature_dim(self) -> int:
+        return 64
+
+    def input_spec(self) -> InputSpec:
+        """ImageNet statistics applied by the caller; windows on resnet18's 32 px grid."""
+        return InputSpec(
+            mpp=self.working_mpp, mean=IMAGENET_MEAN, std=IMAGENET_STD, stride=4,
+            input_multiple=32,
+        )  # fmt: skip
+
+    def gene_head(self) -> tuple[np.ndarray, np.ndarray]:
+        w = self.head.weight.detach().double().numpy().T.copy()
+        return w, self.head.bias.detach().double().numpy()
 
 
 def build_model(kind: str = "auto") -> tuple[nn.Module, nn.Module, str]:

@@ -116,3 +116,21 @@ def test_slide_and_refusals(tmp_path: Path) -> None:
     fake.write_text("not hdf5")
     with pytest.raises(InputFileError, match=r"not a readable \.h5ad"):
         describe_path(fake)
+
+
+def test_run_folder_kind_and_input_spec(tmp_path: Path) -> None:
+    """Newer runs record the model kind and input spec; info shows them with the registry's
+    one-line description. Older ones (the bundled demo run) say the spec is not recorded."""
+    from napari_histoexpress.models.checkpoint import save_checkpoint
+    from napari_histoexpress.models.pixnet import PixNet, PixNetConfig
+    from napari_histoexpress.models.registry import describe_models
+
+    model = PixNet(PixNetConfig(n_genes=2, out_indices=(1, 2), decoder_dim=8))
+    save_checkpoint(tmp_path / "run", model, {}, ["A", "B"], {"microns_per_pixel": 2.0})
+    text = "\n".join(describe_path(tmp_path / "run"))
+    assert f"kind: dense map — {describe_models()['pixnet']}" in text
+    assert "input: 2 µm/px, stride 4, windows multiple of 8 px, RGB normalised by the model" in text
+    assert "mean 0.485 0.456 0.406, std 0.229 0.224 0.225" in text
+    assert "training:" not in text  # no settings recorded
+    old = "\n".join(describe_path(bundled_demo_run()))
+    assert "kind: dense map" in old and "input: 4 µm/px (input spec not recorded" in old

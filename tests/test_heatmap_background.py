@@ -47,6 +47,21 @@ def test_background_tiles_are_transparent_in_the_heatmap(make_napari_viewer, tmp
     assert not np.array_equal(on_tissue, [0, 200, 0])  # the heatmap is drawn on tissue
 
 
+def test_heatmap_of_a_gene_added_to_the_map(tmp_path: Path) -> None:
+    """A gene added after prediction gets a heatmap like the others (the store's per-chunk
+    head), background still missing, contrast limits from its own values."""
+    from napari_histoexpress import gene_heatmap_layer_data
+
+    store = _half_background_store(tmp_path)
+    store.add_genes(["ZS"], -np.ones(1), 1.0, source="zero-shot")  # values -7..-6
+    data, kwargs, _ = gene_heatmap_layer_data(store, "ZS")
+    level0 = np.asarray(data[0])
+    assert np.isnan(level0[:, 65:]).all() and np.isfinite(level0[:, :64]).all()
+    np.testing.assert_allclose(level0[:, :64], 1.0 - np.asarray(store.features_level(0))[:, :64, 0])
+    lo, hi = kwargs["contrast_limits"]
+    assert -7.0 <= lo < hi <= -6.0 and kwargs["name"] == "ZS"
+
+
 def _half_background_store(tmp_path: Path):
     from napari_histoexpress.inference.map_store import DenseMapStore
 

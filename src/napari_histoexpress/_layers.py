@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
 
 from .io import spatial
+
+if TYPE_CHECKING:
+    from .inference.map_store import DenseMapStore
 
 #: Slide-layer metadata key holding the path of the slide's dense-map store (the reader sets
 #: it for a stored map, the widgets for a new prediction).
@@ -171,36 +174,42 @@ def st_layers(adata: Any, source: str | Path | None = None) -> list[LayerDataTup
 HEATMAP_LIMIT_TILES = 16
 
 
-def _heatmap_sample(store: Any, gene: str) -> np.ndarray:
+def _heatmap_sample(store: DenseMapStore, gene: str) -> np.ndarray:
     """Predicted (non-background) values of ``gene`` read with bounded work for contrast limits.
 
     The coarsest stored pyramid level when the pyramid is built (a few thousand pixels);
     otherwise (a partial run) at most :data:`HEATMAP_LIMIT_TILES` computed tiles of level 0,
     evenly spread over the computed ones: pooling level 0 lazily would read the whole map.
+    Values come from the store's :meth:`~.inference.map_store.DenseMapStore.head_block` (the
+    per-chunk head of the heatmap itself); with nothing predicted yet, the gene's bias (the
+    head of a zero feature vector) stands in, so the limits are still defined.
     """
     g = store.gene_index(gene)
-    W, b = store.head
-    w, bias = W[:, g], float(b[g])
     n = store.n_levels
-    if n == 1 or int(store.attrs.get("pyramid_levels", 0)) >= n:
-        values = np.asarray(store.features_level(n - 1), dtype=np.float32) @ w + bias
+    if store.pyramid_built:
+        values = store.head_block(np.asarray(store.features_level(n - 1), np.float32), g)
         finite = values[np.isfinite(values)]  # background reads as NaN
-        return finite if finite.size else np.array([bias], np.float32)
+        return finite if finite.size else _bias(store, g)
     rows, cols = np.nonzero(store.coverage == 1)
     if len(rows) == 0:
-        return np.array([bias], np.float32)
+        return _bias(store, g)
     pick = np.unique(np.linspace(0, len(rows) - 1, min(HEATMAP_LIMIT_TILES, len(rows))).astype(int))
     level0 = store.features_level(0)
     ch, cw = store.chunk
     parts = []
     for r, c in zip(rows[pick], cols[pick], strict=True):
         feats = np.asarray(level0[r * ch : (r + 1) * ch, c * cw : (c + 1) * cw], np.float32)
-        parts.append((feats @ w + bias).ravel())
+        parts.append(store.head_block(feats, g).ravel())
     return np.concatenate(parts)
 
 
+def _bias(store: DenseMapStore, g: int) -> np.ndarray:
+    """``[b_g]`` float32: the head applied to a zero feature vector."""
+    return store.head_block(np.zeros((1, store.feature_dim), np.float32), g).astype(np.float32)
+
+
 def gene_heatmap_layer_data(
-    store: Any,
+    store: DenseMapStore,
     gene: str,
     *,
     colormap: str = "magma",
@@ -221,8 +230,8 @@ def gene_heatmap_layer_data(
     computed tiles while the pyramid is not built (:func:`_heatmap_sample`): creating the
     layer never reads the whole map.
     """
-    map_mpp = float(store.map_mpp)
-    slide_mpp = float(store.attrs.get("slide", {}).get("mpp") or map_mpp)
+    map_mpp = float(cast(float, store.map_mpp))
+    slide_mpp = store.slide_mpp or map_mpp
     levels = [store.gene_map(gene, level=k) for k in range(store.n_levels)]
     values = _heatmap_sample(store, gene)
     lo, hi = (float(v) for v in np.percentile(values, percentiles))

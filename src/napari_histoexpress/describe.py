@@ -10,9 +10,14 @@
 * a **dense-map store** (``histoexpress predict`` output, a zarr folder): genes, the model
   and run that made it, map resolution and size, pyramid levels, and completeness (tiles
   computed, background, pending);
-* a **run folder** (``config.json`` + weights): model, genes, training settings, the
-  training sections and the last loss, and the metrics of ``metrics.json`` when the run
-  was evaluated (``histoexpress evaluate`` and cross-validation folds write it).
+* a **run folder** (``config.json`` + weights): model, its kind (dense map or per-spot) and
+  the registry's one-line description, the input it expects (working µm/px, RGB
+  normalisation, stride and window grid or patch size; runs saved before checkpoints
+  recorded it say so), genes, training settings, the training sections and the last loss,
+  and the metrics of ``metrics.json`` when the run was evaluated (``histoexpress evaluate``
+  and cross-validation folds write it). Epoch-training settings (epochs, learning rate,
+  batch, ...) are shown for runs that record a training history; a closed-form fit (the
+  ridge baseline) shows only its resolution, crop and seed.
 
 Only headers and metadata are read: no pixel data, no weights. Unrecognised or unreadable
 paths raise :class:`~napari_histoexpress.errors.InputFileError` naming the path.
@@ -212,7 +217,7 @@ def describe_map_store(path: str | os.PathLike[str]) -> list[str]:
     return lines
 
 
-def _settings(config: dict[str, Any], model: str) -> str:
+def _settings(config: dict[str, Any], epoch_trained: bool) -> str:
     keys: list[tuple[str, str, str]] = [
         ("epochs", "epochs", "{}"),
         ("lr", "lr", "{:g}"),
@@ -223,7 +228,7 @@ def _settings(config: dict[str, Any], model: str) -> str:
         ("crop_um", "crop", "{:g} µm"),
         ("seed", "seed", "{}"),
     ]
-    if model == "ridge":  # no epochs, lr, ... for the ridge baseline
+    if not epoch_trained:  # a closed-form fit (no history): no epochs, lr, ...
         keys = [k for k in keys if k[0] in ("mpp", "crop_um", "seed")]
     parts = []
     for key, label, fmt in keys:
@@ -250,15 +255,17 @@ def describe_run(path: str | os.PathLike[str]) -> list[str]:
     weights = "" if (path / WEIGHTS_NAME).is_file() else f" — no {WEIGHTS_NAME}!"
     lines = [
         f"{path}: run folder, {model}{backbone}{weights}",
+        _kind_line(model, meta.get("kind")),
+        _input_line(meta),
         f"  {len(genes):,} genes: {_genes(genes)}",
     ]
-    settings = _settings(config, model)
+    history = extra.get("history") or []
+    settings = _settings(config, epoch_trained=bool(history))
     if settings:
         lines.append(f"  training: {settings}")
     trained_on = [str(s) for s in extra.get("sections", []) or []]
     if trained_on:
         lines.append(f"  trained on: {', '.join(trained_on)}")
-    history = extra.get("history") or []
     if history and isinstance(history[-1], dict) and "loss" in history[-1]:
         last = history[-1]
         lines.append(f"  last loss: {float(last['loss']):.4g} (epoch {last.get('epoch', '?')})")
@@ -266,6 +273,60 @@ def describe_run(path: str | os.PathLike[str]) -> list[str]:
         lines.append(f"  created: {meta['created']}")
     lines += _metrics_lines(path / METRICS_NAME, trained_on)
     return lines
+
+
+_KIND_WORDS = {"dense": "dense map", "spot": "per spot"}
+
+
+def _kind_line(model: str, kind: Any) -> str:
+    """``  kind: dense map — <the registry's one-line description>``. The kind comes from
+    the checkpoint, else (older runs) from the registered class; the description from the
+    registry (left out when this installation does not know the model)."""
+    from .models.registry import describe_models, get_model_class
+
+    summary = describe_models().get(model.lower(), "")
+    if kind is None:
+        try:
+            kind = get_model_class(model).kind
+        except KeyError:
+            kind = None
+    words = _KIND_WORDS.get(str(kind), "unknown (model not installed)" if kind is None else kind)
+    return f"  kind: {words}" + (f" — {summary}" if summary else "")
+
+
+def _rgb(values: Any) -> str:
+    try:
+        return " ".join(f"{float(v):.4g}" for v in values)
+    except (TypeError, ValueError):
+        return str(values)
+
+
+def _input_line(meta: dict[str, Any]) -> str:
+    """``  input: ...`` from the checkpoint's input spec (``config.json`` → ``input``)."""
+    from .models.base import InputSpec
+
+    raw = meta.get("input")
+    if not isinstance(raw, dict):
+        mpp = (meta.get("extra") or {}).get("microns_per_pixel")
+        return f"  input: {_mpp(mpp)} (input spec not recorded: a run saved before it was)"
+    try:
+        spec = InputSpec.from_dict(raw)
+    except (KeyError, TypeError, ValueError):
+        return f"  input: unreadable input spec {raw!r}"
+    parts = [_mpp(spec.mpp if spec.mpp is not None else meta.get("working_mpp"))]
+    if spec.patch_px is not None:
+        um = f" = {spec.patch_um:.4g} µm" if spec.patch_um is not None else ""
+        parts.append(f"patches {spec.patch_px} px{um}")
+    else:
+        grid = f", windows multiple of {spec.input_multiple} px" if spec.input_multiple > 1 else ""
+        parts.append(f"stride {spec.stride}{grid}")
+        if spec.receptive_field_px:
+            parts.append(f"receptive field {spec.receptive_field_px:g} px")
+    who = "by the model" if spec.normalizes_input else "by the caller"
+    parts.append(f"RGB normalised {who} (mean {_rgb(spec.mean)}, std {_rgb(spec.std)})")
+    if spec.context != "none":
+        parts.append(f"context: {spec.context}")
+    return "  input: " + ", ".join(parts)
 
 
 def _metrics_lines(path: Path, trained_on: Sequence[str]) -> list[str]:

@@ -112,3 +112,24 @@ def test_rank_genes() -> None:
     table = rank_genes(["a", "b", "c", "d"], np.array([0.5, np.nan, 2.0, -1.0]))
     assert table["gene"].tolist() == ["c", "a", "d", "b"]
     assert table["value"].iloc[0] == 2.0 and np.isnan(table["value"].iloc[-1])
+
+
+def test_genes_added_to_the_map_show_at_the_next_query(tmp_path: Path) -> None:
+    """A SpotExpression built before add_genes sees the new gene (the head is the store's);
+    the memoised pooled features are reused, the old genes are unchanged."""
+    store = _store(tmp_path)
+    expr = SpotExpression(store)
+    spots = _spots(12, seed=2)
+    before = expr.values(spots)
+    pooled, _area = expr.features(spots)
+    w, b = np.linspace(-1, 1, store.feature_dim), 0.25
+    store.add_genes(["NEW"], w, b, source="zero-shot")
+    after = expr.values(spots)
+    assert expr.genes == [*GENES, "NEW"] and after.shape == (12, len(GENES) + 1)
+    np.testing.assert_array_equal(after[:, :-1], before)
+    np.testing.assert_allclose(after[:, -1], pooled @ w + b, rtol=1e-6)
+    assert np.array_equal(np.isnan(after[:, -1]), np.isnan(before[:, 0]))
+    assert expr.aggregate(spots).shape == (len(GENES) + 1,)
+    # a read-only instance (what a viewer holds) sees it too
+    ro = SpotExpression(DenseMapStore.open(store.path))
+    np.testing.assert_allclose(ro.values(spots), after, rtol=1e-12)

@@ -113,6 +113,17 @@ def test_target_sum_comes_from_the_run_config(tmp_path: Path) -> None:
     assert res.pcc_of("A") < 1.0 - 1e-6  # another scale than the one the features encode
 
 
+def test_target_sum_recorded_in_the_store_comes_first(tmp_path: Path) -> None:
+    """The store's typed normalisation (a bare provenance target_sum, as older stores record
+    it) wins over the run config."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"config": {"target_sum": 1e6}}))
+    store, _adata, _ = _case(tmp_path, provenance={"run_dir": str(run), "target_sum": 5e3})
+    assert store.normalisation is not None and store.normalisation.target_sum == 5e3
+    assert mvp.model_target_sum(store) == (5e3, "map provenance")
+
+
 def test_cache_is_per_store_and_adata(tmp_path: Path) -> None:
     mvp.clear_cache()
     store, adata, _ = _case(tmp_path)

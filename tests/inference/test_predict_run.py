@@ -13,6 +13,7 @@ from napari_histoexpress.errors import HistoExpressError, InputFileError
 from napari_histoexpress.inference.map_store import DenseMapStore
 from napari_histoexpress.inference.predict_run import check_run, predict_with_run
 from napari_histoexpress.inference.predict_slide import predict_slide
+from napari_histoexpress.models.base import InputSpec, SpotInputs, SpotModel
 from napari_histoexpress.models.checkpoint import load_checkpoint, save_checkpoint
 from napari_histoexpress.models.registry import register_model
 
@@ -89,7 +90,9 @@ def test_errors_name_the_run(run_dir: Path, sample_slide: Path, tmp_path: Path) 
     no_mpp = tmp_path / "no_mpp"
     no_mpp.mkdir()
     meta = json.loads((run_dir / "config.json").read_text())
+    assert meta["working_mpp"] == meta["extra"]["microns_per_pixel"] == MODEL_MPP
     meta["extra"] = {}
+    meta.pop("working_mpp")  # a run that records neither
     (no_mpp / "config.json").write_text(json.dumps(meta))
     with pytest.raises(InputFileError, match=r"config\.json.*microns_per_pixel"):
         predict_with_run(no_mpp, sample_slide, tmp_path / "x.zarr")
@@ -105,12 +108,16 @@ def test_unavailable_device_is_refused(
 
 
 @register_model("test-spot-only")
-class _SpotOnly(torch.nn.Module):
-    """A registered model without a dense map (like the ridge baseline)."""
+class _SpotOnly(torch.nn.Module, SpotModel):
+    """A registered spot model without a dense map (like the ridge baseline).
+
+    Complete enough for the model contract (tests/models/test_contract.py), which covers it
+    when it is registered in the same session."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(2))
+        self.encoder = torch.nn.Linear(3, 2)
+        self.head = torch.nn.Linear(2, 2)
 
     @classmethod
     def from_config(cls, config: dict) -> _SpotOnly:
@@ -118,6 +125,28 @@ class _SpotOnly(torch.nn.Module):
 
     def config_dict(self) -> dict:
         return {}
+
+    @classmethod
+    def contract_config(cls) -> dict:
+        return {}
+
+    @property
+    def feature_dim(self) -> int:
+        return 2
+
+    def input_spec(self) -> InputSpec:
+        return InputSpec(
+            mpp=self.working_mpp, mean=(0.5,) * 3, std=(0.25,) * 3, normalizes_input=True,
+            patch_px=8,
+        )  # fmt: skip
+
+    def gene_head(self) -> tuple[np.ndarray, np.ndarray]:
+        w = self.head.weight.detach().double().numpy().T.copy()
+        return w, self.head.bias.detach().double().numpy().copy()
+
+    def encode_spots(self, spots: SpotInputs) -> torch.Tensor:
+        assert spots.images is not None
+        return self.encoder(((spots.images - 0.5) / 0.25).mean(dim=(2, 3)))
 
 
 def test_model_without_dense_map_is_refused(sample_slide: Path, tmp_path: Path) -> None:
@@ -153,3 +182,19 @@ def test_cli_predict_precision_option(run_dir: Path, sample_slide: Path, tmp_pat
     assert DenseMapStore.open(out).attrs["provenance"]["autocast"] == "float32"
     with pytest.raises(SystemExit):
         main([*args, "--precision", "half"])
+
+
+def test_run_info_and_loaded_model_agree_on_the_working_mpp(run_dir: Path, tmp_path: Path) -> None:
+    """One accessor: the top-level working_mpp, else extra.microns_per_pixel (older runs)."""
+    model, _ = load_checkpoint(run_dir)
+    assert check_run(run_dir).model_mpp == model.working_mpp == MODEL_MPP
+    assert check_run(run_dir).kind == "dense"
+    old = tmp_path / "old_run"
+    old.mkdir()
+    meta = json.loads((run_dir / "config.json").read_text())
+    for key in ("working_mpp", "input", "kind"):
+        meta.pop(key)
+    (old / "config.json").write_text(json.dumps(meta))
+    (old / "weights.safetensors").write_bytes((run_dir / "weights.safetensors").read_bytes())
+    model, _ = load_checkpoint(old)
+    assert check_run(old).model_mpp == model.working_mpp == MODEL_MPP

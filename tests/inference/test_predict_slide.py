@@ -15,19 +15,55 @@ from torch import nn
 from napari_histoexpress.errors import InputFileError, MissingResolutionError
 from napari_histoexpress.inference.map_store import DenseMapStore
 from napari_histoexpress.inference.predict_slide import predict_slide
+from napari_histoexpress.models.base import DenseModel, InputSpec
 
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
 
 
-class TinyDense(nn.Module):
+class _TestDense(nn.Module, DenseModel):
+    """An unregistered DenseModel for these tests: the caller normalises with MEAN/STD,
+    the head is ``self.head`` (``nn.Linear``)."""
+
+    stride = 1
+    dim = 1
+    receptive_field: float | None = None
+    head: nn.Linear
+
+    @classmethod
+    def from_config(cls, config):  # type: ignore[override]
+        return cls()
+
+    def config_dict(self) -> dict:
+        return {}
+
+    @property
+    def feature_stride(self) -> int:
+        return self.stride
+
+    @property
+    def feature_dim(self) -> int:
+        return self.dim
+
+    def input_spec(self) -> InputSpec:
+        return InputSpec(
+            mpp=self.working_mpp, mean=MEAN, std=STD, stride=self.stride,
+            input_multiple=self.stride, receptive_field_px=self.receptive_field,
+        )  # fmt: skip
+
+    def gene_head(self) -> tuple[np.ndarray, np.ndarray]:
+        return (
+            self.head.weight.detach().double().numpy().T.copy(),
+            self.head.bias.detach().double().numpy().copy(),
+        )
+
+
+class TinyDense(_TestDense):
     """A random conv net with stride 2 and a 13 px receptive field (so seams would show)."""
 
-    feature_stride = 2
-    feature_dim = 6
-    receptive_field_px = 13
-    input_mean = MEAN
-    input_std = STD
+    stride = 2
+    dim = 6
+    receptive_field = 13
 
     def __init__(self, n_genes: int = 5, seed: int = 0) -> None:
         super().__init__()
@@ -48,12 +84,6 @@ class TinyDense(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         self.n_tiles_seen += x.shape[0]
         return self.body(x)
-
-    def head_weights(self) -> tuple[np.ndarray, np.ndarray]:
-        return (
-            self.head.weight.detach().numpy().T.copy(),
-            self.head.bias.detach().numpy().copy(),
-        )
 
 
 def tissue_like(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -254,13 +284,11 @@ def test_provenance_and_attrs(tmp_path: Path) -> None:
     assert a["genes"] == [f"G{i}" for i in range(5)]
 
 
-class PatchDense(nn.Module):
+class PatchDense(_TestDense):
     """A cheap stride-4 dense model (patchify conv + 3x3 conv) for the memory test."""
 
-    feature_stride = 4
-    feature_dim = 8
-    input_mean = MEAN
-    input_std = STD
+    stride = 4
+    dim = 8
 
     def __init__(self) -> None:
         super().__init__()
@@ -272,8 +300,8 @@ class PatchDense(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
 
-    def head_weights(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.ones((8, 2), np.float32), np.zeros(2, np.float32)
+    def gene_head(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.ones((8, 2)), np.zeros(2)
 
 
 def _peak_predicting(tmp_path: Path, side: int) -> tuple[int, int]:
@@ -317,7 +345,8 @@ def test_memory_stays_bounded_on_a_larger_slide(tmp_path: Path) -> None:
 
 
 def test_runs_the_package_pixnet(tmp_path: Path) -> None:
-    """PixNet as written (output_stride, self-normalising features, W as (G, C)) works."""
+    """PixNet through its input spec (self-normalising features, windows on the encoder's
+    32 px grid) and gene head (W as (C, G))."""
     pixnet = pytest.importorskip("napari_histoexpress.models.pixnet")
     model = pixnet.PixNet(pixnet.PixNetConfig(n_genes=3, decoder_dim=8))
     img = tissue_like(96, 128, seed=7)
@@ -372,3 +401,45 @@ def test_mixed_precision_path_matches_float32(tmp_path: Path) -> None:
     assert prov["autocast"] == "float32"
     with pytest.raises(ValueError, match="precision"):
         predict_slide(model, img, tmp_path / "x.zarr", precision="half", **kw)
+
+
+def test_a_model_without_the_dense_interface_is_refused(tmp_path: Path) -> None:
+    """Duck-typed models are not probed: predict_slide takes a DenseModel only."""
+
+    class Duck(nn.Module):
+        feature_stride = 2
+        feature_dim = 6
+
+        def features(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, :1, ::2, ::2].repeat(1, 6, 1, 1)
+
+    with pytest.raises(TypeError, match="Duck is not a DenseModel"):
+        predict_slide(Duck(), tissue_like(64, 64), tmp_path / "m.zarr", model_mpp=None)
+    assert not (tmp_path / "m.zarr").exists()
+
+
+def test_steps_compose_like_predict_slide(tmp_path: Path) -> None:
+    """The named steps (plan, store, background, tiles, finish) give predict_slide's map."""
+    import time
+
+    from napari_histoexpress.inference import predict_slide as ps
+
+    img = tissue_like(160, 192, seed=2)
+    kw = dict(model_mpp=None, tile_px=64, halo_px=16, device="cpu", dtype="float32")
+    predict_slide(TinyDense(), img, tmp_path / "a.zarr", **kw)
+    slide, _ = ps._as_slide(img, None)
+    model = TinyDense()
+    plan = ps.plan_prediction(model, slide, model_mpp=None, tile_px=64, halo_px=16)
+    assert plan.map_shape == (80, 96) and plan.grid == (3, 3) and len(plan.tiles) == 9
+    assert plan.align == 2 and plan.genes == model.genes
+    store, resumed = ps.open_map_store(model, plan, slide, tmp_path / "b.zarr", dtype="float32")
+    assert not resumed
+    assert ps.mark_background(store, slide, plan) == 0  # all tissue
+    t0 = time.perf_counter()
+    run = ps.run_tiles(model, slide, store, plan, device="cpu")
+    assert run.n_computed == 9 and not run.stopped
+    report = ps.finish_prediction(store, plan, run, n_already_done=0, t_start=t0)
+    assert report.status == "complete" and report.n_tiles == 9
+    np.testing.assert_array_equal(
+        read_features(tmp_path / "b.zarr"), read_features(tmp_path / "a.zarr")
+    )

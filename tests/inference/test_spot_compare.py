@@ -107,3 +107,22 @@ def test_two_groups_of_spots_rank_by_their_difference(tmp_path: Path) -> None:
     np.testing.assert_allclose(table["delta"], a - b)
     np.testing.assert_allclose(table["z"], (a - b) / stats.sd)
     assert rank(table, "delta")["gene"].iloc[0] == store.genes[int(np.argmax(a - b))]
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_slide_stats_are_the_stores_gene_stats(tmp_path: Path, background: bool) -> None:
+    """One computation: slide_stats is the store's gene_stats at the chosen level, whose mean
+    is the store's gene_means there (weighted by predicted share)."""
+    store, _ = _store(tmp_path, background=background)
+    stats = slide_stats(store, pixel_um=8.0, min_pixels=16)
+    same = store.gene_stats(level=stats.level)
+    np.testing.assert_array_equal(stats.mean, same.mean)
+    np.testing.assert_array_equal(stats.sd, same.sd)
+    assert stats.n_pixels == same.n_pixels and stats.genes == same.genes
+    np.testing.assert_allclose(stats.mean, store.gene_means(level=stats.level), rtol=1e-12)
+    w = np.ones(store.feature_dim)
+    store_rw = DenseMapStore.open(store.path, mode="r+")
+    store_rw.add_genes(["NEW"], w, 1.0, source="zero-shot")
+    grown = slide_stats(store, pixel_um=8.0, min_pixels=16)  # the read-only store sees it
+    assert grown.genes == [*store.genes[:-1], "NEW"] == store.genes
+    np.testing.assert_array_equal(grown.mean[:-1], stats.mean)

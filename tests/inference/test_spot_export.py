@@ -17,6 +17,7 @@ from napari_histoexpress.inference.spot_export import (
     combine_spot_tables,
     export_spots,
     spots_anndata,
+    spots_csv_table,
 )
 from napari_histoexpress.inference.spots import predict_circles
 from napari_histoexpress.io import spatial
@@ -134,6 +135,16 @@ def test_values_equal_predict_circles(store) -> None:
     ref = predict_circles(store, spots)
     np.testing.assert_array_equal(adata.X, ref.X)
     np.testing.assert_array_equal(adata.obs["area_fraction"], ref.obs["area_fraction"])
+
+
+def test_a_gene_added_to_the_map_is_exported(tmp_path: Path, store) -> None:
+    store.add_genes(["ZS"], np.ones(store.feature_dim), 0.0, source="zero-shot")
+    adata = spots_anndata(store, _spots(), with_images=False)
+    assert list(adata.var_names) == [*GENES, "ZS"]
+    assert adata.uns["histoexpress"]["genes"][-1] == "ZS"
+    np.testing.assert_array_equal(adata.X, predict_circles(store, _spots()).X)
+    table = spots_csv_table(adata)
+    assert table.columns[-1] == "ZS"
 
 
 def test_sc_pl_spatial_draws_spots_on_the_hires_image(tmp_path: Path, store) -> None:

@@ -159,3 +159,25 @@ def test_cli_train_predict_spots_on_sample(tmp_path: Path) -> None:
     csv = tmp_path / "spots.csv"
     assert main(["spots", "--map", str(store), "--circles", str(circles), "--out", str(csv)]) == 0
     assert len(pd.read_csv(csv)) == 2
+
+
+def test_an_added_gene_is_aggregated_like_the_others(tmp_path: Path) -> None:
+    """mean and sum aggregation of a gene added after prediction (``apply_head``)."""
+    store, feats, _W, _b = _store(tmp_path)
+    w = np.array([0.5, -1.0, 0.0, 2.0, 1.0], np.float32)
+    store.add_genes(["NEW"], w, -0.5, source="zero-shot")
+    circles = pd.DataFrame({"x_um": [100.0, 5000.0], "y_um": [200.0, 10.0], "diameter_um": 55.0})
+    mean = predict_circles(store, circles)
+    total = predict_circles(store, circles, reduce="sum")
+    assert list(mean.var_names) == ["ERBB2", "PTPRC", "COL1A1", "NEW"]
+    gene = feats.astype(np.float64) @ w.astype(np.float64) - 0.5
+    centres, radii = circles_to_grid(
+        circles.x_um.to_numpy(), circles.y_um.to_numpy(), circles.diameter_um.to_numpy(),
+        map_mpp=8.0, slide_mpp=1.0,
+    )  # fmt: skip
+    (cx, cy), r = centres[0], radii[0]
+    s = brute_force_circle_sum(gene[..., None], cx, cy, r)[0]
+    area = brute_force_circle_sum(np.ones((*gene.shape, 1)), cx, cy, r)[0]
+    np.testing.assert_allclose(mean.X[0, 3], s / area, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(total.X[0, 3], s, rtol=1e-4, atol=1e-3)  # bias once per px²
+    assert np.isnan(mean.X[1]).all()  # off the map: NaN in every gene, the new one too

@@ -209,3 +209,32 @@ def test_bilinear_upsampling_has_no_checkerboard() -> None:
     assert energy["bilinear"] < energy["transposed"] / 10
     with pytest.raises(ValueError, match="upsample"):
         PixNetConfig(upsample="nearest")  # type: ignore[arg-type]
+
+
+def test_dense_model_interface(model: PixNet) -> None:
+    """PixNet is a DenseModel: the gene head is W (C, G), the input spec says what the
+    tiles must be (RGB in [0, 1], the encoder's 32 px grid for all ResNet18 levels)."""
+    from napari_histoexpress.models.base import DenseModel
+
+    assert isinstance(model, DenseModel) and model.kind == "dense"
+    for attr in ("head_weights", "head_weights_layout", "normalizes_input"):
+        assert not hasattr(model, attr)
+    W, b = model.gene_head()
+    assert W.shape == (16, 5) and b.shape == (5,) and W.dtype == b.dtype == np.float64
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.features(x)
+        ref = model.gene_maps(feats)[0].double().numpy()
+    lin = np.einsum("chw,cg->ghw", feats[0].double().numpy(), W) + b[:, None, None]
+    np.testing.assert_allclose(lin, ref, rtol=1e-5, atol=1e-5)
+    spec = model.input_spec()
+    assert spec.normalizes_input and spec.stride == model.feature_stride == 2
+    assert spec.input_multiple == 32 and spec.mpp is None and spec.receptive_field_px is None
+    assert spec.mean == model.config.mean and spec.std == model.config.std
+    # truncated encoders align on their own largest reduction
+    small = PixNet(PixNetConfig(n_genes=2, decoder_dim=8, out_indices=(1, 2)))
+    assert small.input_spec().input_multiple == 8 and small.input_spec().stride == 4
+    small.set_genes(["A", "B"], 4.0)
+    assert small.genes == ["A", "B"] and small.input_spec().mpp == 4.0
+    with pytest.raises(ValueError, match="2 genes"):
+        small.set_genes(["A"])

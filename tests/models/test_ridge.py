@@ -222,3 +222,63 @@ def test_encoder_device_and_precision() -> None:
     assert RidgeBaseline(_config()).to("auto").backbone is not None
     with pytest.raises(ValueError, match="precision"):
         RidgeBaseline(_config()).to("cpu", "half")
+
+
+def test_spot_model_interface(fitted) -> None:
+    """Features are Z (standardised, PCA-projected backbone features); the gene head is
+    (ridge_coef.T, ridge_intercept) and predict_features is exactly Z @ W + b."""
+    import torch
+
+    from napari_histoexpress.models.base import SpotInputs, SpotModel
+
+    model, train, _ = fitted
+    assert isinstance(model, SpotModel) and model.kind == "spot"
+    F = model.extract_features(train[0])
+    Z = model.transform_features(F)
+    W, b = model.gene_head()
+    assert model.feature_dim == Z.shape[1] == W.shape[0] == 16
+    assert W.shape == (16, 3) and b.shape == (3,) and W.dtype == np.float64
+    np.testing.assert_array_equal(W, model._arrays["ridge_coef"].T)
+    np.testing.assert_array_equal(model.predict_features(F), (Z @ W + b).astype(np.float32))
+    # encode_spots from cached features or from the patches themselves
+    from_feats = model.encode_spots(SpotInputs(features=torch.from_numpy(F)))
+    np.testing.assert_array_equal(from_feats.numpy(), Z)
+    patches = np.stack(list(model.spot_patches(train[0])))
+    images = torch.from_numpy(patches).permute(0, 3, 1, 2).float() / 255.0
+    from_images = model.encode_spots(SpotInputs(images=images))
+    np.testing.assert_allclose(from_images.numpy(), Z, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="images or features"):
+        model.encode_spots(SpotInputs())
+    with pytest.raises(ValueError, match=r"\(N, 3, 64, 64\)"):
+        model.encode_spots(SpotInputs(images=images[:, :, :32, :32]))
+    spec = model.input_spec()
+    assert spec.patch_px == 64 and spec.mpp == pytest.approx(60.0 / 64)
+    assert spec.patch_um == pytest.approx(60.0) and spec.normalizes_input
+    assert spec.mean == pytest.approx((0.485, 0.456, 0.406))  # resnet18's statistics
+    assert model.working_mpp == spec.mpp
+    with pytest.raises(ValueError, match="µm/px"):
+        model.working_mpp = 2.0
+
+
+def test_unfitted_has_no_head() -> None:
+    model = RidgeBaseline(_config())
+    with pytest.raises(RuntimeError, match="not fitted"):
+        model.gene_head()
+    with pytest.raises(RuntimeError, match="not fitted"):
+        _ = model.feature_dim
+
+
+def test_save_records_the_fit_and_the_working_mpp(fitted, tmp_path: Path) -> None:
+    import json
+
+    model, _, _ = fitted
+    run = model.save(tmp_path / "run", train_config={"seed": 0})
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["kind"] == "spot" and meta["config"] == {"seed": 0}
+    assert meta["extra"]["alpha"] == model.alpha and meta["extra"]["cv_scheme"] == model.cv_scheme
+    assert meta["working_mpp"] == pytest.approx(model.config.input_mpp)
+    assert meta["input"]["patch_px"] == 64
+    with pytest.raises(InputFileError, match="holds a 'pixnet' model, not 'ridge'"):
+        meta["model"] = "pixnet"
+        (run / "config.json").write_text(json.dumps(meta))
+        RidgeBaseline.load(run)

@@ -6,7 +6,10 @@ dozens of times per second: *what is the expression of these one to ten spots, n
 of them moved by a few µm?* :class:`SpotExpression` answers it with the same geometry and
 the same exact aggregation, but keeps what is slow out of the loop:
 
-- **the head** ``W, b`` and the µm/px of the map and of the slide are read once;
+- the µm/px of the map and of the slide are read once (the store's typed
+  :attr:`~.map_store.DenseMapStore.slide_mpp` / :attr:`~.map_store.DenseMapStore.map_mpp`);
+  the head is the store's (:meth:`~.map_store.DenseMapStore.apply_head`, float64), so genes
+  added to the map (:meth:`~.map_store.DenseMapStore.add_genes`) show at the next query;
 - **feature chunks** (the zarr reads and decompression are the slow part: one 128 × 128 × 64
   float16 chunk is 2 MiB to decode) are kept in an LRU cache bounded in bytes, so a spot
   dragged across a region reads each chunk once;
@@ -87,18 +90,13 @@ class SpotExpression:
         if not isinstance(store, DenseMapStore):
             store = DenseMapStore.open(store, mode="r")
         self.store = store
-        slide_mpp = (store.attrs.get("slide") or {}).get("mpp")
-        map_mpp = store.map_mpp
-        if not slide_mpp or not map_mpp:
+        slide_mpp, map_mpp = store.slide_mpp, store.map_mpp
+        if slide_mpp is None or map_mpp is None:
             raise InputFileError(
                 store.path, "the map store does not record µm/px; cannot place circles in µm"
             )
-        self.slide_mpp = float(slide_mpp)
-        self.map_mpp = float(map_mpp)
-        W, b = store.head
-        self._W = W.astype(np.float64)
-        self._b = b.astype(np.float64)
-        self.genes: list[str] = store.genes
+        self.slide_mpp = slide_mpp
+        self.map_mpp = map_mpp
         self.map_shape = store.map_shape
         self.feature_dim = store.feature_dim
         self.chunk = store.chunk
@@ -109,6 +107,11 @@ class SpotExpression:
         self.block_px = int(block_px)
         self.stats = CacheStats()
         self._lock = threading.RLock()
+
+    @property
+    def genes(self) -> list[str]:
+        """The map's genes, in the order of :meth:`values` (the store's, read each time)."""
+        return self.store.genes
 
     # ------------------------------------------------------------------ caches
     def clear_cache(self) -> None:
@@ -198,7 +201,7 @@ class SpotExpression:
         """``(n, G)`` float64: every gene's mean over each circle (``NaN`` rows for circles
         entirely outside the map), on the model's scale (as :func:`~.spots.predict_circles`)."""
         pooled, _area = self.features(spots)
-        return pooled @ self._W + self._b
+        return self.store.apply_head(pooled)
 
     def aggregate(self, spots: pd.DataFrame) -> np.ndarray:
         """``(G,)``: the mean over the spots of each spot's circle mean (spots outside the map
@@ -208,7 +211,7 @@ class SpotExpression:
         if not on_map.any():
             return np.full(len(self.genes), np.nan)
         # the head is affine: mean over spots of (f_i W + b) = (mean f_i) W + b
-        return pooled[on_map].mean(axis=0) @ self._W + self._b
+        return self.store.apply_head(pooled[on_map].mean(axis=0))
 
     def _bounds(self, centres: np.ndarray, radii: np.ndarray) -> tuple[int, int, int, int]:
         """``(y0, y1, x0, x1)``: the window of :func:`.spots.aggregate_circles` for circles."""

@@ -126,11 +126,13 @@ def spot_circles(adata: Any, slide_mpp: float, library_id: str | None = None) ->
 
 
 def model_target_sum(store: DenseMapStore) -> tuple[float, str]:
-    """``(target_sum, where it came from)`` of the model that predicted ``store``."""
-    prov = store.attrs.get("provenance") or {}
-    if isinstance(prov.get("target_sum"), int | float) and prov["target_sum"] > 0:
-        return float(prov["target_sum"]), "map provenance"
-    run_dir = prov.get("run_dir")
+    """``(target_sum, where it came from)`` of the model that predicted ``store``: the
+    store's own record (:attr:`DenseMapStore.normalisation`), else the run's config, else
+    the training default."""
+    norm = store.normalisation
+    if norm is not None:
+        return norm.target_sum, "map provenance"
+    run_dir = store.provenance.get("run_dir")
     if run_dir:
         cfg_path = Path(str(run_dir)) / "config.json"
         try:
@@ -200,21 +202,21 @@ def compare(
     """
     if not isinstance(store, DenseMapStore):
         store = DenseMapStore.open(store, mode="r")
-    slide_mpp = (store.attrs.get("slide") or {}).get("mpp")
-    if not slide_mpp or not store.map_mpp:
+    slide_mpp, map_mpp = store.slide_mpp, store.map_mpp
+    if slide_mpp is None or map_mpp is None:
         raise ValueError(f"{store.path}: the map records no µm/px; cannot place the spots")
     if target_sum is None:
         target_sum, source = model_target_sum(store)
     else:
         source = "given"
     lib_id, _ = spatial.library(adata, library_id)
-    circles = spot_circles(adata, float(slide_mpp), lib_id)
+    circles = spot_circles(adata, slide_mpp, lib_id)
     centres, _radii = circles_to_grid(
         circles["x_um"].to_numpy(),
         circles["y_um"].to_numpy(),
         circles["diameter_um"].to_numpy(),
-        map_mpp=float(store.map_mpp),
-        slide_mpp=float(slide_mpp),
+        map_mpp=map_mpp,
+        slide_mpp=slide_mpp,
     )
     on_map = _computed_at(store, centres)
     genes = list(store.genes)

@@ -1,9 +1,15 @@
 """Whole-slide prediction with a trained run folder (Qt-free; the CLI and the Predict widget).
 
 :func:`predict_with_run` = load the run's checkpoint (:func:`~..models.checkpoint.load_checkpoint`,
-any registered model), check it can make a dense map, then :func:`~.predict_slide.predict_slide`
-at the run's training resolution (``config.json`` → ``extra.microns_per_pixel``) with the
-run's gene names, and the run folder and model name recorded in the store's provenance.
+any registered model), check it can make a dense map (a
+:class:`~..models.base.DenseModel`), then :func:`~.predict_slide.predict_slide` at the run's
+working resolution with the run's gene names, and the run folder and model name recorded in
+the store's provenance.
+
+The working µm/px is read by one accessor,
+:func:`~..models.checkpoint.checkpoint_working_mpp` (``config.json`` → ``working_mpp``, or
+``extra.microns_per_pixel`` for runs written before that field): :attr:`RunInfo.model_mpp`
+and the loaded model's ``working_mpp`` are the same number.
 
 :func:`check_run` does the cheap part (read and check ``config.json``, no weights) so a user
 interface can say at once whether a folder is usable.
@@ -14,13 +20,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import Any
 
 from ..errors import HistoExpressError, InputFileError
 from .predict_slide import PredictionReport
-
-if TYPE_CHECKING:
-    from .predict_slide import DenseFeatureModel
 
 __all__ = ["RunInfo", "check_run", "predict_with_run", "run_model_mpp"]
 
@@ -32,6 +35,8 @@ class RunInfo:
         self.run_dir = run_dir
         self.meta = meta
         self.model = str(meta["model"])
+        #: ``"dense"`` or ``"spot"`` (recorded by newer checkpoints; ``None`` for older ones)
+        self.kind: str | None = meta.get("kind")
         self.genes = [str(g) for g in meta["genes"]]
         self.model_mpp = run_model_mpp(run_dir, meta)
 
@@ -42,19 +47,19 @@ class RunInfo:
 
 
 def run_model_mpp(run_dir: str | os.PathLike[str], meta: dict[str, Any]) -> float:
-    """The working µm/px a run was trained at (``extra.microns_per_pixel``)."""
-    from ..models.checkpoint import CONFIG_NAME
+    """The working µm/px a run was trained at
+    (:func:`~..models.checkpoint.checkpoint_working_mpp`); ``InputFileError`` naming its
+    ``config.json`` when the run does not record one."""
+    from ..models.checkpoint import CONFIG_NAME, checkpoint_working_mpp
 
-    value = (meta.get("extra") or {}).get("microns_per_pixel")
-    try:
-        mpp = float("nan") if value is None else float(value)
-    except (TypeError, ValueError):
-        mpp = float("nan")
-    if not mpp > 0:
+    mpp = checkpoint_working_mpp(meta)
+    if mpp is None:
+        value = (meta.get("extra") or {}).get("microns_per_pixel")
         raise InputFileError(
             Path(run_dir) / CONFIG_NAME,
-            f"the run does not record its working resolution (extra.microns_per_pixel = "
-            f"{value!r}); it cannot predict a slide",
+            f"the run does not record its working resolution (working_mpp = "
+            f"{meta.get('working_mpp')!r}, extra.microns_per_pixel = {value!r}); it cannot "
+            "predict a slide",
         )
     return mpp
 
@@ -70,12 +75,6 @@ def check_run(run_dir: str | os.PathLike[str]) -> RunInfo:
     if not run_dir.is_dir():
         raise InputFileError(run_dir, "run folder not found")
     return RunInfo(run_dir, read_checkpoint_config(run_dir))
-
-
-def _is_dense(model: Any) -> TypeGuard[DenseFeatureModel]:
-    return callable(getattr(model, "features", None)) and callable(
-        getattr(model, "head_weights", None)
-    )
 
 
 def predict_with_run(
@@ -115,7 +114,9 @@ def predict_with_run(
             or the device is unavailable.
     """
     from ..devices import resolve_device
+    from ..models.base import DenseModel
     from ..models.checkpoint import load_checkpoint
+    from ..models.registry import models_of_kind
     from .predict_slide import predict_slide
 
     run_dir = Path(run_dir)
@@ -125,11 +126,12 @@ def predict_with_run(
     except ValueError as exc:
         raise HistoExpressError(f"{exc}; choose 'auto' or 'cpu'") from exc
     model, meta = load_checkpoint(run_dir)
-    if not _is_dense(model):
+    if not isinstance(model, DenseModel):
         raise HistoExpressError(
-            f"{run_dir}: model {meta['model']!r} has no dense map; only dense-map models "
-            "(e.g. pixnet) can predict a whole slide"
+            f"{run_dir}: model {meta['model']!r} has no dense map ({model.kind} model); only "
+            f"dense-map models ({', '.join(models_of_kind('dense'))}) can predict a whole slide"
         )
+    # info.model_mpp == model.working_mpp: load_checkpoint read it with the same accessor
     return predict_slide(
         model,
         slide_path,

@@ -1,8 +1,21 @@
 """Whole-slide dense inference, tile by tile, into a resumable :class:`DenseMapStore`.
 
-:func:`predict_slide` runs a dense feature model (any object following
-:class:`DenseFeatureModel`, e.g. PixNet) over a whole slide at the model's working resolution
-and streams the *features* (not the gene maps: see :mod:`.map_store`) to a zarr store.
+:func:`predict_slide` runs a dense model (a :class:`~..models.base.DenseModel`, e.g. PixNet)
+over a whole slide at the model's working resolution and streams the *features* (not the gene
+maps: see :mod:`.map_store`) to a zarr store. Everything it needs from the model comes from
+the one model interface: ``input_spec()`` (stride, window alignment, receptive field, RGB
+normalisation), ``features(x)`` and ``gene_head()`` (``W (C, G)``, ``b (G,)``).
+
+It is five named steps, each a function a cohort runner can call on its own:
+
+1. :func:`plan_prediction` — geometry: working size, feature-map size, tiles, halo, genes,
+   head (:class:`PredictionPlan`); no I/O besides the slide's header;
+2. :func:`open_map_store` — create the store, or reopen a compatible one to resume;
+3. :func:`mark_background` — tissue detection on a thumbnail, background tiles flagged;
+4. :func:`run_tiles` — the tiles still to do, in batches with one batch read ahead,
+   progress and cancellation (:class:`TileRun`);
+5. :func:`finish_prediction` — pyramid and ``'complete'`` status once every tile is done,
+   and the :class:`PredictionReport`.
 
 Choices made here (and why):
 
@@ -16,7 +29,8 @@ Choices made here (and why):
   footprint whichever tile reads it, and windows sit on the model's stride grid
   (:mod:`.tiling`): with a halo of at least half the receptive field the tiled map equals the
   whole-image map (tested).
-- **Halo default**: half the model's ``receptive_field_px`` when it declares one, else
+- **Halo default**: half the ``receptive_field_px`` of the model's input spec when it
+  declares one, else
   :data:`DEFAULT_HALO_PX` (rounded up to the alignment). A ResNet U-Net's theoretical receptive
   field is several hundred pixels but its effective one is far smaller; 64 px of context on
   each side of a 512 px core costs 1.56x the pixels of the core alone.
@@ -49,10 +63,10 @@ import platform
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -65,14 +79,21 @@ from ..inference.map_store import DenseMapStore
 from ..inference.tiling import Tile, grid_shape, plan_tiles
 from ..inference.tissue import tissue_in_box, tissue_mask
 from ..io.slides import Slide, open_slide, read_region, read_region_at_mpp
+from ..models.base import DenseModel, InputSpec, check_gene_head
 
 __all__ = [
     "DEFAULT_HALO_PX",
-    "DenseFeatureModel",
+    "PredictionPlan",
     "PredictionReport",
+    "TileRun",
     "default_halo_px",
+    "finish_prediction",
+    "mark_background",
+    "open_map_store",
+    "plan_prediction",
     "predict_slide",
     "resolve_device",
+    "run_tiles",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,32 +104,6 @@ DEFAULT_HALO_PX = 64
 TISSUE_THUMBNAIL_SIDE = 1024
 #: Thumbnail pixels per tile core side used for tissue detection.
 TISSUE_PX_PER_TILE = 16
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@runtime_checkable
-class DenseFeatureModel(Protocol):
-    """What :func:`predict_slide` needs from a dense model.
-
-    Optional attributes, used when present: ``input_multiple`` (the grid tile windows must sit
-    on, e.g. 32 for a ResNet U-Net; default ``feature_stride``), ``receptive_field_px``
-    (sets the default halo), ``genes`` (names of the head's outputs), ``input_mean`` /
-    ``input_std`` (RGB normalisation of 0..1 inputs; default ImageNet), ``config``,
-    ``normalizes_input`` (``features`` normalises 0..1 RGB itself) and
-    ``head_weights_layout`` (``"GC"`` when ``head_weights`` returns ``W`` as ``(G, C)``).
-    """
-
-    feature_stride: int
-    feature_dim: int
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, h, w)`` normalised float -> ``(B, C, h / s, w / s)``."""
-        ...
-
-    def head_weights(self) -> tuple[np.ndarray, np.ndarray]:
-        """``W (C, G)`` and ``b (G,)`` of the linear gene head."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -133,16 +128,65 @@ class PredictionReport:
         )
 
 
-def default_halo_px(model: Any, align: int) -> int:
-    """Half the model's ``receptive_field_px`` (or :data:`DEFAULT_HALO_PX`), rounded up to
-    a multiple of ``align``."""
-    rf = getattr(model, "receptive_field_px", None)
+@dataclass(frozen=True)
+class PredictionPlan:
+    """The geometry of one slide's dense prediction (:func:`plan_prediction`).
+
+    Attributes:
+        spec: the model's input spec.
+        stride: input px per feature px; align: the grid windows sit on (a multiple of
+            ``stride``); halo_px: context per side; tile_px: the core side (working px).
+        factor: level-0 px per working px (1.0 when the model runs at the slide's level 0).
+        working_shape: ``(H, W)`` of the slide at the working resolution.
+        working_mpp: µm/px of the working resolution (``None`` when unknown).
+        model_mpp: the requested working µm/px (``None``: the slide's level 0).
+        map_shape: ``(h, w)`` of the feature map; grid: ``(rows, cols)`` of the tile grid.
+        tiles: every tile, row-major.
+        feature_dim: ``C``; genes: names of the head's outputs; head: ``W (C, G)``, ``b (G,)``
+            as float32 (what the store keeps).
+    """
+
+    spec: InputSpec
+    stride: int
+    align: int
+    halo_px: int
+    tile_px: int
+    factor: float
+    working_shape: tuple[int, int]
+    working_mpp: float | None
+    model_mpp: float | None
+    map_shape: tuple[int, int]
+    grid: tuple[int, int]
+    tiles: list[Tile]
+    feature_dim: int
+    genes: list[str]
+    head: tuple[np.ndarray, np.ndarray]
+
+    @property
+    def map_mpp(self) -> float | None:
+        """µm per feature-map pixel (``None`` when the working µm/px is unknown)."""
+        return None if self.working_mpp is None else self.working_mpp * self.stride
+
+
+@dataclass(frozen=True)
+class TileRun:
+    """What :func:`run_tiles` did: tiles computed, whether it was stopped, compute time."""
+
+    n_computed: int
+    stopped: bool
+    seconds: float
+
+
+def default_halo_px(spec: InputSpec, align: int) -> int:
+    """Half the spec's ``receptive_field_px`` (or :data:`DEFAULT_HALO_PX`), rounded up to a
+    multiple of ``align``."""
+    rf = spec.receptive_field_px
     half = math.ceil(float(rf) / 2) if rf else DEFAULT_HALO_PX
     return int(math.ceil(half / align) * align)
 
 
 def predict_slide(
-    model: DenseFeatureModel,
+    model: DenseModel,
     slide: str | os.PathLike[str] | Slide | np.ndarray,
     out_path: str | os.PathLike[str],
     *,
@@ -165,7 +209,8 @@ def predict_slide(
     """Predict the dense feature map of a whole slide into a zarr store at ``out_path``.
 
     Args:
-        model: a :class:`DenseFeatureModel` (torch module or any object with the protocol).
+        model: a :class:`~napari_histoexpress.models.base.DenseModel` (anything else raises
+            ``TypeError``).
         slide: a path (opened with :func:`~napari_histoexpress.io.slides.open_slide`), an
             open :class:`Slide`, or an ``(H, W, 3)`` uint8 array (an in-memory slide).
         out_path: the store's directory.
@@ -185,7 +230,7 @@ def predict_slide(
         resume: keep the finished tiles of an existing compatible store; ``False`` replaces
             any store at ``out_path``.
         skip_background: detect tissue and skip tiles without it.
-        genes: names of the head outputs (default ``model.genes`` or ``gene_0``...).
+        genes: names of the head outputs (default ``model.gene_names``).
         dtype: stored feature dtype (``'float16'`` or ``'float32'``).
         precision: ``'auto'`` (bf16 autocast on CUDA, float32 elsewhere), ``'fp32'``,
             ``'bf16'`` or ``'fp16'`` (see :func:`~napari_histoexpress.devices.autocast_dtype`).
@@ -194,34 +239,295 @@ def predict_slide(
     """
     t_start = time.perf_counter()
     out_path = Path(out_path)
+    _require_dense(model)
     slide_obj, own_slide = _as_slide(slide, slide_mpp)
     try:
-        return _predict(
+        torch_device = resolve_device(device)
+        plan = plan_prediction(
+            model, slide_obj, model_mpp=model_mpp, tile_px=tile_px, halo_px=halo_px, genes=genes
+        )
+        store, resumed = open_map_store(
             model,
+            plan,
             slide_obj,
             out_path,
-            model_mpp=model_mpp,
-            tile_px=tile_px,
-            halo_px=halo_px,
-            device=resolve_device(device),
-            batch_size=max(1, int(batch_size)),
+            resume=resume,
+            dtype=dtype,
+            device=torch_device,
+            precision=precision,
+            provenance=provenance,
+        )
+        n_already = int(store.done_mask.sum())
+        if skip_background:
+            mark_background(store, slide_obj, plan)
+        run = run_tiles(
+            model,
+            slide_obj,
+            store,
+            plan,
+            device=torch_device,
+            batch_size=batch_size,
+            precision=precision,
             progress=progress,
             should_stop=should_stop,
-            resume=resume,
-            skip_background=skip_background,
-            genes=genes,
-            dtype=dtype,
-            precision=precision,
+        )
+        report = finish_prediction(
+            store,
+            plan,
+            run,
+            n_already_done=n_already,
             build_pyramid=build_pyramid,
-            provenance=provenance,
             t_start=t_start,
         )
+        if resumed:
+            log.debug("resumed %s with %d tiles already done", out_path, n_already)
+        return report
     finally:
         if own_slide:
             slide_obj.close()
 
 
+# ------------------------------------------------------------------------------------ steps
+
+
+def plan_prediction(
+    model: DenseModel,
+    slide: Slide,
+    *,
+    model_mpp: float | None,
+    tile_px: int,
+    halo_px: int | None = None,
+    genes: Sequence[str] | None = None,
+) -> PredictionPlan:
+    """Step 1: the geometry of predicting ``slide`` with ``model`` (no pixels are read).
+
+    The window grid is the spec's ``input_multiple`` (made a multiple of the stride), the
+    halo :func:`default_halo_px` unless given, the genes ``genes`` or ``model.gene_names``.
+    Raises :class:`~napari_histoexpress.errors.MissingResolutionError` when the model has a
+    working µm/px and the slide's is unknown, ``SettingError`` for a ``tile_px`` off the
+    grid, ``ValueError`` when the head does not fit the features and genes.
+    """
+    _require_dense(model)
+    spec = model.input_spec()
+    stride = int(model.feature_stride)
+    if stride < 1 or spec.stride != stride:
+        raise ValueError(
+            f"{type(model).__name__}: feature_stride {stride} disagrees with its input "
+            f"spec's stride {spec.stride}"
+        )
+    feature_dim = int(model.feature_dim)
+    align = math.lcm(max(1, int(spec.input_multiple)), stride)
+    halo = default_halo_px(spec, align) if halo_px is None else int(halo_px)
+
+    f, (h_work, w_work), work_mpp = _working_geometry(slide, model_mpp)
+    map_shape = (math.ceil(h_work / stride), math.ceil(w_work / stride))
+    tiles = plan_tiles(map_shape, tile_px, halo, stride, align=align)
+    grid = grid_shape(map_shape, tile_px, stride)
+
+    gene_names = [str(g) for g in (genes or model.gene_names)]
+    W, b = model.gene_head()
+    W, b = check_gene_head(W, b, feature_dim, len(gene_names), who=type(model).__name__)
+    head = (np.ascontiguousarray(W, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32))
+    return PredictionPlan(
+        spec=spec,
+        stride=stride,
+        align=align,
+        halo_px=halo,
+        tile_px=int(tile_px),
+        factor=f,
+        working_shape=(h_work, w_work),
+        working_mpp=work_mpp,
+        model_mpp=None if model_mpp is None else float(model_mpp),
+        map_shape=map_shape,
+        grid=grid,
+        tiles=tiles,
+        feature_dim=feature_dim,
+        genes=gene_names,
+        head=head,
+    )
+
+
+def open_map_store(
+    model: DenseModel,
+    plan: PredictionPlan,
+    slide: Slide,
+    out_path: str | os.PathLike[str],
+    *,
+    resume: bool = True,
+    dtype: str = "float16",
+    device: torch.device | str = "cpu",
+    precision: str = "auto",
+    provenance: Mapping[str, Any] | None = None,
+) -> tuple[DenseMapStore, bool]:
+    """Step 2: create the store at ``out_path``, or reopen it to resume: ``(store, resumed)``.
+
+    With ``resume`` an existing store is kept only when it was made with the same geometry,
+    genes and head (else :class:`~napari_histoexpress.errors.StoreMismatchError`; an
+    unreadable one is an ``InputFileError`` whose setting is ``'restart'``); without it any
+    store there is replaced. ``precision`` is checked first (``ValueError``) and recorded,
+    with the device, in the provenance.
+    """
+    out_path = Path(out_path)
+    device = torch.device(device)
+    autocast_name = str(devices.autocast_dtype(device, precision) or "float32")
+    slide_info = {"path": str(slide.path), "shape": list(slide.shape), "mpp": slide.mpp}
+    expected = _resume_fields(plan, slide)
+    attrs = {k: v for k, v in expected.items() if k not in ("slide_shape",)}
+    attrs.update(
+        working_shape=list(plan.working_shape),
+        input_multiple=plan.align,
+        slide=slide_info,
+        provenance={
+            **_provenance(model, provenance),
+            "device": str(device),
+            "autocast": autocast_name,
+        },
+    )
+    W, b = plan.head
+    return _open_or_create(
+        out_path,
+        resume,
+        expected,
+        plan.head,
+        dict(
+            map_shape=plan.map_shape,
+            feature_dim=plan.feature_dim,
+            genes=plan.genes,
+            head_W=W,
+            head_b=b,
+            map_mpp=plan.map_mpp,
+            attrs=attrs,
+            chunk=plan.tile_px // plan.stride,
+            dtype=dtype,
+        ),
+    )
+
+
+def mark_background(store: DenseMapStore, slide: Slide, plan: PredictionPlan) -> int:
+    """Step 3: detect tissue on a thumbnail and flag the pending tiles without any as
+    background (never read, never computed). Records the tissue mask in the store; does
+    nothing when every tile is done. Returns the number of background tiles in the store."""
+    done = store.done_mask
+    if not done.all():
+        thumb, downsample = _thumbnail(slide, plan.tile_px * plan.factor)
+        mask = tissue_mask(thumb)
+        store.set_tissue(mask, downsample=downsample)
+        scale = (plan.factor * plan.stride / downsample,) * 2  # map px -> thumbnail px
+        background = np.zeros(plan.grid, dtype=bool)
+        for t in plan.tiles:
+            if not done[t.row, t.col]:
+                box = (t.map_y0, t.map_x0, t.map_y1, t.map_x1)
+                background[t.row, t.col] = not tissue_in_box(mask, scale, box)
+        if background.any():
+            store.mark_background(background)
+    return int((store.coverage == 2).sum())
+
+
+def run_tiles(
+    model: DenseModel,
+    slide: Slide,
+    store: DenseMapStore,
+    plan: PredictionPlan,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 4,
+    precision: str = "auto",
+    progress: Callable[[int, int], None] | Any | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TileRun:
+    """Step 4: compute every tile the store does not have yet and write its core.
+
+    Batches of ``batch_size`` tiles; the next batch is read in a background thread while
+    the model runs. ``progress`` is told ``(0, total)`` first and after each tile (see
+    :func:`predict_slide`); ``should_stop`` is polled before each batch. Each tile is marked
+    done right after its features are written, so a stop or a crash leaves a resumable store.
+    """
+    device = torch.device(device)
+    done = store.done_mask
+    todo = [t for t in plan.tiles if not done[t.row, t.col]]  # tissue tiles still to compute
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+        model.to(device)
+    normalise = _normaliser(plan.spec, device)
+    autocast = devices.autocast(device, precision)
+
+    def load(batch: list[Tile]) -> np.ndarray:
+        return np.stack([_read_window(slide, plan.factor, plan.working_mpp, t) for t in batch])
+
+    bar = _Progress(progress, len(todo))
+    bar(0, 0)
+    n_computed = 0
+    stopped = False
+    t_compute = time.perf_counter()
+    batches = list(_batches(todo, max(1, int(batch_size))))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="histoexpress-read") as pool:
+        pending: Future[np.ndarray] | None = pool.submit(load, batches[0]) if batches else None
+        try:
+            for i, batch in enumerate(batches):
+                if should_stop is not None and should_stop():
+                    stopped = True
+                    break
+                assert pending is not None
+                pixels = pending.result()
+                pending = pool.submit(load, batches[i + 1]) if i + 1 < len(batches) else None
+                feats = _forward(
+                    model, pixels, normalise, device, autocast, plan.stride, plan.feature_dim
+                )
+                for t, tile_feats in zip(batch, feats, strict=True):
+                    mh, mw = t.map_shape
+                    core = tile_feats[:, t.crop : t.crop + mh, t.crop : t.crop + mw]
+                    store.write_tile(t, np.moveaxis(core, 0, -1))
+                    store.mark_done(t, computed=True)
+                    n_computed += 1
+                    bar(n_computed, 1)
+        finally:
+            if pending is not None:
+                pending.cancel()
+            bar.close()
+    return TileRun(n_computed=n_computed, stopped=stopped, seconds=time.perf_counter() - t_compute)
+
+
+def finish_prediction(
+    store: DenseMapStore,
+    plan: PredictionPlan,
+    run: TileRun,
+    *,
+    n_already_done: int,
+    build_pyramid: bool = True,
+    t_start: float,
+) -> PredictionReport:
+    """Step 5: when every tile is done and the run was not stopped, build the pyramid (if
+    asked) and mark the store ``'complete'``; the report of the call (logged), its
+    ``seconds`` counted from ``t_start`` (a :func:`time.perf_counter` value) to the end."""
+    complete = not run.stopped and bool(store.done_mask.all())
+    if complete:
+        if build_pyramid:
+            store.build_pyramid()
+        store.set_status("complete")
+    seconds = time.perf_counter() - t_start
+    report = PredictionReport(
+        n_tiles=len(plan.tiles),
+        n_skipped_background=int((store.coverage == 2).sum()),
+        n_computed=run.n_computed,
+        n_already_done=n_already_done,
+        seconds=seconds,
+        tiles_per_s=run.n_computed / run.seconds if run.seconds > 0 else 0.0,
+        out_path=store.path,
+        status=store.status,
+    )
+    log.info(report.summary())
+    return report
+
+
 # ------------------------------------------------------------------------------------ internals
+
+
+def _require_dense(model: Any) -> None:
+    if not isinstance(model, DenseModel):
+        raise TypeError(
+            f"{type(model).__name__} is not a DenseModel (napari_histoexpress.models.base): "
+            "whole-slide prediction needs a model with a dense feature map"
+        )
 
 
 def _as_slide(
@@ -288,20 +594,17 @@ def _thumbnail(slide: Slide, tile_level0_px: float) -> tuple[np.ndarray, float]:
     return thumb, h0 / thumb.shape[0]
 
 
-def _provenance(model: Any, extra: Mapping[str, Any] | None) -> dict[str, Any]:
-    config = getattr(model, "config", None)
-    if is_dataclass(config) and not isinstance(config, type):
-        config = asdict(config)
-    elif config is not None and not isinstance(config, Mapping):
-        config = str(config)
+def _provenance(model: DenseModel, extra: Mapping[str, Any] | None) -> dict[str, Any]:
     try:
         version = importlib.metadata.version("napari-histoexpress")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
     prov: dict[str, Any] = {
-        "model_name": str(getattr(model, "name", type(model).__name__)),
+        "model_name": type(model).__name__,
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
-        "model_config": config,
+        "model_kind": model.kind,
+        "model_config": model.config_dict(),
+        "input": model.input_spec().to_dict(),
         "package_version": version,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
@@ -309,6 +612,20 @@ def _provenance(model: Any, extra: Mapping[str, Any] | None) -> dict[str, Any]:
     }
     prov.update(dict(extra or {}))
     return prov
+
+
+def _resume_fields(plan: PredictionPlan, slide: Slide) -> dict[str, Any]:
+    """What a store must match to be resumed (and the attrs it is created with)."""
+    return {
+        "map_shape": list(plan.map_shape),
+        "feature_dim": plan.feature_dim,
+        "genes": plan.genes,
+        "stride": plan.stride,
+        "model_mpp": plan.model_mpp,
+        "tile_px": plan.tile_px,
+        "halo_px": plan.halo_px,
+        "slide_shape": list(slide.shape),
+    }
 
 
 _RESUME_KEYS = ("map_shape", "feature_dim", "genes", "stride", "model_mpp", "tile_px", "halo_px")
@@ -395,209 +712,20 @@ def _batches(tiles: list[Tile], size: int) -> Iterator[list[Tile]]:
         yield tiles[i : i + size]
 
 
-def _predict(
-    model: Any,
-    slide: Slide,
-    out_path: Path,
-    *,
-    model_mpp: float | None,
-    tile_px: int,
-    halo_px: int | None,
-    device: torch.device,
-    batch_size: int,
-    progress: Any,
-    should_stop: Callable[[], bool] | None,
-    resume: bool,
-    skip_background: bool,
-    genes: Sequence[str] | None,
-    dtype: str,
-    precision: str,
-    build_pyramid: bool,
-    provenance: Mapping[str, Any] | None,
-    t_start: float,
-) -> PredictionReport:
-    stride, feature_dim, align, normalize, (W, b) = _model_interface(model)
-    halo = default_halo_px(model, align) if halo_px is None else int(halo_px)
-
-    f, (h_work, w_work), work_mpp = _working_geometry(slide, model_mpp)
-    map_shape = (math.ceil(h_work / stride), math.ceil(w_work / stride))
-    tiles = plan_tiles(map_shape, tile_px, halo, stride, align=align)
-    rows, cols = grid_shape(map_shape, tile_px, stride)
-
-    gene_names = list(
-        genes or getattr(model, "genes", None) or [f"gene_{i}" for i in range(len(b))]
-    )
-    if W.shape != (feature_dim, len(gene_names)):
-        raise ValueError(
-            f"model head W {W.shape} does not match feature_dim={feature_dim} "
-            f"and {len(gene_names)} genes"
-        )
-    map_mpp = None if work_mpp is None else work_mpp * stride
-    slide_info = {"path": str(slide.path), "shape": list(slide.shape), "mpp": slide.mpp}
-    expected = {
-        "map_shape": list(map_shape),
-        "feature_dim": feature_dim,
-        "genes": gene_names,
-        "stride": stride,
-        "model_mpp": None if model_mpp is None else float(model_mpp),
-        "tile_px": int(tile_px),
-        "halo_px": halo,
-        "slide_shape": list(slide.shape),
-    }
-    attrs = {k: v for k, v in expected.items() if k not in ("slide_shape",)}
-    attrs.update(
-        working_shape=[h_work, w_work],
-        input_multiple=align,
-        slide=slide_info,
-        provenance={
-            **_provenance(model, provenance),
-            "device": str(device),
-            "autocast": str(devices.autocast_dtype(device, precision) or "float32"),
-        },
-    )
-    store, resumed = _open_or_create(
-        out_path,
-        resume,
-        expected,
-        (W, b),
-        dict(
-            map_shape=map_shape,
-            feature_dim=feature_dim,
-            genes=gene_names,
-            head_W=W,
-            head_b=b,
-            map_mpp=map_mpp,
-            attrs=attrs,
-            chunk=tile_px // stride,
-            dtype=dtype,
-        ),
-    )
-    done = store.done_mask
-    n_already = int(done.sum())
-
-    # ---------------------------------------------------------------- tissue
-    if skip_background and not done.all():
-        thumb, downsample = _thumbnail(slide, tile_px * f)
-        mask = tissue_mask(thumb)
-        store.set_tissue(mask, downsample=downsample)
-        scale = (f * stride / downsample,) * 2  # map px -> thumbnail px
-        background = np.zeros((rows, cols), dtype=bool)
-        for t in tiles:
-            if not done[t.row, t.col]:
-                box = (t.map_y0, t.map_x0, t.map_y1, t.map_x1)
-                background[t.row, t.col] = not tissue_in_box(mask, scale, box)
-        if background.any():
-            store.mark_background(background)
-    coverage = store.coverage
-    n_background = int((coverage == 2).sum())
-    done = store.done_mask
-    todo = [t for t in tiles if not done[t.row, t.col]]  # tissue tiles still to compute
-
-    # ---------------------------------------------------------------- model
-    if isinstance(model, torch.nn.Module):
-        model.eval()
-        model.to(device)
-    if normalize:
-        mean_v, std_v = (getattr(model, a, d) for a, d in _NORM_ATTRS)
-    else:  # the model normalises its [0, 1] input itself
-        mean_v, std_v = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    mean = torch.as_tensor(mean_v, dtype=torch.float32).reshape(1, 3, 1, 1).to(device)
-    std = torch.as_tensor(std_v, dtype=torch.float32).reshape(1, 3, 1, 1).to(device)
-    autocast = devices.autocast(device, precision)
-
-    def load(batch: list[Tile]) -> np.ndarray:
-        return np.stack([_read_window(slide, f, work_mpp, t) for t in batch])
-
-    bar = _Progress(progress, len(todo))
-    bar(0, 0)
-    n_computed = 0
-    stopped = False
-    t_compute = time.perf_counter()
-    batches = list(_batches(todo, batch_size))
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="histoexpress-read") as pool:
-        pending: Future[np.ndarray] | None = pool.submit(load, batches[0]) if batches else None
-        try:
-            for i, batch in enumerate(batches):
-                if should_stop is not None and should_stop():
-                    stopped = True
-                    break
-                assert pending is not None
-                pixels = pending.result()
-                pending = pool.submit(load, batches[i + 1]) if i + 1 < len(batches) else None
-                feats = _forward(model, pixels, mean, std, device, autocast, stride, feature_dim)
-                for t, tile_feats in zip(batch, feats, strict=True):
-                    mh, mw = t.map_shape
-                    core = tile_feats[:, t.crop : t.crop + mh, t.crop : t.crop + mw]
-                    store.write_tile(t, np.moveaxis(core, 0, -1))
-                    store.mark_done(t, computed=True)
-                    n_computed += 1
-                    bar(n_computed, 1)
-        finally:
-            if pending is not None:
-                pending.cancel()
-            bar.close()
-    compute_s = time.perf_counter() - t_compute
-
-    complete = not stopped and bool(store.done_mask.all())
-    if complete:
-        if build_pyramid:
-            store.build_pyramid()
-        store.set_status("complete")
-    seconds = time.perf_counter() - t_start
-    report = PredictionReport(
-        n_tiles=len(tiles),
-        n_skipped_background=n_background,
-        n_computed=n_computed,
-        n_already_done=n_already,
-        seconds=seconds,
-        tiles_per_s=n_computed / compute_s if compute_s > 0 else 0.0,
-        out_path=out_path,
-        status=store.status,
-    )
-    log.info(report.summary())
-    if resumed:
-        log.debug("resumed %s with %d tiles already done", out_path, n_already)
-    return report
-
-
-_NORM_ATTRS = (("input_mean", _IMAGENET_MEAN), ("input_std", _IMAGENET_STD))
-
-
-def _model_interface(
-    model: Any,
-) -> tuple[int, int, int, bool, tuple[np.ndarray, np.ndarray]]:
-    """``(stride, feature_dim, align, normalize, (W (C, G), b (G,)))`` of a dense model.
-
-    Follows :class:`DenseFeatureModel`; optional attributes: ``normalizes_input`` (True:
-    ``features`` takes RGB in [0, 1] and normalises itself, as PixNet does),
-    ``head_weights_layout`` (``"CG"`` default, ``"GC"`` when ``head_weights`` returns
-    ``W`` as ``(G, C)``, as PixNet's does) and ``input_multiple``. The alignment is
-    ``input_multiple``, else the encoder's largest reduction (timm ``feature_info``), else the
-    stride.
-    """
-    stride = getattr(model, "feature_stride", None)
-    if not stride:
-        raise TypeError(f"{type(model).__name__} has no feature_stride (input px per feature px)")
-    stride = int(stride)
-    feature_dim = int(model.feature_dim)
-    normalize = not getattr(model, "normalizes_input", False)
-    align = getattr(model, "input_multiple", None)
-    if not align:
-        info = getattr(getattr(model, "encoder", None), "feature_info", None)
-        align = max(info.reduction()) if info is not None else stride
-    align = math.lcm(int(align), stride)
-    W, b = (np.asarray(a, dtype=np.float32) for a in model.head_weights())
-    b = b.reshape(-1)
-    if getattr(model, "head_weights_layout", "CG") == "GC":
-        W = W.T  # (G, C) -> (C, G)
-    return stride, feature_dim, align, normalize, (np.ascontiguousarray(W), b)
+def _normaliser(spec: InputSpec, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """RGB in [0, 1] -> the model's input: unchanged when the model normalises itself
+    (``spec.normalizes_input``), else ``(x - mean) / std`` with the spec's statistics."""
+    if spec.normalizes_input:
+        return lambda x: x
+    mean = torch.as_tensor(spec.mean, dtype=torch.float32).reshape(1, 3, 1, 1).to(device)
+    std = torch.as_tensor(spec.std, dtype=torch.float32).reshape(1, 3, 1, 1).to(device)
+    return lambda x: (x - mean) / std
 
 
 def _forward(
-    model: Any,
+    model: DenseModel,
     pixels: np.ndarray,
-    mean: torch.Tensor,
-    std: torch.Tensor,
+    normalise: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device,
     autocast: Any,
     stride: int,
@@ -608,7 +736,7 @@ def _forward(
     if device.type == "cuda":
         host = host.pin_memory()
     x = host.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-    x = (x - mean) / std
+    x = normalise(x)
     with torch.inference_mode(), autocast:
         y = model.features(x)
     n = pixels.shape[1]

@@ -16,12 +16,13 @@ value is on the model's scale (for PixNet runs the natural log of 1 + counts per
 The **reference** is the slide's tissue (its mean over every predicted pixel) or a second
 group of spots (another drawn-spots layer, or a stored selection).
 
-Slide statistics (:func:`slide_stats`) are read from one pyramid level of the dense-map
-store, through its public API only (:meth:`DenseMapStore.features_level` and the linear
-head): pixels that are not finite (background and pending tiles read as NaN) are ignored.
-Because the head is affine, each gene's mean and variance over pixels follow exactly from
-the mean ``μ`` and covariance ``Σ`` of the feature channels: ``mean_g = μ·w_g + b_g``,
-``var_g = w_gᵀ Σ w_g``, so every gene of the head costs one pass over ``C`` channels.
+Slide statistics (:func:`slide_stats`) are the store's
+(:meth:`DenseMapStore.gene_stats`, the same moments as :meth:`DenseMapStore.gene_means`)
+at one pyramid level: pixels never predicted (background and pending tiles) are ignored and
+each pixel counts by its predicted share. Because the head is affine, each gene's mean and
+variance over pixels follow exactly from the mean ``μ`` and covariance ``Σ`` of the feature
+channels: ``mean_g = μ·w_g + b_g``, ``var_g = w_gᵀ Σ w_g``, so every gene of the head costs
+one pass over ``C`` channels.
 The level is the finest whose pixel is at least :data:`STATS_PIXEL_UM` (a Visium spot's
 size; a z-score then compares the selection to spot-sized pieces of tissue rather than to
 single cells), coarser only when it would hold more than :data:`STATS_MAX_PIXELS` pixels,
@@ -58,8 +59,6 @@ STATS_MAX_PIXELS = 1 << 20
 STATS_MIN_PIXELS = 256
 #: Ranking keys → the comparison table's column they sort by.
 RANKINGS = {"delta": "delta", "z": "z", "mean": "mean"}
-#: Rows of the band read at once when computing slide statistics.
-_BAND_PIXELS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ class SlideStats:
     genes: list[str]
     mean: np.ndarray  # (G,) float64
     sd: np.ndarray  # (G,) float64
-    n_pixels: int  # finite pixels used
+    n_pixels: int  # pixels with a value (predicted share > 0) used
     level: int  # pyramid level read
     pixel_um: float | None  # its pixel size (None when the map has no µm/px)
 
@@ -93,33 +92,6 @@ def stats_level(
     return level
 
 
-def _feature_moments(store: DenseMapStore, level: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Mean ``(C,)``, covariance ``(C, C)`` and count of the finite pixels of a level."""
-    feats = store.features_level(level)
-    h, w, c = (int(v) for v in feats.shape)
-    band = max(1, _BAND_PIXELS // max(w, 1))
-    total = 0
-    s1 = np.zeros(c)
-    s2 = np.zeros((c, c))
-    shift: np.ndarray | None = None  # first pixels' mean: keeps the sums well conditioned
-    for y0 in range(0, h, band):
-        block = np.asarray(feats[y0 : y0 + band].compute(), dtype=np.float64).reshape(-1, c)
-        block = block[np.isfinite(block).all(axis=1)]
-        if not len(block):
-            continue
-        if shift is None:
-            shift = block.mean(axis=0)
-        d = block - shift
-        s1 += d.sum(axis=0)
-        s2 += d.T @ d
-        total += len(block)
-    if total == 0 or shift is None:
-        return np.full(c, np.nan), np.full((c, c), np.nan), 0
-    m = s1 / total
-    cov = s2 / total - np.outer(m, m)
-    return shift + m, cov, total
-
-
 def slide_stats(
     store: DenseMapStore,
     *,
@@ -127,32 +99,30 @@ def slide_stats(
     max_pixels: int = STATS_MAX_PIXELS,
     min_pixels: int = STATS_MIN_PIXELS,
 ) -> SlideStats:
-    """Every gene's mean and SD over the map's tissue pixels (see the module docstring).
+    """Every gene's mean and SD over the map's tissue pixels (see the module docstring):
+    :meth:`DenseMapStore.gene_stats` at :func:`stats_level` (finer while it has fewer than
+    ``min_pixels`` predicted pixels), each pixel weighted by its predicted share, so the mean
+    is :meth:`DenseMapStore.gene_means` at that level.
 
     ``NaN`` statistics when the map has no predicted pixel at all.
     """
     level = stats_level(store, pixel_um=pixel_um, max_pixels=max_pixels)
-    mu, cov, n = _feature_moments(store, level)
-    while n < min_pixels and level > 0:
+    stats = store.gene_stats(level=level)
+    while stats.n_pixels < min_pixels and level > 0:
         h, w = store.map_shape
         finer = level - 1
         if math.ceil(h / 2**finer) * math.ceil(w / 2**finer) > 4 * max_pixels:
             break
         level = finer
-        mu, cov, n = _feature_moments(store, level)
-    W, b = store.head
-    W64, b64 = W.astype(np.float64), b.astype(np.float64)
-    mean = mu @ W64 + b64
-    var = np.einsum("cg,cd,dg->g", W64, cov, W64)
-    sd = np.sqrt(np.clip(var, 0.0, None))
+        stats = store.gene_stats(level=level)
     mpp = store.map_mpp
     return SlideStats(
-        genes=store.genes,
-        mean=np.asarray(mean, dtype=np.float64),
-        sd=np.asarray(sd, dtype=np.float64),
-        n_pixels=int(n),
+        genes=stats.genes,
+        mean=stats.mean,
+        sd=stats.sd,
+        n_pixels=stats.n_pixels,
         level=level,
-        pixel_um=None if not mpp else float(mpp) * 2**level,
+        pixel_um=None if not mpp else mpp * 2**level,
     )
 
 

@@ -169,9 +169,7 @@ def spots_anndata(
     if len(spots) == 0:
         raise ExportError("no spots to export: draw or grid spots on the slide first")
     spots = validate_spots(spots)
-    attrs = store.attrs
-    slide_info = attrs.get("slide", {}) or {}
-    slide_path = str(slide_path or slide_info.get("path") or "") or None
+    slide_path = str(slide_path or store.slide_path or "") or None
     if library_id is None and slide_path:
         library_id = Path(slide_path).name.split(".")[0] or None
 
@@ -184,7 +182,7 @@ def spots_anndata(
     images: dict[str, np.ndarray] = {}
     scalef: dict[str, float] = {}
     if with_images:
-        images, scalef, warning = slide_images(slide_path, slide_info.get("shape"))
+        images, scalef, warning = slide_images(slide_path, store.slide_shape)
         if warning:
             warnings.append(warning)
     median_um = float(np.median(spots["diameter_um"]))
@@ -204,7 +202,7 @@ def spots_anndata(
         },
     )
 
-    prov = h5ad_safe(attrs.get("provenance", {}) or {})
+    prov = h5ad_safe(store.provenance)
     info = dict(adata.uns.get("histoexpress", {}))
     info.update(
         run_dir=prov.get("run_dir"),

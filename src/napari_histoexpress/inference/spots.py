@@ -140,11 +140,8 @@ def predict_circles(
 
     if not isinstance(store, DenseMapStore):
         store = DenseMapStore.open(store, mode="r")
-    attrs = store.attrs
-    slide_info = attrs.get("slide", {})
-    slide_mpp = slide_info.get("mpp")
-    map_mpp = store.map_mpp
-    if not slide_mpp or not map_mpp:
+    slide_mpp, map_mpp = store.slide_mpp, store.map_mpp
+    if slide_mpp is None or map_mpp is None:
         raise InputFileError(
             store.path, "the map store does not record µm/px; cannot place circles in µm"
         )
@@ -152,14 +149,11 @@ def predict_circles(
         circles["x_um"].to_numpy(),
         circles["y_um"].to_numpy(),
         circles["diameter_um"].to_numpy(),
-        map_mpp=float(map_mpp),
-        slide_mpp=float(slide_mpp),
+        map_mpp=map_mpp,
+        slide_mpp=slide_mpp,
     )
     pooled, area = aggregate_circles(store, centres, radii, reduce=reduce)
-    W, b = store.head
-    genes_x = pooled @ np.asarray(W, np.float64) + (
-        np.asarray(b, np.float64) if reduce == "mean" else area[:, None] * np.asarray(b, np.float64)
-    )
+    genes_x = store.apply_head(pooled, area=area, reduce=reduce)
     obs = circles.reset_index(drop=True).copy()
     obs.index = [str(v) for v in (obs["id"] if "id" in obs else range(len(obs)))]
     obs["area_fraction"] = area / (np.pi * radii**2)
@@ -168,19 +162,19 @@ def predict_circles(
     )
     xy_px = np.stack([circles["x_um"].to_numpy(), circles["y_um"].to_numpy()], 1) / slide_mpp
     adata.obsm["spatial"] = xy_px
-    lib = library_id or Path(str(slide_info.get("path", "slide"))).name.split(".")[0]
-    diam_px = float(np.median(circles["diameter_um"])) / float(slide_mpp) if len(circles) else 0.0
+    lib = library_id or Path(store.slide_path or "slide").name.split(".")[0]
+    diam_px = float(np.median(circles["diameter_um"])) / slide_mpp if len(circles) else 0.0
     adata.uns["spatial"] = {
         lib: {
             "images": {},
             "scalefactors": {
                 "spot_diameter_fullres": diam_px,
                 "tissue_hires_scalef": 1.0,
-                "microns_per_pixel": float(slide_mpp),
+                "microns_per_pixel": slide_mpp,
             },
             "metadata": {
-                "source_image_path": str(slide_info.get("path", "")),
-                "microns_per_pixel": float(slide_mpp),
+                "source_image_path": store.slide_path or "",
+                "microns_per_pixel": slide_mpp,
                 "mpp_source": "map-store",
                 "technology": "predicted",
             },
@@ -188,8 +182,8 @@ def predict_circles(
     }
     adata.uns["histoexpress"] = {
         "map_store": str(store.path),
-        "map_mpp": float(map_mpp),
+        "map_mpp": map_mpp,
         "aggregation": reduce,
-        "provenance": h5ad_safe(attrs.get("provenance", {})),
+        "provenance": h5ad_safe(store.provenance),
     }
     return adata

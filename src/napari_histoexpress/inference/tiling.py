@@ -74,10 +74,6 @@ class Tile:
         """Slices of the core in the feature map."""
         return slice(self.map_y0, self.map_y1), slice(self.map_x0, self.map_x1)
 
-    @property
-    def grid_index(self) -> tuple[int, int]:
-        return self.row, self.col
-
 
 def grid_shape(map_shape_hw: tuple[int, int], tile_px: int, stride: int) -> tuple[int, int]:
     """Number of tile rows and columns covering a map of ``map_shape_hw`` feature pixels."""

@@ -24,7 +24,13 @@ Every model also declares:
 * an :class:`InputSpec`: the working µm/px, the RGB normalisation, and the input geometry
   (dense: stride, alignment, receptive field; spot: patch size);
 * tensors for safetensors checkpoints: ``state_dict()`` / ``load_state_dict()`` (an
-  ``nn.Module`` has them; non-torch models such as ridge provide them).
+  ``nn.Module`` has them; non-torch models such as ridge provide them);
+* a tiny instance for the **model contract** (``tests/models/test_contract.py``, run on
+  every registered model): ``contract_config()`` gives a small JSON config, and
+  ``contract_instance()`` a model ready to predict — by default ``from_config`` of that
+  config; a model that must be fitted first (the ridge baseline) overrides it and fits on
+  random data with a fixed seed. The contract checks the shapes, the gene head against the
+  model's own prediction, gradients, the checkpoint round trip and the config round trip.
 """
 
 from __future__ import annotations
@@ -207,6 +213,22 @@ class HistoModel(abc.ABC):
         self.genes = genes
         if working_mpp is not None:
             self.working_mpp = float(working_mpp)
+
+    # ------------------------------------------------------------------ contract test
+    @classmethod
+    def contract_config(cls) -> dict[str, Any]:
+        """A tiny JSON config for the model contract test (small backbone, few genes)."""
+        raise NotImplementedError(
+            f"{cls.__name__} defines no contract_config(): every registered model gives a tiny "
+            "config for tests/models/test_contract.py"
+        )
+
+    @classmethod
+    def contract_instance(cls) -> HistoModel:
+        """A small model ready to predict, for the contract test: ``from_config`` of
+        :meth:`contract_config`. Models that must be fitted first override this (fit on random
+        data with a fixed seed)."""
+        return cls.from_config(cls.contract_config())
 
     # ------------------------------------------------------------------ tensors
     @abc.abstractmethod

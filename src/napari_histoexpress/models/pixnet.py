@@ -29,10 +29,14 @@ Architecture (paper Eq. 1–4)
   mean/std happens inside the model (stored in the config) so checkpoints are
   self-describing.
 
-Factorised dense map
---------------------
+Factorised dense map (the :class:`~.base.DenseModel` interface)
+------------------------------------------------------------------
 ``features(x)`` returns ``D_{L−1}`` (``(B, C, h, w)``, C = ``decoder_dim``, stride of ``F_1``):
 that is what whole-slide inference stores. ``gene_maps(features)`` = resize(head(features)).
+:meth:`PixNet.gene_head` gives the 1×1 head as ``W (C, G)``, ``b (G,)`` and
+:meth:`PixNet.input_spec` what the input must be: RGB in [0, 1] (PixNet normalises itself),
+windows a multiple of the encoder's total downsampling (``input_multiple``: a CNN is only
+shift-equivariant for shifts of that many pixels, see :mod:`..inference.tiling`).
 Because the head is affine (``W f + b``) and bilinear resize is linear with weights summing
 to 1 at every output pixel, resize and head commute, and for any disk with pixel weights
 ``w_p`` (exact overlap areas, ``A = Σ w_p``):
@@ -67,7 +71,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -79,6 +84,7 @@ from torch import nn
 
 from ..geometry import circle_pixel_weights
 from ..models.backbones import backbone_transform_stats, create_backbone
+from ..models.base import DenseModel, InputSpec, check_gene_head
 from ..models.registry import register_model
 
 if TYPE_CHECKING:
@@ -154,7 +160,7 @@ class PixNetConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PixNetConfig:
+    def from_dict(cls, d: Mapping[str, Any]) -> PixNetConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -192,8 +198,12 @@ class ResizeConv(nn.Module):
 
 
 @register_model("pixnet")
-class PixNet(nn.Module):
-    """Dense gene-expression map network (see the module docstring)."""
+class PixNet(nn.Module, DenseModel):
+    """PixNet: dense gene-expression maps from H&E, a timm encoder with a U-net decoder.
+
+    A :class:`~.base.DenseModel` (see the module docstring): ``features`` → ``(B, C, h, w)``
+    at stride ``output_stride``, linear gene head, trained on spot disks.
+    """
 
     # buffers registered in ``__init__`` (input normalisation, ``(1, 3, 1, 1)``)
     input_mean: torch.Tensor
@@ -231,6 +241,8 @@ class PixNet(nn.Module):
         self.ffn = nn.ModuleList(DFFN(dim, config.ffn_expansion) for _ in ups)
         self.head = nn.Conv2d(dim, config.n_genes, 1)
         self.output_stride = int(reductions[0])
+        # windows must sit on the grid of the encoder's total downsampling (and the stride)
+        self.input_multiple = math.lcm(int(max(reductions)), self.output_stride)
         self.register_buffer(
             "input_mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False
         )
@@ -240,18 +252,33 @@ class PixNet(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, config: dict[str, Any] | PixNetConfig) -> PixNet:
+    def from_config(cls, config: Mapping[str, Any] | PixNetConfig) -> PixNet:
         if not isinstance(config, PixNetConfig):
-            config = PixNetConfig.from_dict(dict(config))
+            config = PixNetConfig.from_dict(config)
         return cls(config)
 
     def config_dict(self) -> dict[str, Any]:
         return self.config.to_dict()
 
-    #: for whole-slide prediction (:mod:`..inference.predict_slide`): ``features`` takes RGB
-    #: in [0, 1] and normalises itself, and ``head_weights`` returns ``W`` as ``(G, C)``.
-    normalizes_input = True
-    head_weights_layout = "GC"
+    @classmethod
+    def contract_config(cls) -> dict[str, Any]:
+        """A tiny PixNet for the model contract test: ResNet18 levels 1–2, 8 channels."""
+        return {"n_genes": 3, "backbone": "resnet18", "out_indices": [1, 2], "decoder_dim": 8}
+
+    def input_spec(self) -> InputSpec:
+        """RGB in [0, 1] (normalised inside with the config's mean/std), stride
+        ``output_stride``, windows a multiple of ``input_multiple`` (the encoder's largest
+        reduction); no declared receptive field (tiling uses its default halo)."""
+        mean, std = self.config.mean, self.config.std
+        assert mean is not None and std is not None  # filled in by PixNetConfig
+        return InputSpec(
+            mpp=self.working_mpp,
+            mean=mean,
+            std=std,
+            normalizes_input=True,
+            stride=self.output_stride,
+            input_multiple=self.input_multiple,
+        )
 
     @property
     def feature_stride(self) -> int:
@@ -305,19 +332,19 @@ class PixNet(nn.Module):
         """Gene map ``G`` at the input size, ``(B, n_genes, H, W)`` (paper Eq. 4)."""
         return self.gene_maps(self.features(x), out_size=x.shape[-2:])
 
-    def head_weights(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(W (G, C), b (G,))`` float64 of the linear head, for numpy aggregation."""
-        w = self.head.weight.detach().double().cpu().numpy()[:, :, 0, 0]
+    def gene_head(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(W (C, G), b (G,))`` float64 of the 1×1 head, for numpy aggregation."""
+        w = self.head.weight.detach().double().cpu().numpy()[:, :, 0, 0].T
         b = self._head_bias.detach().double().cpu().numpy()
-        return w, b
+        return check_gene_head(w, b, self.feature_dim, self.config.n_genes, who="PixNet")
 
     def apply_head(
         self, pooled: np.ndarray, area: np.ndarray | None = None, reduce: str | None = None
     ) -> np.ndarray:
-        """Genes from aggregated features (numpy): ``pooled @ W.T + b`` (``+ b·area`` for sum)."""
+        """Genes from aggregated features (numpy): ``pooled @ W + b`` (``+ b·area`` for sum)."""
         reduce = reduce or self.config.aggregation
-        w, b = self.head_weights()
-        out = np.asarray(pooled, dtype=np.float64) @ w.T
+        w, b = self.gene_head()
+        out = np.asarray(pooled, dtype=np.float64) @ w
         if reduce == "sum":
             if area is None:
                 raise ValueError("reduce='sum' needs the area of each circle")

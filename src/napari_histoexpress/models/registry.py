@@ -1,11 +1,17 @@
 """The one registry that maps model names to classes (CLI, widgets, checkpoints and tests).
 
-A registered class must provide ``from_config(config: dict) -> model`` (a classmethod) and,
-to be saved with :func:`~napari_histoexpress.models.checkpoint.save_checkpoint`,
-``config_dict() -> dict`` (JSON-able). Register with the decorator::
+A registered class is a :class:`~napari_histoexpress.models.base.HistoModel` subclass (a
+:class:`~.base.DenseModel` or a :class:`~.base.SpotModel`): ``from_config(dict)`` builds it,
+``config_dict()`` is what :func:`~napari_histoexpress.models.checkpoint.save_checkpoint`
+records. Register with the decorator::
 
     @register_model("pixnet")
-    class PixNet(nn.Module): ...
+    class PixNet(nn.Module, DenseModel): ...
+
+This module is the only place model names appear besides each model's own
+``@register_model("...")``: everything else (CLI choices and help, widgets, the run
+description, error messages) asks :func:`available_models`, :func:`models_of_kind` or
+:func:`describe_models`.
 
 Built-in models live in modules that are imported lazily on first lookup (so importing the
 registry stays cheap and a broken optional model does not break the others).
@@ -14,54 +20,60 @@ registry stays cheap and a broken optional model does not break the others).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from typing import Any, Protocol, TypeVar, cast
+import inspect
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:  # imported at run time only where needed: the registry stays cheap
+    from .base import HistoModel, ModelKind
 
 __all__ = [
     "available_models",
     "build_model",
-    "get_model",
+    "describe_models",
     "get_model_class",
     "model_name_of",
+    "models_of_kind",
     "register_model",
 ]
 
-T = TypeVar("T", bound=type)
-
-
-class ModelClass(Protocol):
-    """A registered model class (the class object itself, not an instance)."""
-
-    __name__: str
-    __qualname__: str
-
-    def from_config(self, config: dict[str, Any], /) -> Any:
-        """The ``from_config`` classmethod: a model built from a plain config dict."""
-        ...
-
+M = TypeVar("M", bound="type[HistoModel]")
 
 # name -> module that registers it when imported
 _BUILTIN_MODULES: dict[str, str] = {
     "pixnet": "napari_histoexpress.models.pixnet",
     "ridge": "napari_histoexpress.models.ridge",
 }
-_REGISTRY: dict[str, ModelClass] = {}
+_REGISTRY: dict[str, type[HistoModel]] = {}
+_KINDS = ("dense", "spot")
 
 
-def register_model(name: str) -> Callable[[T], T]:
+def register_model(name: str) -> Callable[[M], M]:
     """Class decorator: register ``cls`` under ``name`` (lower-case) and set
-    ``cls.registry_name``. Re-registering the same class (module reload) is allowed; another
-    class under a taken name raises ``ValueError``."""
+    ``cls.registry_name``.
+
+    Re-registering the same class (module reload) is allowed; another class under a taken
+    name raises ``ValueError``; a class that is not a :class:`~.base.HistoModel` subclass
+    raises ``TypeError``.
+    """
     key = name.lower()
 
-    def decorator(cls: T) -> T:
-        if not callable(getattr(cls, "from_config", None)):
-            raise TypeError(f"{cls.__name__} must define a from_config(dict) classmethod")
+    def decorator(cls: M) -> M:
+        from .base import HistoModel
+
         old = _REGISTRY.get(key)
         if old is not None and old.__qualname__ != cls.__qualname__:
             raise ValueError(f"model name {key!r} is already registered to {old.__qualname__}")
-        _REGISTRY[key] = cast(ModelClass, cls)  # from_config checked just above
-        cls.registry_name = key  # type: ignore[attr-defined]
+        if not (isinstance(cls, type) and issubclass(cls, HistoModel)):
+            raise TypeError(
+                f"{getattr(cls, '__name__', cls)!r} is not a HistoModel: subclass DenseModel or "
+                "SpotModel (napari_histoexpress.models.base), which define from_config, "
+                "config_dict, input_spec and gene_head"
+            )
+        if getattr(cls, "kind", None) not in _KINDS:
+            raise TypeError(f"{cls.__name__}.kind must be 'dense' or 'spot'")
+        _REGISTRY[key] = cls
+        cls.registry_name = key
         return cls
 
     return decorator
@@ -73,7 +85,7 @@ def _import_builtin(name: str) -> None:
         importlib.import_module(module)
 
 
-def get_model_class(name: str) -> ModelClass:
+def get_model_class(name: str) -> type[HistoModel]:
     """The class registered under ``name``; ``KeyError`` listing the available names."""
     key = name.lower()
     try:
@@ -83,10 +95,6 @@ def get_model_class(name: str) -> ModelClass:
     if key not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; available: {', '.join(available_models())}")
     return _REGISTRY[key]
-
-
-#: Alias of :func:`get_model_class`.
-get_model = get_model_class
 
 
 def available_models() -> list[str]:
@@ -99,7 +107,25 @@ def available_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_model(name: str, config: dict[str, Any] | None = None) -> Any:
+def models_of_kind(kind: ModelKind) -> list[str]:
+    """Sorted names of the models of one kind: ``"dense"`` (a dense feature map, whole-slide
+    prediction) or ``"spot"`` (per-spot/patch encoders)."""
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be 'dense' or 'spot', got {kind!r}")
+    return [name for name in available_models() if _REGISTRY[name].kind == kind]
+
+
+def describe_models() -> dict[str, str]:
+    """``{name: one-line summary}`` of every model, for docs and CLI help: the first line of
+    each class's own docstring (not an inherited one; empty when the class has none)."""
+    out: dict[str, str] = {}
+    for name in available_models():
+        doc = inspect.cleandoc(_REGISTRY[name].__dict__.get("__doc__") or "")
+        out[name] = doc.splitlines()[0].strip() if doc else ""
+    return out
+
+
+def build_model(name: str, config: Mapping[str, Any] | None = None) -> HistoModel:
     """``get_model_class(name).from_config(config or {})``."""
     return get_model_class(name).from_config(dict(config or {}))
 

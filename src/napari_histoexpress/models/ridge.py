@@ -26,12 +26,27 @@ works at any resolution):
   ``weights.safetensors`` with the fitted arrays *and* the backbone weights, so a
   random-init model is restored exactly, + ``config.json`` with the config, genes, alpha
   and CV results). Never pickle.
+
+The model interface (:class:`~napari_histoexpress.models.base.SpotModel`)
+-------------------------------------------------------------------------
+* **Features** are ``Z``, the standardised, PCA-projected backbone features
+  (``C = `` the number of PCA components kept); :meth:`RidgeBaseline.transform_features`
+  maps raw backbone features to ``Z`` and :meth:`RidgeBaseline.encode_spots` takes
+  patches (encoded by the frozen backbone first) or cached raw features.
+* **Gene head**: ``W = ridge_coef.T (C, G)``, ``b = ridge_intercept``, and
+  ``predict_features(F) = Z @ W + b`` is computed with exactly those arrays.
+* **Working µm/px** is fixed by the config: ``patch_um / input_px`` (patches are resampled
+  to it whatever the slide's resolution); the input spec gives it, the backbone's RGB
+  statistics (or the config's ``mean``/``std``) and the patch side ``input_px``.
+* Not a ``torch.nn.Module``: ``state_dict``/``load_state_dict`` hold the fitted arrays and
+  the backbone's weights; ``to(device, precision)`` moves only the encoder.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -42,6 +57,7 @@ import torch
 from ..errors import InputFileError
 from ..expression import expression_matrix
 from ..metrics import pearson_per_gene
+from ..models.base import InputSpec, SpotInputs, SpotModel, check_gene_head
 from ..models.registry import register_model
 
 __all__ = ["RidgeBaseline", "RidgeConfig"]
@@ -137,13 +153,16 @@ def _pipeline_apply(F: np.ndarray, mu, scale, pca_mean, comps) -> np.ndarray:
     return ((np.asarray(F, dtype=np.float64) - mu) / scale - pca_mean) @ comps.T
 
 
-class RidgeBaseline:
-    """Frozen-feature ridge baseline; ``fit(sections, genes)``, ``predict(section)``.
+@register_model("ridge")
+class RidgeBaseline(SpotModel):
+    """Ridge baseline (HEST-style): frozen backbone features, then PCA and ridge, per spot.
 
-    Sections are ``(adata, slide)`` pairs (or AnnData with a recorded source image);
-    ``adata`` follows :mod:`napari_histoexpress.io.spatial`. For cross-validation
-    without re-encoding, use :meth:`extract_features` once per section and
-    :meth:`fit_features` / :meth:`predict_features`.
+    ``fit(sections, genes)``, ``predict(section)``. Sections are ``(adata, slide)`` pairs (or
+    AnnData with a recorded source image); ``adata`` follows
+    :mod:`napari_histoexpress.io.spatial`. For cross-validation without re-encoding, use
+    :meth:`extract_features` once per section and :meth:`fit_features` /
+    :meth:`predict_features`. A :class:`~napari_histoexpress.models.base.SpotModel` (see the
+    module docstring).
     """
 
     def __init__(self, config: RidgeConfig | None = None) -> None:
@@ -159,7 +178,7 @@ class RidgeBaseline:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, config: dict[str, Any] | None = None) -> RidgeBaseline:
+    def from_config(cls, config: Mapping[str, Any] | None = None) -> RidgeBaseline:
         """Build from a plain dict of :class:`RidgeConfig` fields (unknown keys raise)."""
         config = dict(config or {})
         known = {f.name for f in fields(RidgeConfig)}
@@ -167,6 +186,114 @@ class RidgeBaseline:
         if unknown:
             raise ValueError(f"unknown ridge config keys {unknown}; known: {sorted(known)}")
         return cls(RidgeConfig(**config))
+
+    @classmethod
+    def contract_config(cls) -> dict[str, Any]:
+        """A tiny ridge for the model contract test: ResNet18 levels 1–2 on 32 px patches
+        (2 µm/px), 4 PCA components, one alpha (no cross-validation)."""
+        return {
+            "out_indices": [1, 2],
+            "patch_um": 64.0,
+            "input_px": 32,
+            "n_components": 4,
+            "alphas": [1.0],
+            "batch_size": 8,
+        }
+
+    @classmethod
+    def contract_instance(cls) -> RidgeBaseline:
+        """:meth:`contract_config`'s model fitted on random patches and targets (seed 0):
+        three genes, two sections of 6 spots."""
+        model = cls.from_config(cls.contract_config())
+        rng = np.random.default_rng(0)
+        px = model.config.input_px
+        patches = rng.integers(0, 256, size=(12, px, px, 3), dtype=np.uint8)
+        feats = model.encode_patches(patches)
+        targets = rng.normal(size=(12, 3))
+        model.fit_features([feats[:6], feats[6:]], [targets[:6], targets[6:]], ["A", "B", "C"])
+        return model
+
+    # ------------------------------------------------------------------ interface
+    @property
+    def working_mpp(self) -> float:  # type: ignore[override]
+        """µm per pixel of the patches the encoder sees: ``patch_um / input_px`` (fixed by the
+        config; setting another value raises ``ValueError``)."""
+        return self.config.input_mpp
+
+    @working_mpp.setter
+    def working_mpp(self, value: float | None) -> None:
+        if value is not None and not math.isclose(
+            float(value), self.config.input_mpp, rel_tol=1e-9
+        ):
+            raise ValueError(
+                f"the ridge baseline works at patch_um / input_px = {self.config.input_mpp:g} "
+                f"µm/px, not {float(value):g}"
+            )
+
+    def _input_stats(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """RGB mean/std of the encoder's input: the config's, else the backbone's."""
+        from ..models.backbones import backbone_transform_stats
+
+        mean, std = backbone_transform_stats(self.config.backbone)
+        mean, std = self.config.mean or mean, self.config.std or std
+        m, s = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        return (m[0], m[1], m[2]), (s[0], s[1], s[2])
+
+    def input_spec(self) -> InputSpec:
+        """Patches of ``input_px`` px at ``patch_um / input_px`` µm/px, RGB in [0, 1]
+        (normalised inside :meth:`encode_spots` with the encoder's statistics)."""
+        mean, std = self._input_stats()
+        return InputSpec(
+            mpp=self.working_mpp,
+            mean=mean,
+            std=std,
+            normalizes_input=True,
+            patch_px=int(self.config.input_px),
+        )
+
+    @property
+    def feature_dim(self) -> int:
+        """``C``: PCA components kept by the fit (``RuntimeError`` before fitting)."""
+        return int(self._fitted_arrays()["pca_components"].shape[0])
+
+    def gene_head(self) -> tuple[np.ndarray, np.ndarray]:
+        """``W = ridge_coef.T (C, G)`` and ``b = ridge_intercept (G,)``, float64."""
+        a = self._fitted_arrays()
+        coef = a["ridge_coef"]
+        return check_gene_head(
+            coef.T, a["ridge_intercept"], coef.shape[1], coef.shape[0], who="RidgeBaseline"
+        )
+
+    def transform_features(self, features: np.ndarray) -> np.ndarray:
+        """Raw backbone features ``(n, d)`` → ``Z (n, C)`` float64: standardised with the
+        fitted scaler, then projected on the PCA components."""
+        a = self._fitted_arrays()
+        return _pipeline_apply(
+            features, a["scaler_mean"], a["scaler_scale"], a["pca_mean"], a["pca_components"]
+        )
+
+    def encode_spots(self, spots: SpotInputs) -> torch.Tensor:
+        """``Z (N, C)`` float64 (the PCA and ridge run in float64 NumPy).
+
+        From ``spots.features`` (raw backbone features, ``(N, d)``) when given — cached
+        features win, nothing is re-encoded — else from ``spots.images`` (``(N, 3, p, p)`` RGB
+        in [0, 1], ``p = input_px``), encoded by the frozen backbone first."""
+        if spots.features is not None:
+            raw = torch.as_tensor(spots.features).detach().cpu().numpy()
+        elif spots.images is not None:
+            images = torch.as_tensor(spots.images)
+            p = self.config.input_px
+            if images.ndim != 4 or tuple(images.shape[1:]) != (3, p, p):
+                raise ValueError(f"images must be (N, 3, {p}, {p}), got {tuple(images.shape)}")
+            raw = self._encode(images.float())
+        else:
+            raise ValueError("encode_spots needs images or features")
+        return torch.from_numpy(self.transform_features(raw))
+
+    def _fitted_arrays(self) -> dict[str, np.ndarray]:
+        if not self.is_fitted:
+            raise RuntimeError("RidgeBaseline is not fitted")
+        return self._arrays
 
     def to(self, device: Any = "auto", precision: str = "auto") -> RidgeBaseline:
         """Encode patches on ``device`` (``'auto'``/``'cpu'``/``'cuda'``/``'mps'``) with the
@@ -225,16 +352,20 @@ class RidgeBaseline:
     @torch.inference_mode()
     def encode_patches(self, patches: np.ndarray) -> np.ndarray:
         """``(n, h, w, 3)`` uint8 -> ``(n, d)`` float32 pooled, concatenated stage features."""
-        from ..devices import autocast
-        from ..models.backbones import backbone_transform_stats
+        x = torch.from_numpy(np.ascontiguousarray(patches)).to(self._device)
+        return self._encode(x.permute(0, 3, 1, 2).float() / 255.0)
 
-        mean, std = backbone_transform_stats(self.config.backbone)
-        mean, std = self.config.mean or mean, self.config.std or std
+    @torch.inference_mode()
+    def _encode(self, x: torch.Tensor) -> np.ndarray:
+        """``(n, 3, h, w)`` float RGB in [0, 1] -> ``(n, d)`` float32 raw features: the
+        frozen backbone on normalised input, every stage global-average pooled."""
+        from ..devices import autocast
+
+        mean, std = self._input_stats()
         dev = self._device
         m = torch.tensor(mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
         s = torch.tensor(std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-        x = torch.from_numpy(np.ascontiguousarray(patches)).to(dev)
-        x = x.permute(0, 3, 1, 2).float() / 255.0
+        x = x.to(dev)
         with autocast(dev, self._precision):
             maps = self.backbone((x - m) / s)
         pooled = torch.cat([f.float().mean(dim=(2, 3)) for f in maps], dim=1)
@@ -343,14 +474,11 @@ class RidgeBaseline:
         return bool(self._arrays)
 
     def predict_features(self, features: np.ndarray) -> np.ndarray:
-        """``(n, d)`` features -> ``(n, n_genes)`` float32 predictions."""
-        if not self.is_fitted:
-            raise RuntimeError("RidgeBaseline is not fitted")
-        a = self._arrays
-        Z = _pipeline_apply(
-            features, a["scaler_mean"], a["scaler_scale"], a["pca_mean"], a["pca_components"]
-        )
-        return (Z @ a["ridge_coef"].T + a["ridge_intercept"]).astype(np.float32)
+        """``(n, d)`` raw features -> ``(n, n_genes)`` float32 predictions: ``Z @ W + b`` with
+        ``Z = transform_features(features)`` and ``(W, b) = gene_head()``."""
+        Z = self.transform_features(features)
+        W, b = self.gene_head()
+        return (Z @ W + b).astype(np.float32)
 
     def predict(self, section: Any) -> np.ndarray:
         """``(n_spots, n_genes)`` predicted normalised expression (log1p counts per 10k)."""
@@ -359,17 +487,19 @@ class RidgeBaseline:
         return self.predict_features(self.extract_features(section))
 
     # ------------------------------------------------------------------ persistence
-    @property
-    def n_genes(self) -> int:
-        return len(self.genes)
-
     def config_dict(self) -> dict[str, Any]:
         """JSON-able config (rebuilt with :meth:`from_config`; used by checkpoints)."""
         d = asdict(self.config)
         d["alphas"] = list(d["alphas"])
-        if d["out_indices"] is not None:
-            d["out_indices"] = list(d["out_indices"])
+        for key in ("out_indices", "mean", "std"):
+            if d[key] is not None:
+                d[key] = list(d[key])
         return d
+
+    def fit_record(self) -> dict[str, Any]:
+        """What the fit chose, for the checkpoint's ``extra``: ``alpha``, ``cv_scores``,
+        ``cv_scheme``."""
+        return {"alpha": self.alpha, "cv_scores": self.cv_scores, "cv_scheme": self.cv_scheme}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Fitted arrays and the frozen backbone's weights as tensors (for safetensors).
@@ -387,7 +517,7 @@ class RidgeBaseline:
             state[f"backbone.{k}"] = v.detach().cpu().contiguous()
         return state
 
-    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
         """Inverse of :meth:`state_dict` (missing arrays raise ``RuntimeError``)."""
         arrays = {
             k: np.asarray(torch.as_tensor(v).cpu().numpy(), dtype=np.float64)
@@ -415,37 +545,33 @@ class RidgeBaseline:
             raise RuntimeError(f"state predicts {n} genes but the model has {len(self.genes)}")
 
     def save(
-        self, run_dir: str | os.PathLike[str], *, train_config: dict[str, Any] | None = None
+        self, run_dir: str | os.PathLike[str], *, train_config: Mapping[str, Any] | None = None
     ) -> Path:
-        """Write the project's checkpoint folder (``weights.safetensors`` + ``config.json``,
-        atomically; see :mod:`napari_histoexpress.models.checkpoint`). The chosen alpha and
-        CV results go to ``extra``; ``train_config`` (the run's settings) to ``config``."""
+        """:func:`~napari_histoexpress.models.checkpoint.save_checkpoint` with the fit's
+        choices (:meth:`fit_record`) as ``extra`` and ``train_config`` (the run's settings) as
+        ``config``; returns ``run_dir``."""
         from ..models.checkpoint import save_checkpoint
 
         if not self.is_fitted:
             raise RuntimeError("RidgeBaseline is not fitted")
-        extra = {"alpha": self.alpha, "cv_scores": self.cv_scores, "cv_scheme": self.cv_scheme}
-        save_checkpoint(run_dir, self, train_config, self.genes, extra=extra)
+        save_checkpoint(run_dir, self, train_config, extra=self.fit_record())
         return Path(run_dir)
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike[str]) -> RidgeBaseline:
-        """Read a checkpoint folder written by :meth:`save` (``InputFileError`` if it is
-        not one, or holds another model)."""
+        """:func:`~napari_histoexpress.models.checkpoint.load_checkpoint` for a ridge run: the
+        fit's CV record restored from ``extra``; ``InputFileError`` if the folder is not a
+        checkpoint or holds another model."""
         from ..models.checkpoint import load_checkpoint, read_checkpoint_config
 
-        meta = read_checkpoint_config(run_dir)
-        if meta["model"] != "ridge":
-            raise InputFileError(run_dir, f"holds a {meta['model']!r} model, not 'ridge'")
+        meta = read_checkpoint_config(run_dir)  # refuse another model before building it
+        if meta["model"] != cls.registry_name:
+            raise InputFileError(
+                run_dir, f"holds a {meta['model']!r} model, not {cls.registry_name!r}"
+            )
         model, meta = load_checkpoint(run_dir)
-        assert isinstance(model, RidgeBaseline)
-        model.genes = [str(g) for g in meta["genes"]]
-        extra = meta.get("extra", {})
+        assert isinstance(model, cls)  # the registry maps the name to this class
+        extra = meta.get("extra", {}) or {}
         model.cv_scores = dict(extra.get("cv_scores", {}))
         model.cv_scheme = str(extra.get("cv_scheme", ""))
-        if model.n_genes != model._arrays["ridge_coef"].shape[0]:
-            raise InputFileError(run_dir, "gene list and ridge coefficients disagree")
         return model
-
-
-register_model("ridge")(RidgeBaseline)

@@ -388,10 +388,10 @@ class PredictWidget(QWidget):
         self._update_status()
         note = f"{layer.name}: µm/px set to {value:g}{saved}."
         store = _common.slide_map(layer)
-        made_at = (store.attrs.get("slide", {}) or {}).get("mpp") if store is not None else None
-        if made_at and abs(float(made_at) - value) > 1e-9:
+        made_at = store.slide_mpp if store is not None else None
+        if made_at is not None and abs(made_at - value) > 1e-9:
             note += (
-                f" Its map was predicted at {float(made_at):g} µm/px: tick Start over and "
+                f" Its map was predicted at {made_at:g} µm/px: tick Start over and "
                 "Predict to redo it at the new µm/px."
             )
         self._set_status(note + " " + self.status_label.text())
