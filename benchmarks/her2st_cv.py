@@ -1,18 +1,23 @@
-"""her2st C2–C6 leave-one-section-out: PixNet vs the ridge baseline, one run, one table.
+"""her2st C2–C6 leave-one-section-out: every trainable model (PixNet, the ridge baseline,
+...), one run, one table.
 
 Imports the five sections from ``../shared/data/her2st`` (µm/px from the spot-array pitch),
 chooses the 250 highest-mean genes over all five, and runs ``cross_validate`` for each model
-with the CLI's default settings — the same as
+of ``--models`` (default: every trainable model of the registry,
+:func:`napari_histoexpress.training.tasks.trainable_models`) with the CLI's default
+settings — the same as
 
     histoexpress cv --model pixnet --data C2.h5ad ... C6.h5ad --genes 250 --out OUT/pixnet
     histoexpress cv --model ridge  --data C2.h5ad ... C6.h5ad --genes 250 --out OUT/ridge
 
-Prints each model's per-fold mean PCC, the mean over folds, and PixNet / ridge ratios; then
-predicts the first held-out slide (C2) whole with that fold's PixNet and scores its measured
-spots aggregated from the dense map.
+Prints each model's per-fold mean PCC and the mean over folds, each model's ratio to the
+first one given; then predicts the first held-out slide (C2) whole with that fold's run of
+each dense model and scores its measured spots aggregated from the dense map.
 
 Run:  python benchmarks/her2st_cv.py [--data ../shared/data] [--out cv-her2st] [--device auto]
-(about 55 minutes on 2 CPU cores; finished folds are kept, so a rerun resumes.)
+      [--models pixnet ridge]
+(about 55 minutes on 2 CPU cores for PixNet and ridge; finished folds are kept, so a rerun
+resumes.)
 """
 
 from __future__ import annotations
@@ -29,15 +34,19 @@ SECTIONS = ("C2", "C3", "C4", "C5", "C6")
 def main() -> None:
     from napari_histoexpress.io.export import write_h5ad_atomic
     from napari_histoexpress.io.st_datasets import read_legacy_st
+    from napari_histoexpress.models.registry import models_of_kind
     from napari_histoexpress.training.config import TrainConfig
     from napari_histoexpress.training.cross_validation import cross_validate
     from napari_histoexpress.training.sections import load_sections
+    from napari_histoexpress.training.tasks import trainable_models
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=Path("cv-her2st"))
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--models", nargs="+", choices=trainable_models(), default=None)
     args = parser.parse_args()
+    models = args.models or trainable_models()
     her2st = args.data / "her2st"
     args.out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -56,27 +65,34 @@ def main() -> None:
     sections = load_sections(paths)
 
     results = {}
-    for model in ("pixnet", "ridge"):
+    for model in models:
         t0 = time.perf_counter()
         cfg = TrainConfig(model=model, n_genes=250, device=args.device)
         report = cross_validate(sections, args.out / model, cfg, progress=False, log=print)
         results[model] = (report, time.perf_counter() - t0)
 
-    folds = [r["fold"] for r in results["pixnet"][0]["rows"]]
+    first = models[0]
+    folds = [r["fold"] for r in results[first][0]["rows"]]
     print()
-    print(f"{'fold':>6} {'PixNet':>8} {'ridge':>8} {'PixNet/ridge':>13}")
+    others = [f"{m}/{first}" for m in models[1:]]
+    print(f"{'fold':>6} " + " ".join(f"{m:>10}" for m in [*models, *others]))
     for i, fold in enumerate(folds):
-        p = results["pixnet"][0]["rows"][i]["pcc_mean"]
-        r = results["ridge"][0]["rows"][i]["pcc_mean"]
-        print(f"{fold:>6} {p:8.3f} {r:8.3f} {p / r:13.2f}")
+        pcc = [results[m][0]["rows"][i]["pcc_mean"] for m in models]
+        ratios = [p / pcc[0] for p in pcc[1:]]
+        print(f"{fold:>6} " + " ".join(f"{v:10.3f}" for v in [*pcc, *ratios]))
     for model, (report, seconds) in results.items():
         resumed = report["n_folds_resumed"]
         note = f" ({resumed} folds reused from an earlier run)" if resumed else ""
         print(f"# {model}: {seconds / 60:.1f} min for the 5 folds (training + evaluation){note}")
-    whole_slide_check(sections[0], args.out, args.device)
+    dense = set(models_of_kind("dense"))
+    for model in models:
+        if model in dense:
+            whole_slide_check(sections[0], args.out, model, args.device)
 
 
-def whole_slide_check(section, out: Path, device: str) -> None:  # type: ignore[no-untyped-def]
+def whole_slide_check(  # type: ignore[no-untyped-def]
+    section, out: Path, model_name: str, device: str
+) -> None:
     """Dense prediction of the held-out slide of the first fold, spots aggregated from the map.
 
     ``histoexpress predict`` + ``spots`` on real data: the PCC of the measured spots
@@ -92,7 +108,7 @@ def whole_slide_check(section, out: Path, device: str) -> None:  # type: ignore[
     from napari_histoexpress.metrics import evaluate_predictions
     from napari_histoexpress.models.checkpoint import load_checkpoint
 
-    run = out / "pixnet" / f"fold-{section.name}"
+    run = out / model_name / f"fold-{section.name}"
     model, meta = load_checkpoint(run)
     report = predict_slide(
         model, section.slide, out / f"{section.name}.zarr", resume=False, device=device,
@@ -106,7 +122,7 @@ def whole_slide_check(section, out: Path, device: str) -> None:  # type: ignore[
         np.asarray(predicted.X), expression_matrix(section.adata, genes), genes
     )
     print(
-        f"# whole-slide {section.name} (held out): {report.n_tiles} tiles, "
+        f"# {model_name}, whole-slide {section.name} (held out): {report.n_tiles} tiles, "
         f"{report.n_skipped_background} background; spots from the dense map: "
         f"pcc_mean {res['pcc_mean']:.3f}"
     )

@@ -22,6 +22,46 @@ def test_help_is_fast_and_lists_commands() -> None:
         assert command in result.stdout
 
 
+def test_building_the_parser_imports_no_model() -> None:
+    """``--model``'s choices come from the registry, asked only when needed: building the
+    parser (``histoexpress --help``) imports neither torch nor a model."""
+    code = (
+        "import sys\n"
+        "from napari_histoexpress.cli import build_parser\n"
+        "build_parser()\n"
+        "heavy = [m for m in sys.modules if m == 'torch' or m.startswith('timm') or "
+        "m.startswith('napari_histoexpress.models')]\n"
+        "print(heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_model_choices_and_help_come_from_the_registry(capsys) -> None:
+    from napari_histoexpress.cli import build_parser
+    from napari_histoexpress.models.registry import describe_models
+    from napari_histoexpress.training.tasks import trainable_models
+
+    parser = build_parser()
+    for command in ("train", "cv"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        summaries = describe_models()
+        for name in trainable_models():
+            assert f"{name} — {summaries[name].rstrip('.')}" in text
+        assert "(default: pixnet)" in text
+    for name in trainable_models():
+        args = parser.parse_args(["train", "--data", "a.h5ad", "--out", "r", "--model", name])
+        assert args.model == name
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--data", "a.h5ad", "--out", "r", "--model", "nosuch"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'nosuch'" in err
+    assert all(repr(name) in err for name in trainable_models())
+
+
 def test_import_st_her2st_section(her2st: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "C3.h5ad"
     code = main(

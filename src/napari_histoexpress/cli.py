@@ -290,17 +290,53 @@ def _train_config(args: argparse.Namespace) -> Any:
     )
 
 
+class _ModelChoices:
+    """The ``--model`` choices: the registry's trainable models
+    (:func:`~napari_histoexpress.training.tasks.trainable_models`), asked for only when
+    argparse needs them (checking a ``--model`` value, or printing the sub-command's help),
+    because listing the models imports them (torch, timm): building the parser, and so
+    ``histoexpress --help``, stays instant. The help lists each model with the first line of
+    its docstring (:func:`~napari_histoexpress.models.registry.describe_models`)."""
+
+    def __init__(self) -> None:
+        self._names: list[str] | None = None
+
+    def _load(self) -> list[str]:
+        if self._names is None:
+            from .training.tasks import trainable_models
+
+            self._names = trainable_models()
+        return self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._load()
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def described(self) -> str:
+        """``name — summary; ...`` of the choices, ``%`` escaped for argparse's expansion."""
+        from .models.registry import describe_models
+
+        summaries = describe_models()
+        parts = [f"{n} — {summaries.get(n, '').rstrip('.')}".rstrip(" —") for n in self]
+        return "; ".join(parts).replace("%", "%%")
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     from .training.config import TrainConfig
 
     d = TrainConfig()
-    p.add_argument(
+    model = p.add_argument(
         "--model",
-        default="pixnet",
-        choices=["pixnet", "ridge"],
-        help="pixnet (dense maps, trained end to end) or ridge (frozen backbone + ridge "
-        "baseline, spots only)",
+        default=d.model,
+        metavar="MODEL",
+        help="the model to train, one of the registry's trainable models",
     )
+    model.choices = _ModelChoices()  # after add_argument: building the parser imports no model
     p.add_argument(
         "--data", nargs="+", required=True, metavar="H5AD", help="imported sections (.h5ad)"
     )
@@ -576,6 +612,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
+        if isinstance(action.choices, _ModelChoices):
+            text += f": {action.choices.described()}"
         default = action.default
         if (
             default not in (None, False, argparse.SUPPRESS)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -186,14 +186,16 @@ def run_demo(
     if not train and run is None:
         return outputs
 
+    from .errors import InputFileError
     from .expression import expression_matrix
     from .inference.map_store import DenseMapStore
-    from .inference.predict_slide import DenseFeatureModel, predict_slide
+    from .inference.predict_slide import predict_slide
     from .inference.spots import predict_circles
     from .io import spatial
     from .io.export import write_h5ad_atomic
     from .io.synthetic import sample_paths
     from .metrics import evaluate_predictions
+    from .models.base import DenseModel
     from .models.checkpoint import load_checkpoint
     from .training.sections import load_section
     from .training.train import TrainConfig
@@ -206,10 +208,11 @@ def run_demo(
         train_model([load_section(outputs["spots"])], run, cfg)
     outputs["run"] = run
     model, meta = load_checkpoint(run)
-    dense_model = cast(DenseFeatureModel, model)  # a PixNet run (trained above or given)
+    if not isinstance(model, DenseModel):  # a PixNet run (trained above), or the one given
+        raise InputFileError(run, f"holds a {meta['model']!r} model: the demo needs a dense map")
     store_path = out / "sample.zarr"
     report = predict_slide(
-        dense_model, slide, store_path, model_mpp=float(meta["extra"]["microns_per_pixel"]),
+        model, slide, store_path, model_mpp=float(meta["extra"]["microns_per_pixel"]),
         tile_px=256, progress=True, genes=list(meta["genes"]),
         provenance={"run_dir": str(Path(run).resolve()), "model": meta["model"]},
     )  # fmt: skip

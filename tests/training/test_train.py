@@ -61,23 +61,24 @@ def test_train_writes_run_and_resumes(sample_section, tmp_path: Path) -> None:
 
 
 def test_resume_continues_after_interruption(sample_section, tmp_path: Path, monkeypatch) -> None:
+    from napari_histoexpress.training import loop as loop_mod
     from napari_histoexpress.training import train as train_mod
 
     run = tmp_path / "run"
     cfg = _config(epochs=2)
     calls = {"n": 0}
-    original = train_mod._save_resume
+    original = loop_mod._save_resume  # the one training loop saves the resume state
 
     def save_then_die(*args, **kwargs):
         original(*args, **kwargs)
         calls["n"] += 1
         raise KeyboardInterrupt  # killed right after epoch 1 was saved
 
-    monkeypatch.setattr(train_mod, "_save_resume", save_then_die)
+    monkeypatch.setattr(loop_mod, "_save_resume", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_mod.train([sample_section], run, cfg, progress=False, log=lambda s: None)
     assert not (run / "config.json").exists()  # no final checkpoint from a killed run
-    monkeypatch.setattr(train_mod, "_save_resume", original)
+    monkeypatch.setattr(loop_mod, "_save_resume", original)
     logs: list[str] = []
     train_mod.train([sample_section], run, cfg, progress=False, log=logs.append)
     assert any("resuming" in line and "after epoch 1" in line for line in logs)

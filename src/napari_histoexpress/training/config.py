@@ -6,19 +6,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-#: PixNet settings used unless a run's ``model_config`` says otherwise: a 64-channel decoder
-#: over ResNet levels 1-4 (a stride-4 map, 8 µm/px at the 2 µm/px working resolution). The
-#: paper's 512 channels down to stride 2 cost ~2x (levels) x ~4x (channels) more per step on
-#: CPU; pass ``--decoder-dim 512 --out-indices 0 1 2 3 4`` on a GPU to follow it.
-#: Upsampling is bilinear ×2 + 3×3 conv rather than the paper's transposed conv: no
-#: checkerboard in dense maps at the same accuracy (her2st leave-one-section-out mean PCC
-#: 0.232 vs 0.230 at 8 epochs, ``benchmarks/her2st_cv.py``); ``--upsample transposed``
-#: restores the paper's decoder.
-PIXNET_CPU_DEFAULTS: dict[str, Any] = {
-    "decoder_dim": 64,
-    "out_indices": [1, 2, 3, 4],
-    "upsample": "bilinear",
-}
+#: The model a run trains unless told otherwise (``TrainConfig.model``, the CLI's ``--model``
+#: default): the one place outside the registry that names a model.
+DEFAULT_MODEL = "pixnet"
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -45,7 +35,9 @@ class TrainConfig:
     folds of four her2st sections each, 32 epochs × 128 crops of 384 µm at 2 µm/px, trained
     and evaluated in 51 min, i.e. about 10 min per model; the mean PCC was 0.232 at 8
     epochs, 0.256 at 16 and 0.272 at 32, where PixNet passes the ridge baseline's 0.256);
-    ``model_config`` entries override :data:`PIXNET_CPU_DEFAULTS` for PixNet runs.
+    ``model`` is a registry name with a training task (:func:`.tasks.trainable_models`);
+    ``model_config`` entries are the model's own settings (for PixNet runs they override
+    :data:`.tasks.pixnet.PIXNET_CPU_DEFAULTS`).
 
     ``lr_schedule``: ``"constant"`` (the paper's Adam at a fixed lr) or ``"cosine"`` (linear
     warm-up over ``warmup_fraction`` of the steps, then cosine decay to zero), set per step
@@ -56,7 +48,7 @@ class TrainConfig:
     run in float32, and float16 training scales its loss (``torch.amp.GradScaler``).
     """
 
-    model: str = "pixnet"
+    model: str = DEFAULT_MODEL
     n_genes: int | None = 250
     gene_file: str | None = None
     epochs: int = 32

@@ -5,6 +5,13 @@ on the held-out ones; the table reports each fold and the mean over folds (each 
 once). The gene panel is chosen ONCE from all given sections (top-N by mean raw count, or a
 gene file) so every fold predicts the same genes — the protocol of the her2st reference
 numbers (``../shared/data/README.md``).
+
+Any trainable model (:func:`~.tasks.trainable_models`) cross-validates the same way: each fold
+is one :func:`~.train.train` run and one :func:`~.evaluate.evaluate_run`. Every file is
+written atomically (:func:`~napari_histoexpress.io.export.write_text_atomic`), JSON through
+the package's one sanitiser (:func:`~napari_histoexpress.io.export.to_jsonable`; NaN kept as
+Python's ``json`` writes it), so an interrupted ``cv`` never leaves a half-written
+``metrics.json`` that a rerun would take for a finished fold.
 """
 
 from __future__ import annotations
@@ -15,10 +22,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .config import TrainConfig
 from .sections import Section
-from .train import TrainConfig, choose_genes, train
+from .train import choose_genes, train
 
 TABLE_KEYS = ("pcc_mean", "pcc_median", "pcc_q1", "pcc_heg50", "pcc_hvg50", "mse", "mae", "n_spots")
+
+
+def _jsonable(value: Any) -> Any:
+    from ..io.export import to_jsonable
+
+    return to_jsonable(value, nan_to_none=False)
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    from ..io.export import write_text_atomic
+
+    write_text_atomic(json.dumps(_jsonable(obj), indent=2), path)
 
 
 #: run settings that do not change the result
@@ -32,8 +52,8 @@ def _same_run(fold_dir: Path, config: TrainConfig, genes: Sequence[str]) -> bool
         saved = json.loads((fold_dir / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    wanted = json.loads(json.dumps(config.to_dict(), default=str))
-    defaults = json.loads(json.dumps(TrainConfig().to_dict(), default=str))
+    wanted = _jsonable(config.to_dict())
+    defaults = _jsonable(TrainConfig().to_dict())
     have = saved.get("config") or {}
     same = all(
         have.get(key, defaults.get(key)) == value  # keys added later: their default then
@@ -121,7 +141,7 @@ def cross_validate(
             res = evaluate_run(
                 fold_dir, [sections[i] for i in test_idx], device=device, progress=progress
             )
-            metrics_path.write_text(json.dumps(res, indent=2, default=float))
+            _write_json(res, metrics_path)
         for sec in res["sections"].values():
             results.append(sec)
         row = {"fold": name, **{k: res["mean"].get(k) for k in TABLE_KEYS}}
@@ -142,6 +162,8 @@ def cross_validate(
         "config": config.to_dict(),
         "n_folds_resumed": n_resumed,
     }
-    (out / "cv.json").write_text(json.dumps(report, indent=2, default=float))
-    (out / "cv.md").write_text(table + "\n")
+    from ..io.export import write_text_atomic
+
+    _write_json(report, out / "cv.json")
+    write_text_atomic(table + "\n", out / "cv.md")
     return report

@@ -1,10 +1,22 @@
 """Evaluate a trained run on sections with the literature's metrics.
 
-Spot predictions of a dense model (PixNet) come from a crop of ``crop_um`` µm centred on
-each spot at the run's working µm/px (the same context the model was trained with), the
-dense map aggregated inside the spot's disk; the ridge baseline predicts from its own
-spot-centred patches. Metrics per section: :func:`~.metrics.evaluate_predictions`.
-Every section must measure all the run's genes (checked before predicting anything).
+Spot predictions follow the model's kind (:mod:`napari_histoexpress.models.base`), never its
+name:
+
+* **dense models** (:class:`~napari_histoexpress.models.base.DenseModel`, e.g. PixNet): a crop
+  of ``crop_um`` µm centred on each spot at the run's working µm/px (the same context the
+  model was trained with), the dense map averaged inside the spot's disk
+  (``model.spot_predictions``);
+* **spot models** (:class:`~napari_histoexpress.models.base.SpotModel`, e.g. the ridge
+  baseline): each spot's patch (``input_spec().patch_px`` px at its working µm/px, RGB in
+  [0, 1]) encoded by the model's own
+  :meth:`~napari_histoexpress.models.base.SpotModel.encode_spots`, then the gene head
+  ``features @ W + b`` in float64. Models that need context beyond the patch
+  (``input_spec().context != "none"``) get the whole section in one call, with every spot's
+  position in µm. Encoders run in float32 (metrics independent of the GPU's autocast).
+
+Metrics per section: :func:`~napari_histoexpress.metrics.evaluate_predictions`. Every section
+must measure all the run's genes (checked before predicting anything).
 """
 
 from __future__ import annotations
@@ -35,6 +47,17 @@ def check_genes(run_dir: str | os.PathLike[str], genes: Sequence[str], section: 
         )
 
 
+def _place(model: Any, device: torch.device) -> None:
+    """Move ``model`` to ``device`` for float32 inference: ``nn.Module.to`` + ``eval()``, or,
+    for models that are not torch modules (they move only their encoder), the
+    ``to(device, precision)`` convention of
+    :class:`~napari_histoexpress.models.ridge.RidgeBaseline`."""
+    if isinstance(model, torch.nn.Module):
+        model.to(device).eval()
+    elif callable(getattr(model, "to", None)):
+        model.to(device, precision="fp32")
+
+
 def predict_section_spots(
     model: Any,
     meta: dict[str, Any],
@@ -44,34 +67,55 @@ def predict_section_spots(
     device: str = "auto",
     progress: bool = False,
 ) -> np.ndarray:
-    """``(n_spots, n_genes)`` predictions (normalised log1p scale) for every spot."""
-    name = meta["model"]
-    if name == "ridge":  # float32 features on the device (metrics independent of the GPU)
-        model.to(device, precision="fp32")
-        return np.asarray(model.predict(section.pair()), dtype=np.float32)
-    if name != "pixnet":
-        raise ValueError(f"no spot evaluation for model {name!r}")
+    """``(n_spots, n_genes)`` predictions (normalised log1p scale) for every spot, by the
+    model's kind (see the module docstring)."""
+    from ..devices import resolve_device
+
+    dev = resolve_device(device)
+    kind = getattr(model, "kind", None)
+    if kind == "dense":
+        return _dense_spots(model, meta, section, batch_size, dev, progress)
+    if kind == "spot":
+        return _spot_model_spots(model, section, batch_size, dev, progress)
+    raise ValueError(f"no spot evaluation for model {meta.get('model')!r} (kind {kind!r})")
+
+
+def _dense_spots(
+    model: Any,
+    meta: dict[str, Any],
+    section: Section,
+    batch_size: int,
+    dev: torch.device,
+    progress: bool,
+) -> np.ndarray:
+    """Spot means of the dense map of a crop centred on each spot."""
     from tqdm.auto import tqdm
 
-    from ..devices import resolve_device
     from .config import TrainConfig
     from .spot_crops import SpotCropDataset
 
+    if not callable(getattr(model, "spot_predictions", None)):
+        raise TypeError(f"{type(model).__name__} has no spot_predictions(): no spot evaluation")
     cfg = TrainConfig.from_dict(meta.get("config", {}))
-    dev = resolve_device(device)
-    model.to(dev).eval()
+    spec = model.input_spec()
+    mpp = float(spec.mpp) if spec.mpp is not None else cfg.mpp
+    # a model that normalises its input itself gets RGB in [0, 1]
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    if not spec.normalizes_input:
+        mean, std = spec.mean, spec.std
+    _place(model, dev)
     genes = list(meta["genes"])
     dataset = SpotCropDataset(
         [section.pair()],
         genes,
-        mpp=cfg.mpp,
+        mpp=mpp,
         crop_um=cfg.crop_um,
         jitter_um=0.0,
         augment=False,
         seed=0,
         target_sum=cfg.target_sum,
-        mean=(0.0, 0.0, 0.0),
-        std=(1.0, 1.0, 1.0),
+        mean=mean,
+        std=std,
     )
     out = np.zeros((len(dataset), len(genes)), dtype=np.float32)
     size = dataset.config.size_px
@@ -83,11 +127,53 @@ def predict_section_spots(
             feats = model.features(images)
             # the anchor spot sits at the crop centre (pixel-centre convention of PixNet)
             centres = torch.full((len(idx), 2), size / 2.0 - 0.5)
-            radii = torch.full((len(idx),), float(dataset.spot_radius_um(0) / cfg.mpp))
+            radii = torch.full((len(idx),), float(dataset.spot_radius_um(0) / mpp))
             pred = model.spot_predictions(
                 feats, centres, radii, images.shape[-2:], batch_index=torch.arange(len(idx))
             )
             out[idx] = pred.float().cpu().numpy()
+    return out
+
+
+def _spot_model_spots(
+    model: Any, section: Section, batch_size: int, dev: torch.device, progress: bool
+) -> np.ndarray:
+    """``encode_spots`` of each spot's patch, then the gene head (float64)."""
+    from tqdm.auto import tqdm
+
+    from ..io.slides import read_region_at_mpp
+    from ..io.spatial import spot_centres_px
+    from ..models.base import SpotInputs
+    from .spot_crops import section_mpp
+
+    spec = model.input_spec()
+    if spec.patch_px is None or spec.mpp is None:
+        raise ValueError(f"{type(model).__name__}: its input spec gives no patch size or µm/px")
+    _place(model, dev)
+    adata, slide = section.pair()
+    xy = spot_centres_px(adata)
+    positions_um = xy * section_mpp(adata, slide)
+    W, b = model.gene_head()
+    p = int(spec.patch_px)
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
+    step = batch_size if spec.context == "none" else max(1, len(xy))  # context: whole section
+    out = np.zeros((len(xy), W.shape[1]), dtype=np.float32)
+    chunks = [np.arange(i, min(i + step, len(xy))) for i in range(0, len(xy), step)]
+    with torch.inference_mode():
+        for idx in tqdm(chunks, disable=not progress, desc=section.name, unit="batch"):
+            patches = np.stack(
+                [
+                    read_region_at_mpp(slide, (float(x), float(y)), (p, p), spec.mpp)
+                    for x, y in xy[idx]
+                ]
+            )
+            images = torch.from_numpy(patches).permute(0, 3, 1, 2).float() / 255.0
+            if not spec.normalizes_input:
+                images = (images - mean) / std
+            spots = SpotInputs(images=images, positions_um=torch.from_numpy(positions_um[idx]))
+            feats = model.encode_spots(spots).detach().double().cpu().numpy()
+            out[idx] = (feats @ W + b).astype(np.float32)
     return out
 
 
