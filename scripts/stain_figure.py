@@ -1,4 +1,4 @@
-"""Draw ``docs/images/stain.png``: HED stain augmentation and stain normalisation on real her2st H&E.
+"""Draw ``docs/images/stain.png``: HED stain augmentation and normalisation on real her2st H&E.
 
 Usage::
 
