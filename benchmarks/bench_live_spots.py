@@ -1,6 +1,7 @@
 """Live spot updates: time of one table update of the Spots widget vs the 50 ms target.
 
-A dense-map store like PixNet's default CPU run writes it (:data:`PIXNET_CPU_DEFAULTS`:
+A dense-map store like PixNet's default CPU run writes it
+(:data:`napari_histoexpress.training.tasks.pixnet.PIXNET_CPU_DEFAULTS`:
 ``decoder_dim`` 64 → C = 64 float16 feature channels, 8 µm/px map, 128 px chunks, zstd)
 with G = 250 genes, over a big map (default 1536 × 1536 px = 12.3 × 12.3 mm at 8 µm/px).
 One live update is :meth:`SpotExpression.aggregate` of the shown spots (every gene's mean

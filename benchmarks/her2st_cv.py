@@ -112,7 +112,7 @@ def whole_slide_check(  # type: ignore[no-untyped-def]
     model, meta = load_checkpoint(run)
     report = predict_slide(
         model, section.slide, out / f"{section.name}.zarr", resume=False, device=device,
-        model_mpp=float(meta["extra"]["microns_per_pixel"]), genes=list(meta["genes"]),
+        model_mpp=model.working_mpp, genes=list(meta["genes"]),
     )  # fmt: skip
     store = DenseMapStore.open(out / f"{section.name}.zarr")
     circles = spot_circles(section.adata, float(section.slide.mpp))

@@ -212,7 +212,7 @@ def run_demo(
         raise InputFileError(run, f"holds a {meta['model']!r} model: the demo needs a dense map")
     store_path = out / "sample.zarr"
     report = predict_slide(
-        model, slide, store_path, model_mpp=float(meta["extra"]["microns_per_pixel"]),
+        model, slide, store_path, model_mpp=model.working_mpp,
         tile_px=256, progress=True, genes=list(meta["genes"]),
         provenance={"run_dir": str(Path(run).resolve()), "model": meta["model"]},
     )  # fmt: skip

@@ -185,20 +185,18 @@ def describe_map_store(path: str | os.PathLike[str]) -> list[str]:
 
     path = Path(path)
     store = DenseMapStore.open(path, mode="r")
-    attrs = store.attrs
     coverage = store.coverage
     n_tiles = int(coverage.size)
     computed = int((coverage == 1).sum())
     background = int((coverage == 2).sum())
     pending = int(np.count_nonzero(~store.done_mask))
-    state = str(attrs.get("status", "partial"))
+    state = store.status
     if state != "complete":
         state = f"partial ({pending:,} of {n_tiles:,} tiles pending: predict again to finish)"
     h, w = store.map_shape
-    prov = attrs.get("provenance", {}) or {}
+    prov = store.provenance
     model = prov.get("model") or prov.get("model_name") or "unknown model"
     run = f" from run {prov['run_dir']}" if prov.get("run_dir") else ""
-    slide = attrs.get("slide", {}) or {}
     lines = [
         f"{path}: dense-map store, {state}",
         f"  tiles: {computed:,} computed, {background:,} background, {pending:,} pending "
@@ -208,10 +206,10 @@ def describe_map_store(path: str | os.PathLike[str]) -> list[str]:
         f"  map: {w} x {h} px, {_mpp(store.map_mpp)}, {store.feature_dim} features, "
         f"{store.n_levels} level{'s' if store.n_levels != 1 else ''}",
     ]
-    if slide.get("path"):
-        shape = slide.get("shape") or []
+    if store.slide_path:
+        shape = store.slide_shape or ()
         size = f", {shape[1]} x {shape[0]} px" if len(shape) == 2 else ""
-        lines.append(f"  slide: {slide['path']}{size}, {_mpp(slide.get('mpp'))}")
+        lines.append(f"  slide: {store.slide_path}{size}, {_mpp(store.slide_mpp)}")
     if prov.get("created"):
         lines.append(f"  created: {prov['created']}")
     return lines
