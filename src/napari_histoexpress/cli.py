@@ -52,7 +52,19 @@ _FLAG_HINTS: dict[str, str] = {
     "tile_px": "choose another --tile-px",
     "batch_size": "choose another --batch-size",
     "device": "choose another --device (auto or cpu always work)",
+    "stain_augment_sigma": "choose another --stain-augment (e.g. 0.05; 0 turns it off)",
+    "stain_augment_bias": "choose another --stain-augment (e.g. 0.05; 0 turns it off)",
+    "stain_normalize": "choose another --stain-normalize (none turns it off)",
 }
+
+#: Settings whose flag is not ``--`` + the key: the dest of the flag that sets them.
+_SETTING_DESTS: dict[str, str] = {
+    "stain_augment_sigma": "stain_augment",
+    "stain_augment_bias": "stain_augment",
+}
+
+#: The stain settings (:data:`napari_histoexpress.stain.STAIN_SETTINGS`) of train and cv.
+_STAIN_SETTINGS = ("stain_augment_sigma", "stain_augment_bias", "stain_normalize")
 
 
 def _flag(setting: str) -> str:
@@ -69,8 +81,11 @@ def _hint(setting: str | None, args: argparse.Namespace | None) -> str:
 def _error_line(exc: BaseException, args: argparse.Namespace | None) -> str:
     """The one line a user sees for a user-caused failure (without ``error: ``)."""
     if isinstance(exc, SettingError):
-        flag = _flag(str(exc.setting))
-        value = getattr(args, str(exc.setting), None) if args is not None else None
+        dest = _SETTING_DESTS.get(str(exc.setting), str(exc.setting))
+        if args is not None and not hasattr(args, dest):  # a setting this command has no
+            return exc.problem  # flag for (e.g. a run's recorded stain reference)
+        flag = _flag(dest)
+        value = getattr(args, dest, None) if args is not None else None
         where = flag if value is None else f"{flag} {value}"
         return f"{where}: {exc.problem}"
     if isinstance(exc, HistoExpressError):
@@ -242,7 +257,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- training
 def _train_config(args: argparse.Namespace) -> Any:
-    from .training.config import TrainConfig
+    from .training.config import TrainConfig, default_stain
 
     n_genes, gene_file = None, None
     if args.genes is not None:
@@ -271,6 +286,11 @@ def _train_config(args: argparse.Namespace) -> Any:
         model_config["out_indices"] = list(args.out_indices)
     if getattr(args, "upsample", None):
         model_config["upsample"] = args.upsample
+    stain = default_stain()
+    sigma = getattr(args, "stain_augment", None)
+    if sigma:
+        stain.update(augment_sigma=sigma, augment_bias=sigma)
+    stain["normalize"] = getattr(args, "stain_normalize", None) or "none"
     return TrainConfig(
         model=args.model,
         n_genes=n_genes,
@@ -279,6 +299,7 @@ def _train_config(args: argparse.Namespace) -> Any:
         lr=args.lr,
         lr_schedule=args.lr_schedule,
         weight_decay=args.weight_decay,
+        encoder_lr_scale=args.encoder_lr_scale,
         batch_size=args.batch_size,
         crops_per_epoch=args.crops_per_epoch,
         mpp=args.mpp,
@@ -287,6 +308,7 @@ def _train_config(args: argparse.Namespace) -> Any:
         precision=args.precision,
         seed=args.seed,
         model_config=model_config,
+        stain=stain,
     )
 
 
@@ -359,6 +381,13 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         "--weight-decay", type=_non_negative_float, default=d.weight_decay, help="Adam weight decay"
     )
     p.add_argument(
+        "--encoder-lr-scale",
+        type=_non_negative_float,
+        default=d.encoder_lr_scale,
+        help="PixNet: the encoder learns at --lr times this (e.g. 0.1 for a pretrained "
+        "backbone; 0 freezes it, its BatchNorm statistics included)",
+    )
+    p.add_argument(
         "--batch-size", type=_positive_int, default=d.batch_size, help="crops per training step"
     )
     p.add_argument(
@@ -417,6 +446,22 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         "--upsample",
         choices=["transposed", "bilinear"],
         help="PixNet decoder upsampling: transposed conv (paper) or bilinear + 3x3 conv",
+    )
+    p.add_argument(
+        "--stain-augment",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="SIGMA",
+        help="HED stain augmentation of the training crops: each stain's amount scaled by "
+        "up to 1 ± SIGMA and shifted by up to ± SIGMA optical density (0 = off; 0.05 is a "
+        "mild, recommended setting; PixNet only)",
+    )
+    p.add_argument(
+        "--stain-normalize",
+        default="none",
+        choices=["none", "macenko", "reinhard"],
+        help="stain-normalise training crops, evaluation crops and prediction tiles to one "
+        "reference fitted on the training sections (each cv fold fits its own)",
     )
     _add_device_option(p)
     _add_precision_option(p)
@@ -699,7 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mpp", type=_positive_float, help="override a slide's µm/px")
     p.set_defaults(func=_cmd_info)
 
-    p = _add_command(sub, "train", "train a model on imported sections")
+    p = _add_command(sub, "train", "train a model on imported sections", settings=_STAIN_SETTINGS)
     _add_train_options(p)
     p.add_argument("--out", required=True, help="run folder to write (weights + config.json)")
     p.set_defaults(func=_cmd_train)
@@ -723,7 +768,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_option(p)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = _add_command(sub, "cv", "leave-one-section/patient-out cross-validation")
+    p = _add_command(
+        sub, "cv", "leave-one-section/patient-out cross-validation", settings=_STAIN_SETTINGS
+    )
     _add_train_options(p)
     p.add_argument(
         "--folds",

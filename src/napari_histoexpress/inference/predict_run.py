@@ -11,6 +11,12 @@ The working µm/px is read by one accessor,
 ``extra.microns_per_pixel`` for runs written before that field): :attr:`RunInfo.model_mpp`
 and the loaded model's ``working_mpp`` are the same number.
 
+Stain normalisation: a run trained with it records its settings and fitted reference in
+``config.json`` (``input.stain``, the model's input spec; ``config.stain`` too). A loaded
+model does not carry them, so :func:`predict_with_run` passes them to
+:func:`~.predict_slide.predict_slide` (``stain=``, read by :func:`run_stain`), which
+normalises every tile to that reference with the slide's own stains.
+
 :func:`check_run` does the cheap part (read and check ``config.json``, no weights) so a user
 interface can say at once whether a folder is usable.
 """
@@ -25,7 +31,7 @@ from typing import Any
 from ..errors import HistoExpressError, InputFileError
 from .predict_slide import PredictionReport
 
-__all__ = ["RunInfo", "check_run", "predict_with_run", "run_model_mpp"]
+__all__ = ["RunInfo", "check_run", "predict_with_run", "run_model_mpp", "run_stain"]
 
 
 class RunInfo:
@@ -62,6 +68,14 @@ def run_model_mpp(run_dir: str | os.PathLike[str], meta: dict[str, Any]) -> floa
             "predict a slide",
         )
     return mpp
+
+
+def run_stain(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The stain settings a run was trained with
+    (:func:`~napari_histoexpress.models.checkpoint.checkpoint_stain`)."""
+    from ..models.checkpoint import checkpoint_stain
+
+    return checkpoint_stain(meta)
 
 
 def check_run(run_dir: str | os.PathLike[str]) -> RunInfo:
@@ -147,4 +161,5 @@ def predict_with_run(
         resume=resume,
         genes=list(meta["genes"]),
         provenance={"run_dir": str(run_dir.resolve()), "model": meta["model"]},
+        stain=run_stain(meta),
     )

@@ -49,6 +49,22 @@ Choices made here (and why):
   force one). Features leave the model as float32 and are stored float16 by default
   (``dtype``); the precision used is recorded in the store's provenance. On CUDA, tiles are
   copied from pinned host memory without blocking.
+- **Stain normalisation** (when the model's ``input_spec().stain`` — or the ``stain`` given
+  to :func:`plan_prediction`, e.g. a loaded run's ``config.json`` ``input.stain`` —
+  normalises): the slide's own stains are fixed **once**
+  (:meth:`~napari_histoexpress.stain.StainNormalizer.with_source`, :func:`slide_stain`) from
+  up to :data:`STAIN_SOURCE_WINDOWS` windows of :data:`STAIN_SOURCE_WINDOW_PX` working px
+  read at the working µm/px: the windows of a fixed grid over the slide (independent of the
+  tiling) with the largest tissue fraction (Macenko's tissue criterion,
+  :func:`napari_histoexpress.stain.tissue_mask`, on the slide's thumbnail; ties in row-major
+  order), side by side. Each uint8 window is then normalised
+  (:meth:`~napari_histoexpress.stain.StainNormalizer.apply_numpy`) in the reader thread
+  before the model: a fixed function of each pixel's colour, so tiles stay seamless and a
+  tiled map equals the whole-image one. The normaliser, source stains included, is recorded
+  in the store's provenance (``stain_normalizer``) when the store is created, and a resumed
+  run reuses it; the reference (``stain``) is part of the resume check. A slide with too
+  little tissue for one estimate falls back to per-window estimates (a warning).
+  Augmentation is never applied at prediction.
 """
 
 from __future__ import annotations
@@ -80,6 +96,8 @@ from ..inference.tiling import Tile, grid_shape, plan_tiles
 from ..inference.tissue import tissue_in_box, tissue_mask
 from ..io.slides import Slide, open_slide, read_region, read_region_at_mpp
 from ..models.base import DenseModel, InputSpec, check_gene_head
+from ..stain import StainConfig, StainNormalizer
+from ..stain import tissue_mask as stain_tissue_mask
 
 __all__ = [
     "DEFAULT_HALO_PX",
@@ -94,6 +112,7 @@ __all__ = [
     "predict_slide",
     "resolve_device",
     "run_tiles",
+    "slide_stain",
 ]
 
 log = logging.getLogger(__name__)
@@ -104,6 +123,10 @@ DEFAULT_HALO_PX = 64
 TISSUE_THUMBNAIL_SIDE = 1024
 #: Thumbnail pixels per tile core side used for tissue detection.
 TISSUE_PX_PER_TILE = 16
+#: Stain normalisation: the slide's source stains are estimated from at most this many
+#: windows of this side (working px), the ones of most tissue (see the module docstring).
+STAIN_SOURCE_WINDOWS = 8
+STAIN_SOURCE_WINDOW_PX = 256
 
 
 @dataclass(frozen=True)
@@ -144,6 +167,8 @@ class PredictionPlan:
         tiles: every tile, row-major.
         feature_dim: ``C``; genes: names of the head's outputs; head: ``W (C, G)``, ``b (G,)``
             as float32 (what the store keeps).
+        stain: the stain settings (:meth:`~napari_histoexpress.stain.StainConfig.to_dict`)
+            whose normalisation the tiles get, ``None`` when they get none.
     """
 
     spec: InputSpec
@@ -161,6 +186,15 @@ class PredictionPlan:
     feature_dim: int
     genes: list[str]
     head: tuple[np.ndarray, np.ndarray]
+    stain: dict[str, Any] | None = None
+
+    @property
+    def stain_reference(self) -> dict[str, Any] | None:
+        """The normaliser's reference (:meth:`~napari_histoexpress.stain.StainNormalizer.to_dict`
+        without a source; what the resume check compares), ``None`` without normalisation."""
+        if self.stain is None:
+            return None
+        return StainConfig.from_dict(self.stain).normalizer().to_dict()
 
     @property
     def map_mpp(self) -> float | None:
@@ -205,6 +239,7 @@ def predict_slide(
     precision: str = "auto",
     build_pyramid: bool = True,
     provenance: Mapping[str, Any] | None = None,
+    stain: Mapping[str, Any] | None = None,
 ) -> PredictionReport:
     """Predict the dense feature map of a whole slide into a zarr store at ``out_path``.
 
@@ -236,6 +271,9 @@ def predict_slide(
             ``'bf16'`` or ``'fp16'`` (see :func:`~napari_histoexpress.devices.autocast_dtype`).
         build_pyramid: build the pooled levels once all tiles are done.
         provenance: extra provenance (e.g. ``run_dir``, checkpoint) stored in the attrs.
+        stain: the stain settings whose normalisation the tiles get (a
+            :meth:`~napari_histoexpress.stain.StainConfig.to_dict`, e.g. a run's recorded
+            ``input.stain``); ``None`` (default): the model's ``input_spec().stain``.
     """
     t_start = time.perf_counter()
     out_path = Path(out_path)
@@ -244,7 +282,13 @@ def predict_slide(
     try:
         torch_device = resolve_device(device)
         plan = plan_prediction(
-            model, slide_obj, model_mpp=model_mpp, tile_px=tile_px, halo_px=halo_px, genes=genes
+            model,
+            slide_obj,
+            model_mpp=model_mpp,
+            tile_px=tile_px,
+            halo_px=halo_px,
+            genes=genes,
+            stain=stain,
         )
         store, resumed = open_map_store(
             model,
@@ -298,11 +342,14 @@ def plan_prediction(
     tile_px: int,
     halo_px: int | None = None,
     genes: Sequence[str] | None = None,
+    stain: Mapping[str, Any] | None = None,
 ) -> PredictionPlan:
     """Step 1: the geometry of predicting ``slide`` with ``model`` (no pixels are read).
 
     The window grid is the spec's ``input_multiple`` (made a multiple of the stride), the
-    halo :func:`default_halo_px` unless given, the genes ``genes`` or ``model.gene_names``.
+    halo :func:`default_halo_px` unless given, the genes ``genes`` or ``model.gene_names``,
+    the stain settings ``stain`` or the spec's (kept only when they normalise; a
+    ``SettingError`` when they normalise without a fitted reference).
     Raises :class:`~napari_histoexpress.errors.MissingResolutionError` when the model has a
     working µm/px and the slide's is unknown, ``SettingError`` for a ``tile_px`` off the
     grid, ``ValueError`` when the head does not fit the features and genes.
@@ -328,6 +375,8 @@ def plan_prediction(
     W, b = model.gene_head()
     W, b = check_gene_head(W, b, feature_dim, len(gene_names), who=type(model).__name__)
     head = (np.ascontiguousarray(W, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32))
+    stain_cfg = StainConfig.from_dict(spec.stain if stain is None else stain)
+    stain_cfg.normalizer()  # a normalisation without its reference fails here, before any I/O
     return PredictionPlan(
         spec=spec,
         stride=stride,
@@ -344,6 +393,7 @@ def plan_prediction(
         feature_dim=feature_dim,
         genes=gene_names,
         head=head,
+        stain=None if stain_cfg.normalize == "none" else stain_cfg.to_dict(),
     )
 
 
@@ -365,31 +415,30 @@ def open_map_store(
     genes and head (else :class:`~napari_histoexpress.errors.StoreMismatchError`; an
     unreadable one is an ``InputFileError`` whose setting is ``'restart'``); without it any
     store there is replaced. ``precision`` is checked first (``ValueError``) and recorded,
-    with the device, in the provenance.
+    with the device, in the provenance. When the plan normalises stains, a new store's
+    provenance records the slide's normaliser (:func:`slide_stain`, read from the slide
+    here) under ``stain_normalizer``; a resumed store keeps the one it has.
     """
     out_path = Path(out_path)
     device = torch.device(device)
     autocast_name = str(devices.autocast_dtype(device, precision) or "float32")
     slide_info = {"path": str(slide.path), "shape": list(slide.shape), "mpp": slide.mpp}
     expected = _resume_fields(plan, slide)
-    attrs = {k: v for k, v in expected.items() if k not in ("slide_shape",)}
-    attrs.update(
-        working_shape=list(plan.working_shape),
-        input_multiple=plan.align,
-        slide=slide_info,
-        provenance={
-            **_provenance(model, provenance),
-            "device": str(device),
-            "autocast": autocast_name,
-        },
-    )
-    W, b = plan.head
-    return _open_or_create(
-        out_path,
-        resume,
-        expected,
-        plan.head,
-        dict(
+
+    def create_kwargs() -> dict[str, Any]:
+        attrs = {k: v for k, v in expected.items() if k not in ("slide_shape",)}
+        prov = {**_provenance(model, provenance), "device": str(device), "autocast": autocast_name}
+        if plan.stain is not None:
+            prov["input"] = {**prov["input"], "stain": plan.stain}
+            prov["stain_normalizer"] = slide_stain(slide, plan).to_dict()
+        attrs.update(
+            working_shape=list(plan.working_shape),
+            input_multiple=plan.align,
+            slide=slide_info,
+            provenance=prov,
+        )
+        W, b = plan.head
+        return dict(
             map_shape=plan.map_shape,
             feature_dim=plan.feature_dim,
             genes=plan.genes,
@@ -399,8 +448,9 @@ def open_map_store(
             attrs=attrs,
             chunk=plan.tile_px // plan.stride,
             dtype=dtype,
-        ),
-    )
+        )
+
+    return _open_or_create(out_path, resume, expected, plan.head, create_kwargs)
 
 
 def mark_background(store: DenseMapStore, slide: Slide, plan: PredictionPlan) -> int:
@@ -441,6 +491,8 @@ def run_tiles(
     the model runs. ``progress`` is told ``(0, total)`` first and after each tile (see
     :func:`predict_slide`); ``should_stop`` is polled before each batch. Each tile is marked
     done right after its features are written, so a stop or a crash leaves a resumable store.
+    When the plan normalises stains, each window is normalised (uint8, in the reader thread)
+    with the normaliser of the store's provenance (see the module docstring).
     """
     device = torch.device(device)
     done = store.done_mask
@@ -450,9 +502,13 @@ def run_tiles(
         model.to(device)
     normalise = _normaliser(plan.spec, device)
     autocast = devices.autocast(device, precision)
+    stain = _store_stain(store, slide, plan) if todo else None
 
     def load(batch: list[Tile]) -> np.ndarray:
-        return np.stack([_read_window(slide, plan.factor, plan.working_mpp, t) for t in batch])
+        windows = [_read_window(slide, plan.factor, plan.working_mpp, t) for t in batch]
+        if stain is not None:
+            windows = [stain.apply_numpy(w) for w in windows]
+        return np.stack(windows)
 
     bar = _Progress(progress, len(todo))
     bar(0, 0)
@@ -566,13 +622,73 @@ def _working_geometry(
 
 def _read_window(slide: Slide, f: float, work_mpp: float | None, tile: Tile) -> np.ndarray:
     """The tile's input window, ``(n, n, 3)`` uint8, white outside the slide."""
-    n = tile.in_size
+    return _read_working(slide, f, work_mpp, tile.in_x0, tile.in_y0, tile.in_size)
+
+
+def _read_working(
+    slide: Slide, f: float, work_mpp: float | None, x0: int, y0: int, n: int
+) -> np.ndarray:
+    """The ``(n, n, 3)`` uint8 window at working px ``(x0, y0)``, white outside the slide."""
     if f == 1.0:
-        return read_region(slide, 0, tile.in_x0, tile.in_y0, n, n)
-    # top-left corner exactly at in_x0 * f level-0 px: the same footprint for every tile
-    centre = ((tile.in_x0 + n / 2) * f, (tile.in_y0 + n / 2) * f)
+        return read_region(slide, 0, x0, y0, n, n)
+    # top-left corner exactly at x0 * f level-0 px: the same footprint for every tile
+    centre = ((x0 + n / 2) * f, (y0 + n / 2) * f)
     assert work_mpp is not None
     return read_region_at_mpp(slide, centre, (n, n), work_mpp)
+
+
+def slide_stain(slide: Slide, plan: PredictionPlan) -> StainNormalizer:
+    """The plan's stain normaliser with ``slide``'s own stains fixed (identity when the plan
+    does not normalise), from its windows of most tissue (see the module docstring); the
+    normaliser without a source (per-window estimates, with a warning) when they hold too
+    little tissue for one estimate."""
+    from ..errors import SettingError
+
+    if plan.stain is None:
+        return StainNormalizer()
+    base = StainConfig.from_dict(plan.stain).normalizer()
+    h, w = plan.working_shape
+    n = max(1, min(STAIN_SOURCE_WINDOW_PX, h, w))
+    thumb, downsample = _thumbnail(slide, 0.0)
+    mask = stain_tissue_mask(thumb)
+    scale = plan.factor / downsample  # working px -> thumbnail px
+    scored: list[tuple[float, int, int]] = []
+    for y0 in range(0, h - n + 1, n):
+        for x0 in range(0, w - n + 1, n):
+            ty0, tx0 = int(y0 * scale), int(x0 * scale)
+            ty1 = max(ty0 + 1, math.ceil((y0 + n) * scale))
+            tx1 = max(tx0 + 1, math.ceil((x0 + n) * scale))
+            box = mask[ty0:ty1, tx0:tx1]
+            fraction = float(box.mean()) if box.size else 0.0
+            if fraction > 0:
+                scored.append((-fraction, y0, x0))
+    chosen = sorted(scored)[:STAIN_SOURCE_WINDOWS]  # most tissue first, ties row-major
+    if chosen:
+        f, mpp = plan.factor, plan.working_mpp
+        windows = [_read_working(slide, f, mpp, x0, y0, n) for _, y0, x0 in chosen]
+        try:
+            return base.with_source(np.concatenate(windows, axis=1))
+        except SettingError:
+            pass
+    log.warning(
+        "%s: too little stained tissue for one stain estimate of the slide; each tile's "
+        "stains are estimated on their own (tile borders may show)",
+        slide.path,
+    )
+    return base
+
+
+def _store_stain(
+    store: DenseMapStore, slide: Slide, plan: PredictionPlan
+) -> StainNormalizer | None:
+    """The tiles' normaliser: the one the store's provenance records (``None`` when the plan
+    does not normalise); estimated afresh (:func:`slide_stain`) for a store without one."""
+    if plan.stain is None:
+        return None
+    recorded = store.provenance.get("stain_normalizer")
+    if recorded is None:
+        return slide_stain(slide, plan)
+    return StainNormalizer.from_dict(recorded)
 
 
 def _thumbnail(slide: Slide, tile_level0_px: float) -> tuple[np.ndarray, float]:
@@ -624,11 +740,21 @@ def _resume_fields(plan: PredictionPlan, slide: Slide) -> dict[str, Any]:
         "model_mpp": plan.model_mpp,
         "tile_px": plan.tile_px,
         "halo_px": plan.halo_px,
+        "stain": plan.stain_reference,
         "slide_shape": list(slide.shape),
     }
 
 
-_RESUME_KEYS = ("map_shape", "feature_dim", "genes", "stride", "model_mpp", "tile_px", "halo_px")
+_RESUME_KEYS = (
+    "map_shape",
+    "feature_dim",
+    "genes",
+    "stride",
+    "model_mpp",
+    "tile_px",
+    "halo_px",
+    "stain",
+)
 
 
 def _open_or_create(
@@ -636,9 +762,10 @@ def _open_or_create(
     resume: bool,
     expected: dict[str, Any],
     head: tuple[np.ndarray, np.ndarray],
-    create_kwargs: dict[str, Any],
+    create_kwargs: Callable[[], dict[str, Any]],
 ) -> tuple[DenseMapStore, bool]:
-    """Open a compatible store to resume, or create a new one; returns (store, resumed)."""
+    """Open a compatible store to resume, or create a new one with ``create_kwargs()``
+    (called only then); returns (store, resumed)."""
     if resume and out_path.exists():
         try:
             store = DenseMapStore.open(out_path, mode="r+")
@@ -667,11 +794,13 @@ def _open_or_create(
                 "starting over replaces it, or write the map elsewhere",
             )
         return store, True
-    store = DenseMapStore.create(out_path, overwrite=True, **create_kwargs)
+    store = DenseMapStore.create(out_path, overwrite=True, **create_kwargs())
     return store, False
 
 
 def _norm(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _norm(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_norm(v) for v in value]
     if isinstance(value, float):

@@ -74,6 +74,12 @@ class InputSpec:
         patch_px: spot models: side of the square patch the encoder sees, in working pixels.
         context: spot models: what else :meth:`SpotModel.encode_spots` needs besides the
             patch (``"none"``, ``"neighbours"``, ``"region"``, ``"section"``).
+        stain: the stain settings the model was trained with, as
+            :meth:`napari_histoexpress.stain.StainConfig.to_dict` (the fitted normalisation
+            reference included, no image); ``None`` (default, and every checkpoint saved
+            before the field) = no stain handling. When its ``normalize`` is not ``"none"``,
+            callers normalise the uint8 pixels with that reference before anything else
+            (augmentation strengths are training-only and ignored there). Not hashed.
     """
 
     mpp: float | None
@@ -85,6 +91,7 @@ class InputSpec:
     receptive_field_px: float | None = None
     patch_px: int | None = None
     context: str = "none"
+    stain: dict[str, Any] | None = field(default=None, hash=False)
 
     @property
     def patch_um(self) -> float | None:
@@ -164,6 +171,10 @@ class HistoModel(abc.ABC):
     genes: list[str]
     #: working µm/px of the trained model (``None`` until known)
     working_mpp: float | None = None
+    #: stain settings the model was trained with (``napari_histoexpress.stain.StainConfig``
+    #: as a dict, with its fitted reference; ``None``: no stain normalisation). Training
+    #: sets it, checkpoints restore it, and ``input_spec().stain`` reports it.
+    stain: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ config
     @classmethod

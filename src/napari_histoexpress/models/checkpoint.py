@@ -109,6 +109,16 @@ def checkpoint_working_mpp(meta: Mapping[str, Any]) -> float | None:
     return mpp
 
 
+def checkpoint_stain(meta: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The stain settings a checkpoint records: ``input.stain`` (the model's input spec),
+    else ``config.stain``; ``None`` for runs without them. The one accessor: evaluation,
+    prediction and :func:`load_checkpoint` use it."""
+    raw = (meta.get("input") or {}).get("stain")
+    if raw is None:
+        raw = (meta.get("config") or {}).get("stain")
+    return None if raw is None else dict(raw)
+
+
 def save_checkpoint(
     run_dir: str | os.PathLike[str],
     model: HistoModel,
@@ -242,6 +252,7 @@ def load_checkpoint(
         raise InputFileError(weights, f"weights do not fit model {meta['model']!r}: {exc}") from exc
     try:
         model.set_genes(meta["genes"], checkpoint_working_mpp(meta))
+        model.stain = checkpoint_stain(meta)
     except ValueError as exc:
         raise InputFileError(run_dir / CONFIG_NAME, str(exc)) from exc
     if isinstance(model, torch.nn.Module):

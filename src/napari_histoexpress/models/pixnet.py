@@ -278,6 +278,7 @@ class PixNet(nn.Module, DenseModel):
             normalizes_input=True,
             stride=self.output_stride,
             input_multiple=self.input_multiple,
+            stain=None if self.stain is None else dict(self.stain),
         )
 
     @property

@@ -249,6 +249,7 @@ class RidgeBaseline(SpotModel):
             std=std,
             normalizes_input=True,
             patch_px=int(self.config.input_px),
+            stain=None if self.stain is None else dict(self.stain),
         )
 
     @property

@@ -14,6 +14,12 @@ DEFAULT_MODEL = "pixnet"
 LR_SCHEDULES = ("constant", "cosine")
 
 
+def default_stain() -> dict[str, Any]:
+    """``StainConfig().to_dict()`` (no augmentation, no normalisation), spelled out so that
+    this module imports neither :mod:`napari_histoexpress.stain` nor torch."""
+    return {"augment_sigma": 0.0, "augment_bias": 0.0, "normalize": "none", "reference": None}
+
+
 def learning_rate(base: float, step: int, total: int, schedule: str, warmup: float) -> float:
     """The lr at ``step`` (0-based) of ``total`` for ``schedule`` (see :class:`TrainConfig`)."""
     import math
@@ -43,6 +49,28 @@ class TrainConfig:
     warm-up over ``warmup_fraction`` of the steps, then cosine decay to zero), set per step
     from the global step so a resumed run continues the same curve.
 
+    ``encoder_lr_scale``: the encoder's learning rate is ``lr × encoder_lr_scale`` (tasks
+    with a pretrained encoder, i.e. PixNet; the decoder and head keep ``lr``), through an
+    optimiser parameter group whose ``lr_scale`` the loop multiplies into the scheduled lr
+    at every step. ``1.0`` (default) is one group over all parameters, exactly the paper's
+    Adam. ``0`` freezes the encoder: its parameters get ``requires_grad = False`` and are
+    left out of the optimiser, and it stays in eval mode during training, so its BatchNorm
+    running statistics stay the pretrained ones (a frozen encoder whose statistics drift
+    with the training crops would no longer be the pretrained one).
+
+    ``stain``: the run's stain settings, a
+    :meth:`~napari_histoexpress.stain.StainConfig.to_dict` (default: off, bit-identical to a
+    run without them). ``augment_sigma``/``augment_bias``: HED stain augmentation of the
+    training batches (PixNet; a closed-form fit such as ridge ignores it).
+    ``normalize`` (``"macenko"``/``"reinhard"``): the training crops, evaluation crops and
+    prediction tiles are stain-normalised to one reference, fitted by training on the
+    training sections only (:mod:`.stain_fit`) unless ``reference`` is given; the fitted
+    reference is what the run's ``config.json`` records under ``config.stain`` and
+    ``input.stain``, while the resume fingerprint and cross-validation's fold reuse compare
+    the settings as given. Invalid values raise
+    :class:`~napari_histoexpress.errors.SettingError` (keys ``stain_augment_sigma``,
+    ``stain_augment_bias``, ``stain_normalize``).
+
     ``precision``: the forward pass's autocast (:func:`napari_histoexpress.devices.autocast_dtype`;
     ``"auto"`` = bfloat16 on CUDA, float32 on CPU/MPS). Spot aggregation and the loss always
     run in float32, and float16 training scales its loss (``torch.amp.GradScaler``).
@@ -56,6 +84,7 @@ class TrainConfig:
     lr_schedule: str = "constant"
     warmup_fraction: float = 0.05
     weight_decay: float = 1e-4
+    encoder_lr_scale: float = 1.0
     lam: float = 0.5
     batch_size: int = 8
     crops_per_epoch: int = 128
@@ -63,6 +92,7 @@ class TrainConfig:
     crop_um: float = 384.0
     jitter_um: float = 100.0
     colour_jitter: float = 0.1
+    stain: dict[str, Any] = field(default_factory=default_stain)
     target_sum: float = 1e4
     device: str = "auto"
     precision: str = "auto"
@@ -71,6 +101,20 @@ class TrainConfig:
     model_config: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        import math
+
+        scale = self.encoder_lr_scale
+        if isinstance(scale, bool) or not isinstance(scale, int | float):
+            raise ValueError(f"encoder_lr_scale must be a number, got {scale!r}")
+        if not math.isfinite(scale) or scale < 0:
+            raise ValueError(f"encoder_lr_scale must be 0 or more, got {scale!r}")
+        self.encoder_lr_scale = float(scale)
+        if self.stain != default_stain():  # (the default needs no check: no torch import)
+            from ..stain import StainConfig
+
+            if self.stain is not None and not isinstance(self.stain, dict):
+                raise ValueError(f"stain must be a dict of stain settings, got {self.stain!r}")
+            self.stain = StainConfig.from_dict(self.stain).to_dict()
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         from ..devices import PRECISIONS
@@ -80,6 +124,14 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def stain_config(self) -> Any:
+        """:attr:`stain` as a :class:`~napari_histoexpress.stain.StainConfig` (imports it;
+        typed ``Any`` so that this module names nothing of :mod:`~napari_histoexpress.stain`
+        at import time)."""
+        from ..stain import StainConfig
+
+        return StainConfig.from_dict(self.stain)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

@@ -7,7 +7,9 @@ gene file) so every fold predicts the same genes — the protocol of the her2st 
 numbers (``../shared/data/README.md``).
 
 Any trainable model (:func:`~.tasks.trainable_models`) cross-validates the same way: each fold
-is one :func:`~.train.train` run and one :func:`~.evaluate.evaluate_run`. Every file is
+is one :func:`~.train.train` run and one :func:`~.evaluate.evaluate_run`. Stain
+normalisation therefore fits each fold's reference on that fold's training sections only
+(inside ``train``), and evaluation normalises the held-out sections with it. Every file is
 written atomically (:func:`~napari_histoexpress.io.export.write_text_atomic`), JSON through
 the package's one sanitiser (:func:`~napari_histoexpress.io.export.to_jsonable`; NaN kept as
 Python's ``json`` writes it), so an interrupted ``cv`` never leaves a half-written
@@ -56,11 +58,20 @@ def _same_run(fold_dir: Path, config: TrainConfig, genes: Sequence[str]) -> bool
     defaults = _jsonable(TrainConfig().to_dict())
     have = saved.get("config") or {}
     same = all(
-        have.get(key, defaults.get(key)) == value  # keys added later: their default then
-        for key, value in wanted.items()
+        _same_setting(key, have.get(key, defaults.get(key)), value)  # keys added later:
+        for key, value in wanted.items()  # their default then
         if key not in _NOT_SETTINGS
     )
     return same and list(saved.get("genes", [])) == list(genes)
+
+
+def _same_setting(key: str, have: Any, wanted: Any) -> bool:
+    """``have == wanted``, except that a stain reference the fold *fitted* (recorded in its
+    ``config.stain``) matches settings that ask for one to be fitted (reference ``None``)."""
+    fitted = key == "stain" and isinstance(have, dict) and isinstance(wanted, dict)
+    if fitted and wanted.get("reference") is None:
+        have = {**have, "reference": None}
+    return bool(have == wanted)
 
 
 def folds_of(sections: Sequence[Section], by: str) -> list[tuple[str, list[int], list[int]]]:

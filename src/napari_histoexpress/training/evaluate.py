@@ -15,22 +15,57 @@ name:
   (``input_spec().context != "none"``) get the whole section in one call, with every spot's
   position in µm. Encoders run in float32 (metrics independent of the GPU's autocast).
 
+Stain normalisation: when the run was trained with it (:func:`run_stain`: ``config.json``'s
+``input.stain``, else ``config.stain``), every crop or patch of a section is normalised to the
+run's reference before the model sees it, with the section's own source stains estimated from
+its own crops (:func:`~.stain_fit.section_normalizer` on :func:`~.stain_fit.stain_crops`, the
+training rule) — the prediction-time rule: it uses the section's pixels, never its labels.
+
 Metrics per section: :func:`~napari_histoexpress.metrics.evaluate_predictions`. Every section
 must measure all the run's genes (checked before predicting anything).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..errors import InputFileError
 from .sections import Section
+
+if TYPE_CHECKING:
+    from ..stain import StainConfig, StainNormalizer
+
+log = logging.getLogger(__name__)
+
+
+def run_stain(meta: Mapping[str, Any]) -> StainConfig:
+    """The stain settings a run was trained with: ``config.json``'s ``input.stain`` (the
+    model's input spec), else ``config.stain``; the defaults (none) for runs without."""
+    from ..models.checkpoint import checkpoint_stain
+    from ..stain import StainConfig
+
+    return StainConfig.from_dict(checkpoint_stain(meta))
+
+
+def section_stain(
+    meta: Mapping[str, Any], section: Section, *, mpp: float, size_px: int
+) -> StainNormalizer | None:
+    """The run's stain normaliser with ``section``'s own source stains (from its crops of
+    ``size_px`` at ``mpp``), or ``None`` when the run does not normalise."""
+    from .stain_fit import section_normalizer, stain_crops
+
+    stain = run_stain(meta)
+    if stain.normalize == "none":
+        return None
+    crops = stain_crops(section.pair(), mpp, size_px)
+    return section_normalizer(stain.normalizer(), crops, name=section.name, log=log.warning)
 
 
 def check_genes(run_dir: str | os.PathLike[str], genes: Sequence[str], section: Section) -> None:
@@ -76,7 +111,7 @@ def predict_section_spots(
     if kind == "dense":
         return _dense_spots(model, meta, section, batch_size, dev, progress)
     if kind == "spot":
-        return _spot_model_spots(model, section, batch_size, dev, progress)
+        return _spot_model_spots(model, meta, section, batch_size, dev, progress)
     raise ValueError(f"no spot evaluation for model {meta.get('model')!r} (kind {kind!r})")
 
 
@@ -105,9 +140,11 @@ def _dense_spots(
         mean, std = spec.mean, spec.std
     _place(model, dev)
     genes = list(meta["genes"])
+    normalizer = section_stain(meta, section, mpp=mpp, size_px=round(cfg.crop_um / mpp))
     dataset = SpotCropDataset(
         [section.pair()],
         genes,
+        stain=None if normalizer is None else [normalizer],
         mpp=mpp,
         crop_um=cfg.crop_um,
         jitter_um=0.0,
@@ -136,9 +173,15 @@ def _dense_spots(
 
 
 def _spot_model_spots(
-    model: Any, section: Section, batch_size: int, dev: torch.device, progress: bool
+    model: Any,
+    meta: dict[str, Any],
+    section: Section,
+    batch_size: int,
+    dev: torch.device,
+    progress: bool,
 ) -> np.ndarray:
-    """``encode_spots`` of each spot's patch, then the gene head (float64)."""
+    """``encode_spots`` of each spot's (stain-normalised) patch, then the gene head
+    (float64)."""
     from tqdm.auto import tqdm
 
     from ..io.slides import read_region_at_mpp
@@ -155,6 +198,7 @@ def _spot_model_spots(
     positions_um = xy * section_mpp(adata, slide)
     W, b = model.gene_head()
     p = int(spec.patch_px)
+    normalizer = section_stain(meta, section, mpp=float(spec.mpp), size_px=p)
     mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
     step = batch_size if spec.context == "none" else max(1, len(xy))  # context: whole section
@@ -162,12 +206,13 @@ def _spot_model_spots(
     chunks = [np.arange(i, min(i + step, len(xy))) for i in range(0, len(xy), step)]
     with torch.inference_mode():
         for idx in tqdm(chunks, disable=not progress, desc=section.name, unit="batch"):
-            patches = np.stack(
-                [
-                    read_region_at_mpp(slide, (float(x), float(y)), (p, p), spec.mpp)
-                    for x, y in xy[idx]
-                ]
-            )
+            read = [
+                np.asarray(read_region_at_mpp(slide, (float(x), float(y)), (p, p), spec.mpp))
+                for x, y in xy[idx]
+            ]
+            if normalizer is not None:
+                read = [normalizer.apply_numpy(patch) for patch in read]
+            patches = np.stack(read)
             images = torch.from_numpy(patches).permute(0, 3, 1, 2).float() / 255.0
             if not spec.normalizes_input:
                 images = (images - mean) / std

@@ -21,7 +21,9 @@ Choices of the loop:
   seeded generators (kept in :meth:`TrainingTask.resume_state`) or from NumPy generators
   keyed on ``(seed, epoch, ...)``.
 * **Learning rate** set on every parameter group at every step from the *global* step
-  (``epoch · steps_per_epoch + step``), so a resumed run continues the same curve.
+  (``epoch · steps_per_epoch + step``), so a resumed run continues the same curve; a group
+  with an ``"lr_scale"`` entry (a task's choice, e.g. PixNet's ``encoder_lr_scale``) gets
+  the scheduled lr times it, every other group the scheduled lr itself.
 * **Precision.** The loop owns the policy: :meth:`TrainingTask.autocast` is the context
   for the forward pass in ``config.precision`` (:func:`~napari_histoexpress.devices.autocast`);
   a task keeps reductions that need float32 (spot sums, losses) outside it. float16 scales
@@ -43,6 +45,12 @@ Choices of the loop:
 * **Final checkpoint**: ``save_checkpoint(run_dir, model, config.to_dict(), genes, extra)``
   with ``extra = task.extra()`` plus the ``history`` of gradient tasks; written only when
   training ends (a killed run leaves only ``resume/``).
+* **Stain settings** (``config.stain``): a task that fits them in :meth:`TrainingTask.build`
+  (a stain-normalisation reference, :mod:`.stain_fit`) returns them from
+  :meth:`TrainingTask.fitted_stain`; the checkpoint then records them under ``config.stain``
+  (in place of the settings as given) and in the model's input spec (``input.stain``, see
+  :func:`record_stain`). The resume fingerprint keeps the settings as given, so a resumed
+  run refits the same reference and matches.
 """
 
 from __future__ import annotations
@@ -65,8 +73,9 @@ from .sections import Section
 
 if TYPE_CHECKING:
     from ..models.base import HistoModel
+    from ..stain import StainConfig
 
-__all__ = ["RESUME_DIR", "TrainingTask", "run"]
+__all__ = ["RESUME_DIR", "TrainingTask", "record_stain", "run"]
 
 #: sub-folder of a run holding the state of its last finished epoch
 RESUME_DIR = "resume"
@@ -78,10 +87,10 @@ class TrainingTask(abc.ABC):
     The loop creates the task as ``TaskClass(config, device=..., log=...)`` and calls:
 
     1. :meth:`build` once (after seeding): data and model, the model on :attr:`device`;
-    2. gradient tasks (``closed_form = False``), every epoch: :meth:`on_epoch_start`, then
-       for each batch of :meth:`batches` one :meth:`step` and one optimiser step, then
-       :meth:`on_epoch_end`; :meth:`optimizer` once and :meth:`steps_per_epoch` for the
-       learning-rate schedule;
+    2. gradient tasks (``closed_form = False``), every epoch: :meth:`on_epoch_start`,
+       :meth:`train_mode`, then for each batch of :meth:`batches` one :meth:`step` and one
+       optimiser step, then :meth:`on_epoch_end`; :meth:`optimizer` once and
+       :meth:`steps_per_epoch` for the learning-rate schedule;
        closed-form tasks (``closed_form = True``): :meth:`fit` once instead;
     3. :meth:`extra` for the checkpoint.
 
@@ -138,10 +147,16 @@ class TrainingTask(abc.ABC):
     def optimizer(self, model: Any) -> torch.optim.Optimizer:
         """The optimiser (default: Adam over ``model.parameters()`` with ``config.lr`` and
         ``config.weight_decay``, the paper's PixNet setting). The loop sets each group's
-        ``lr`` at every step from the schedule."""
+        ``lr`` at every step from the schedule, times the group's ``"lr_scale"`` when it has
+        one (e.g. a pretrained encoder at a tenth of the decoder's rate; default 1)."""
         return torch.optim.Adam(
             model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
         )
+
+    def train_mode(self, model: Any) -> None:
+        """Put ``model`` in training mode at the start of each epoch (default
+        ``model.train()``; a task with a frozen part keeps that part in eval mode)."""
+        model.train()
 
     def on_epoch_start(self, epoch: int) -> None:  # noqa: B027 (optional hook, no-op)
         """Called before the first batch of ``epoch`` (e.g. per-epoch clustering)."""
@@ -149,6 +164,12 @@ class TrainingTask(abc.ABC):
     def on_epoch_end(self, epoch: int) -> Mapping[str, float] | None:
         """Called after the last step of ``epoch``; the values returned (e.g. a validation
         score) are recorded in that epoch's history entry."""
+        return None
+
+    def fitted_stain(self) -> StainConfig | None:
+        """The run's stain settings as fitted by :meth:`build` (the normalisation reference
+        included), recorded in the checkpoint; ``None`` (default) when the task uses none
+        or they are the defaults."""
         return None
 
     def resume_state(self) -> dict[str, torch.Tensor]:
@@ -316,8 +337,19 @@ def run(
         model.eval()
         extra = {**task.extra(), "history": history}
     model.set_genes(genes)
-    save_checkpoint(out, model, config.to_dict(), genes, extra=extra)
+    recorded = config.to_dict()
+    stain = task.fitted_stain()
+    if stain is not None:
+        recorded["stain"] = stain.to_dict()
+        record_stain(model, recorded["stain"])
+    save_checkpoint(out, model, recorded, genes, extra=extra)
     return out
+
+
+def record_stain(model: Any, stain: Mapping[str, Any]) -> None:
+    """Record the fitted stain settings on the model (``HistoModel.stain``), so its input
+    spec and the checkpoint's ``input.stain`` carry them."""
+    model.stain = dict(stain)
 
 
 def _gradient_epochs(
@@ -351,7 +383,7 @@ def _gradient_epochs(
     t0 = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         task.on_epoch_start(epoch)
-        model.train()
+        task.train_mode(model)
         losses: dict[str, list[float]] = {}
         bar = tqdm(
             task.batches(epoch),
@@ -369,8 +401,8 @@ def _gradient_epochs(
                 config.lr_schedule,
                 config.warmup_fraction,
             )
-            for group in opt.param_groups:
-                group["lr"] = lr
+            for group in opt.param_groups:  # a group's optional lr_scale (default 1)
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             named = task.step(model, batch)
             loss = named["loss"]
             opt.zero_grad(set_to_none=True)

@@ -25,6 +25,11 @@ Choices (all in :class:`SpotCropConfig`):
 * Coordinates are continuous pixel coordinates of the crop: pixel ``(row r, col c)``
   covers ``[c, c+1) × [r, r+1)``; the requested centre is at ``(size/2, size/2)``, as
   :func:`napari_histoexpress.io.slides.read_region_at_mpp` places it.
+* Stain normalisation (optional, ``stain``: one
+  :class:`~napari_histoexpress.stain.StainNormalizer` per section, see :mod:`.stain_fit`):
+  applied to the uint8 crop right after it is read, before the dihedral transform and the
+  mean/std normalisation (it is a function of each pixel's colour, so the order against the
+  flips does not matter). Without it the crop is left as read.
 * Image normalisation: ``(x / 255 - mean) / std`` with the backbone's statistics
   (:func:`napari_histoexpress.models.backbones.backbone_transform_stats`) unless
   ``mean``/``std`` are given.
@@ -43,6 +48,7 @@ from torch.utils.data import Dataset
 
 from ..expression import expression_matrix
 from ..io.spatial import microns_per_pixel, spot_centres_px, spot_diameter_px
+from ..stain import StainNormalizer
 
 __all__ = [
     "SpotCrop",
@@ -145,6 +151,8 @@ class SpotCropDataset(Dataset):
         config: :class:`SpotCropConfig`; keyword overrides are applied on top.
         read_region: ``(slide, centre_xy, (w, h), target_mpp) -> (h, w, 3) uint8``;
             defaults to :func:`napari_histoexpress.io.slides.read_region_at_mpp`.
+        stain: one stain normaliser per section, applied to each uint8 crop as read
+            (``None``: none).
 
     ``__getitem__`` returns a dict of tensors: ``image`` float32 ``(3, h, w)``
     normalised, ``centres`` ``(k, 2)`` float32 crop px ``(x, y)``, ``radii`` ``(k,)``,
@@ -159,6 +167,7 @@ class SpotCropDataset(Dataset):
         config: SpotCropConfig | None = None,
         *,
         read_region: RegionReader | None = None,
+        stain: Sequence[StainNormalizer] | None = None,
         **overrides: Any,
     ) -> None:
         cfg = config or SpotCropConfig()
@@ -169,6 +178,11 @@ class SpotCropDataset(Dataset):
         self.config = cfg
         self.genes = [str(g) for g in genes]
         self.sections = list(sections)
+        self.stain = None if stain is None else list(stain)
+        if self.stain is not None and len(self.stain) != len(self.sections):
+            raise ValueError(
+                f"{len(self.stain)} stain normalisers for {len(self.sections)} sections"
+            )
         self._read = read_region or _default_reader()
         self.epoch = 0
         if cfg.mean is None or cfg.std is None:
@@ -236,6 +250,8 @@ class SpotCropDataset(Dataset):
             image = image.copy()
         if image.shape[:2] != (size, size):
             raise ValueError(f"read_region returned {image.shape}, expected ({size}, {size}, 3)")
+        if self.stain is not None:
+            image = self.stain[s].apply_numpy(image)
 
         # candidates: within the crop's half-diagonal of the centre, then exact disk test
         half_l0 = cfg.crop_um / 2.0 * np.sqrt(2.0) / slide_mpp

@@ -21,6 +21,22 @@ Choices the paper leaves open (all in :class:`~..config.TrainConfig`):
   variation between sections) drawn from a generator seeded with ``config.seed`` (its state
   is part of the resume state), plus the dataset's dihedral flips/rotations.
 * The forward pass runs in the loop's precision; spot sums and the loss in float32.
+* Stain (``config.stain``, default off: nothing below happens and nothing is drawn).
+  Normalisation: the reference is fitted on the training sections in :meth:`PixNetTask.build`
+  (:func:`~..stain_fit.fit_run_stain`: 16 spot-centred crops of ``crop_um`` per section at
+  the working µm/px, each section with its own source stains) and the dataset normalises
+  every uint8 crop as read. HED augmentation (``augment_sigma``/``augment_bias``) is applied
+  to the batch right after the colour jitter, drawn from a generator of its own (seeded
+  from ``(seed, stream)`` with :class:`numpy.random.SeedSequence`, part of the resume
+  state), so switching it on changes no colour-jitter draw. The fitted settings are
+  recorded by the loop (:meth:`PixNetTask.fitted_stain`).
+* Encoder learning rate (``encoder_lr_scale``): 1 (default) is one Adam group over every
+  parameter, as in the paper. Otherwise two groups, the encoder's (``model.encoder``, named
+  ``"encoder"``, ``lr_scale = encoder_lr_scale``) and the rest's (``lr_scale = 1``); the
+  loop multiplies each group's ``lr_scale`` into the scheduled lr at every step. 0 freezes
+  the encoder: ``requires_grad = False``, no optimiser group (no Adam state, no weight
+  decay), and eval mode for the whole run (:meth:`PixNetTask.train_mode`), so BatchNorm
+  keeps the pretrained running statistics and the encoder's tensors end bit-identical.
 """
 
 from __future__ import annotations
@@ -37,7 +53,11 @@ from ..sections import Section
 
 if TYPE_CHECKING:
     from ...models.pixnet import PixNet
+    from ...stain import StainConfig
     from ..spot_crops import SpotCropDataset
+
+#: stream number of the HED augmentation generator's seed (``SeedSequence([seed, this])``)
+STAIN_STREAM = 0x48ED
 
 __all__ = ["PIXNET_CPU_DEFAULTS", "TASK", "PixNetTask", "colour_jitter"]
 
@@ -80,18 +100,34 @@ class PixNetTask(TrainingTask):
     dataset: SpotCropDataset
     generator: torch.Generator
     sections: list[str]
+    stain: StainConfig
+    stain_generator: torch.Generator | None = None
 
     def build(self, sections: Sequence[Section], genes: Sequence[str]) -> PixNet:
         """The crop dataset, and PixNet (``PIXNET_CPU_DEFAULTS`` under ``model_config``) with
         its head bias at the genes' training means, on the device."""
         from ...models.registry import build_model
         from ..spot_crops import SpotCropDataset
+        from ..stain_fit import fit_run_stain
 
         config = self.config
         self.sections = [s.name for s in sections]
+        pairs = [s.pair() for s in sections]
+        self.stain = config.stain_config()
+        normalizers = None
+        if self.stain.normalize != "none":
+            self.stain, normalizers = fit_run_stain(
+                self.stain,
+                pairs,
+                self.sections,
+                mpp=config.mpp,
+                size_px=round(config.crop_um / config.mpp),
+                log=self.log,
+            )
         self.dataset = SpotCropDataset(
-            [s.pair() for s in sections],
+            pairs,
             list(genes),
+            stain=normalizers,
             mpp=config.mpp,
             crop_um=config.crop_um,
             jitter_um=config.jitter_um,
@@ -106,8 +142,46 @@ class PixNetTask(TrainingTask):
         model.init_head_bias(self.dataset.all_targets().mean(axis=0))
         model.set_genes(genes, working_mpp=config.mpp)
         model.to(self.device)
+        if self._encoder_frozen():
+            model.encoder.requires_grad_(False)
         self.generator = torch.Generator().manual_seed(config.seed)
+        if self.stain.augments:
+            seed = np.random.SeedSequence([config.seed % 2**32, STAIN_STREAM])
+            self.stain_generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
         return model
+
+    def fitted_stain(self) -> StainConfig | None:
+        """The stain settings with the fitted reference; ``None`` when they are the
+        defaults (nothing to record)."""
+        from ...stain import StainConfig
+
+        return None if self.stain == StainConfig() else self.stain
+
+    def _encoder_frozen(self) -> bool:
+        return self.config.encoder_lr_scale == 0.0
+
+    def optimizer(self, model: PixNet) -> torch.optim.Optimizer:
+        """Adam as the loop's default when ``encoder_lr_scale == 1``; else an ``"encoder"``
+        group at ``lr_scale = encoder_lr_scale`` (none when frozen) and one for the rest."""
+        config = self.config
+        scale = float(config.encoder_lr_scale)
+        if scale == 1.0:
+            return super().optimizer(model)
+        encoder = list(model.encoder.parameters())
+        in_encoder = {id(p) for p in encoder}
+        rest = [p for p in model.parameters() if id(p) not in in_encoder]
+        groups: list[dict[str, Any]] = [{"params": rest, "name": "decoder", "lr_scale": 1.0}]
+        if scale > 0:
+            lr = config.lr * scale
+            groups.insert(0, {"params": encoder, "name": "encoder", "lr_scale": scale, "lr": lr})
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+    def train_mode(self, model: PixNet) -> None:
+        """``model.train()``, the encoder kept in eval mode when frozen (its BatchNorm
+        statistics stay the pretrained ones)."""
+        model.train()
+        if self._encoder_frozen():
+            model.encoder.eval()
 
     def _crops_per_epoch(self) -> int:
         return min(self.config.crops_per_epoch, len(self.dataset))
@@ -134,9 +208,12 @@ class PixNetTask(TrainingTask):
         return loader
 
     def step(self, model: PixNet, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``pixnet_loss`` of the spot means of the dense map of colour-jittered crops."""
+        """``pixnet_loss`` of the spot means of the dense map of colour-jittered (and, when
+        asked, HED-augmented) crops."""
         images = batch["image"].to(self.device, non_blocking=True)  # pinned on CUDA
         images = colour_jitter(images, self.config.colour_jitter, self.generator)
+        if self.stain_generator is not None:
+            images = self.stain.augment(images, self.stain_generator)
         with self.autocast():
             feats = model.features(images)
         feats = feats.float()  # spot sums and the PCC loss in float32
@@ -154,11 +231,16 @@ class PixNetTask(TrainingTask):
         return {"loss": losses.pixnet_loss(pred, target, lam=self.config.lam)}
 
     def resume_state(self) -> dict[str, torch.Tensor]:
-        return {"colour_jitter_generator": self.generator.get_state()}
+        state = {"colour_jitter_generator": self.generator.get_state()}
+        if self.stain_generator is not None:
+            state["stain_generator"] = self.stain_generator.get_state()
+        return state
 
     def load_resume_state(self, state: Mapping[str, torch.Tensor]) -> None:
         if "colour_jitter_generator" in state:
             self.generator.set_state(state["colour_jitter_generator"])
+        if self.stain_generator is not None and "stain_generator" in state:
+            self.stain_generator.set_state(state["stain_generator"])
 
     def extra(self) -> dict[str, Any]:
         """Target normalisation, working µm/px, crop size and the training sections."""

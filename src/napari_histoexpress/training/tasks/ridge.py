@@ -10,6 +10,16 @@ Choices: the run's ``model_config`` keys that are not ridge settings (e.g. PixNe
 ``decoder_dim`` given to a shared CLI) are ignored rather than refused, and ``target_sum``
 and ``seed`` come from the run's config. The frozen encoder runs on the run's device in its
 precision; PCA and ridge stay float64 NumPy.
+
+Stain (``config.stain``): with ``normalize`` set, the reference is fitted on the training
+sections (:func:`~..stain_fit.fit_run_stain`: 16 spot-centred patches of the model's
+``input_px`` at its working µm/px per section, each section with its own source stains) and
+every spot's uint8 patch is normalised before the frozen encoder sees it; the fitted
+settings are recorded by the loop (:meth:`RidgeTask.fitted_stain`). HED augmentation is
+ignored (logged): a closed-form fit on frozen features of each spot's one patch has no
+epochs over which random stain variations could average. ``encoder_lr_scale`` is ignored
+too (the encoder is frozen). With the defaults the fit is :meth:`RidgeBaseline.fit
+<napari_histoexpress.models.ridge.RidgeBaseline.fit>` itself.
 """
 
 from __future__ import annotations
@@ -22,7 +32,10 @@ from ..loop import TrainingTask
 from ..sections import Section
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ...models.ridge import RidgeBaseline
+    from ...stain import StainConfig, StainNormalizer
 
 __all__ = ["TASK", "RidgeTask"]
 
@@ -35,6 +48,8 @@ class RidgeTask(TrainingTask):
     pairs: list[tuple[Any, Any]]
     genes: list[str]
     model: RidgeBaseline
+    stain: StainConfig
+    normalizers: list[StainNormalizer] | None = None
 
     def build(self, sections: Sequence[Section], genes: Sequence[str]) -> RidgeBaseline:
         """The unfitted baseline (ridge settings of ``model_config``), encoder on the device."""
@@ -49,16 +64,76 @@ class RidgeTask(TrainingTask):
         self.model.to(self.device, config.precision)
         self.pairs = [s.pair() for s in sections]
         self.genes = list(genes)
+        if config.encoder_lr_scale != 1.0:
+            self.log(f"{config.model}: encoder_lr_scale ignored (the encoder is frozen)")
+        self.stain = config.stain_config()
+        if self.stain.augments:
+            self.log(
+                f"{config.model}: HED stain augmentation ignored (a closed-form fit on frozen "
+                "features sees each spot once)"
+            )
+        if self.stain.normalize != "none":
+            from ..stain_fit import fit_run_stain
+
+            self.stain, self.normalizers = fit_run_stain(
+                self.stain,
+                self.pairs,
+                [s.name for s in sections],
+                mpp=self.model.config.input_mpp,
+                size_px=int(self.model.config.input_px),
+                log=self.log,
+            )
         return self.model
 
     def fit(self, model: RidgeBaseline) -> None:
-        """Encode every spot, choose alpha by grouped CV and fit on all sections."""
-        model.fit(self.pairs, self.genes)
+        """Encode every spot (stain-normalised patches when asked), choose alpha by grouped
+        CV and fit on all sections."""
+        if self.normalizers is None:
+            model.fit(self.pairs, self.genes)
+        else:
+            from ...expression import expression_matrix
+
+            feats = [
+                _normalised_features(model, pair, norm)
+                for pair, norm in zip(self.pairs, self.normalizers, strict=True)
+            ]
+            target_sum = model.config.target_sum
+            targets = [expression_matrix(a, self.genes, target_sum) for a, _ in self.pairs]
+            model.fit_features(feats, targets, self.genes)
         self.log(f"{self.config.model}: alpha {model.alpha:g} ({model.cv_scheme})")
+
+    def fitted_stain(self) -> StainConfig | None:
+        """The stain settings with the fitted reference (augmentation strengths kept as
+        given, though unused); ``None`` when they are the defaults."""
+        from ...stain import StainConfig
+
+        return None if self.stain == StainConfig() else self.stain
 
     def extra(self) -> dict[str, Any]:
         """The fit's choices: ``alpha``, ``cv_scores``, ``cv_scheme``."""
         return self.model.fit_record()
+
+
+def _normalised_features(
+    model: RidgeBaseline, pair: tuple[Any, Any], normalizer: StainNormalizer
+) -> np.ndarray:
+    """``(n_spots, d)`` raw backbone features of the section's stain-normalised patches, in
+    batches of the model's ``batch_size`` (as :meth:`RidgeBaseline.extract_features`)."""
+    import numpy as np
+
+    bs = model.config.batch_size
+    out: list[np.ndarray] = []
+    batch: list[np.ndarray] = []
+    for patch in model.spot_patches(pair):
+        batch.append(normalizer.apply_numpy(patch))
+        if len(batch) == bs:
+            out.append(model.encode_patches(np.stack(batch)))
+            batch = []
+    if batch:
+        out.append(model.encode_patches(np.stack(batch)))
+    if not out:
+        raise ValueError("section has no spots")
+    return np.concatenate(out)
 
 
 TASK = RidgeTask
