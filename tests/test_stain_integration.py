@@ -97,6 +97,10 @@ def _shifted(image: np.ndarray) -> np.ndarray:
 
 
 class TinyDense(nn.Module, DenseModel):
+    @classmethod
+    def contract_config(cls) -> dict:
+        return {}
+
     """A random stride-2 conv net with an 11 px receptive field; the caller normalises."""
 
     MEAN = (0.5, 0.5, 0.5)

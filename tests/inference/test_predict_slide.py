@@ -22,6 +22,10 @@ STD = (0.25, 0.25, 0.25)
 
 
 class _TestDense(nn.Module, DenseModel):
+    @classmethod
+    def contract_config(cls) -> dict:
+        return {}
+
     """An unregistered DenseModel for these tests: the caller normalises with MEAN/STD,
     the head is ``self.head`` (``nn.Linear``)."""
 

@@ -227,12 +227,9 @@ class HistoModel(abc.ABC):
 
     # ------------------------------------------------------------------ contract test
     @classmethod
+    @abc.abstractmethod
     def contract_config(cls) -> dict[str, Any]:
         """A tiny JSON config for the model contract test (small backbone, few genes)."""
-        raise NotImplementedError(
-            f"{cls.__name__} defines no contract_config(): every registered model gives a tiny "
-            "config for tests/models/test_contract.py"
-        )
 
     @classmethod
     def contract_instance(cls) -> HistoModel:

@@ -39,7 +39,7 @@ Choices of the loop:
   fingerprint (config, genes, section files) matches continues after the last finished epoch
   and gives the same result as an uninterrupted run (tested); another fingerprint starts
   afresh.
-* **Closed-form tasks** (``closed_form = True``, e.g. the ridge baseline): no epochs, no
+* **Closed-form tasks** (:class:`ClosedFormTask`, e.g. the ridge baseline): no epochs, no
   optimiser and no resume; the loop calls :meth:`TrainingTask.fit` once, then writes the same
   final checkpoint.
 * **Final checkpoint**: ``save_checkpoint(run_dir, model, config.to_dict(), genes, extra)``
@@ -75,7 +75,7 @@ if TYPE_CHECKING:
     from ..models.base import HistoModel
     from ..stain import StainConfig
 
-__all__ = ["RESUME_DIR", "TrainingTask", "record_stain", "run"]
+__all__ = ["RESUME_DIR", "ClosedFormTask", "GradientTask", "TrainingTask", "record_stain", "run"]
 
 #: sub-folder of a run holding the state of its last finished epoch
 RESUME_DIR = "resume"
@@ -87,11 +87,11 @@ class TrainingTask(abc.ABC):
     The loop creates the task as ``TaskClass(config, device=..., log=...)`` and calls:
 
     1. :meth:`build` once (after seeding): data and model, the model on :attr:`device`;
-    2. gradient tasks (``closed_form = False``), every epoch: :meth:`on_epoch_start`,
+    2. gradient tasks (:class:`GradientTask`), every epoch: :meth:`on_epoch_start`,
        :meth:`train_mode`, then for each batch of :meth:`batches` one :meth:`step` and one
        optimiser step, then :meth:`on_epoch_end`; :meth:`optimizer` once and
        :meth:`steps_per_epoch` for the learning-rate schedule;
-       closed-form tasks (``closed_form = True``): :meth:`fit` once instead;
+       closed-form tasks (:class:`ClosedFormTask`): :meth:`fit` once instead;
     3. :meth:`extra` for the checkpoint.
 
     Attributes:
@@ -129,21 +129,6 @@ class TrainingTask(abc.ABC):
         ctx: AbstractContextManager[Any] = autocast(self.device, self.config.precision)
         return ctx
 
-    # ------------------------------------------------------------------ gradient tasks
-    def steps_per_epoch(self) -> int:
-        """Batches per epoch (sets the learning-rate schedule's length and the bar's total)."""
-        raise NotImplementedError(f"{type(self).__name__} defines no steps_per_epoch()")
-
-    def batches(self, epoch: int) -> Iterable[Any]:
-        """The batches of ``epoch`` (0-based), :meth:`steps_per_epoch` of them; must depend
-        only on the seed and the epoch, so a resumed run sees the same batches."""
-        raise NotImplementedError(f"{type(self).__name__} defines no batches()")
-
-    def step(self, model: Any, batch: Any) -> Mapping[str, torch.Tensor]:
-        """Named scalar losses of one batch; ``"loss"`` is back-propagated (the others are
-        only recorded). Run the forward pass inside :meth:`autocast`."""
-        raise NotImplementedError(f"{type(self).__name__} defines no step()")
-
     def optimizer(self, model: Any) -> torch.optim.Optimizer:
         """The optimiser (default: Adam over ``model.parameters()`` with ``config.lr`` and
         ``config.weight_decay``, the paper's PixNet setting). The loop sets each group's
@@ -180,10 +165,35 @@ class TrainingTask(abc.ABC):
     def load_resume_state(self, state: Mapping[str, torch.Tensor]) -> None:  # noqa: B027
         """Inverse of :meth:`resume_state` (called after :meth:`build` when resuming)."""
 
-    # ------------------------------------------------------------------ closed-form tasks
+
+class GradientTask(TrainingTask):
+    """A task trained by gradient steps: it defines the epoch's batches and one step."""
+
+    closed_form: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def steps_per_epoch(self) -> int:
+        """Batches per epoch (sets the learning-rate schedule's length and the bar's total)."""
+
+    @abc.abstractmethod
+    def batches(self, epoch: int) -> Iterable[Any]:
+        """The batches of ``epoch`` (0-based), :meth:`steps_per_epoch` of them; must depend
+        only on the seed and the epoch, so a resumed run sees the same batches."""
+
+    @abc.abstractmethod
+    def step(self, model: Any, batch: Any) -> Mapping[str, torch.Tensor]:
+        """Named scalar losses of one batch; ``"loss"`` is back-propagated (the others are
+        only recorded). Run the forward pass inside :meth:`autocast`."""
+
+
+class ClosedFormTask(TrainingTask):
+    """A task fit in closed form (no epochs, no optimiser): it defines :meth:`fit`."""
+
+    closed_form: ClassVar[bool] = True
+
+    @abc.abstractmethod
     def fit(self, model: Any) -> None:
-        """Fit ``model`` in closed form on the data of :meth:`build` (closed-form tasks)."""
-        raise NotImplementedError(f"{type(self).__name__} defines no fit()")
+        """Fit ``model`` in closed form on the data of :meth:`build`."""
 
 
 # ---------------------------------------------------------------------- resume state
@@ -274,7 +284,7 @@ def _load_resume(
 def _resume(
     resume_dir: Path,
     fingerprint: dict[str, Any],
-    task: TrainingTask,
+    task: GradientTask,
     model: Any,
     opt: torch.optim.Optimizer,
     scaler: Any,
@@ -329,13 +339,15 @@ def run(
     task = task_class(config, device=device, log=log)
     model: Any = task.build(sections, genes)
     extra: dict[str, Any]
-    if task.closed_form:
+    if isinstance(task, ClosedFormTask):
         task.fit(model)
         extra = task.extra()
-    else:
+    elif isinstance(task, GradientTask):
         history = _gradient_epochs(task, model, sections, out, config, genes, device, progress)
         model.eval()
         extra = {**task.extra(), "history": history}
+    else:
+        raise TypeError(f"{type(task).__name__} is neither a GradientTask nor a ClosedFormTask")
     model.set_genes(genes)
     recorded = config.to_dict()
     stain = task.fitted_stain()
@@ -353,7 +365,7 @@ def record_stain(model: Any, stain: Mapping[str, Any]) -> None:
 
 
 def _gradient_epochs(
-    task: TrainingTask,
+    task: GradientTask,
     model: Any,
     sections: Sequence[Section],
     out: Path,

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from .. import losses
-from ..loop import TrainingTask
+from ..loop import GradientTask
 from ..sections import Section
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ def colour_jitter(images: torch.Tensor, strength: float, gen: torch.Generator) -
     return images.clamp(0.0, 1.0)
 
 
-class PixNetTask(TrainingTask):
+class PixNetTask(GradientTask):
     """PixNet on spot-centred crops (see the module docstring)."""
 
     dataset: SpotCropDataset

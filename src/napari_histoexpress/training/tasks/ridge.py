@@ -28,7 +28,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from ..loop import TrainingTask
+from ..loop import ClosedFormTask
 from ..sections import Section
 
 if TYPE_CHECKING:
@@ -40,10 +40,8 @@ if TYPE_CHECKING:
 __all__ = ["TASK", "RidgeTask"]
 
 
-class RidgeTask(TrainingTask):
+class RidgeTask(ClosedFormTask):
     """Fit the ridge baseline in closed form (see the module docstring)."""
-
-    closed_form = True
 
     pairs: list[tuple[Any, Any]]
     genes: list[str]
