@@ -1,52 +1,62 @@
-"""her2st C2–C6 leave-one-section-out: every trainable model (PixNet, the ridge baseline,
-...), one run, one table.
+"""her2st C2–C6 leave-one-section-out: the README's table, one run per row, in one invocation.
 
-Imports the five sections from ``../shared/data/her2st`` (µm/px from the spot-array pitch),
-chooses the 250 highest-mean genes over all five, and runs ``cross_validate`` for each model
-of ``--models`` (default: every trainable model of the registry,
-:func:`napari_histoexpress.training.tasks.trainable_models`) with the CLI's default
-settings — the same as
+Imports the five sections from ``../shared/data/her2st`` (µm/px from the spot-array pitch)
+into ``OUT``, chooses the 250 highest-mean genes over all five, and cross-validates every
+run (``_loso.py``: a label and its ``histoexpress cv`` training options, built by the CLI's
+own parser). The default runs are the README's rows: PixNet and the ridge baseline on
+random-init ResNet18 and on the offline ImageNet EfficientNet-Lite0, and PixNet with HED
+stain augmentation. The same as, per run,
 
-    histoexpress cv --model pixnet --data C2.h5ad ... C6.h5ad --genes 250 --out OUT/pixnet
-    histoexpress cv --model ridge  --data C2.h5ad ... C6.h5ad --genes 250 --out OUT/ridge
+    histoexpress cv --data C2.h5ad ... C6.h5ad --genes 250 --out OUT/LABEL OPTIONS
 
-Prints each model's per-fold mean PCC and the mean over folds, each model's ratio to the
-first one given; then predicts the first held-out slide (C2) whole with that fold's run of
-each dense model and scores its measured spots aggregated from the dense map.
+Prints the Markdown table (per-fold mean PCC, mean, top-50 expressed/variable genes, MSE,
+minutes, each run's mean relative to the first run's); then predicts the first held-out
+slide (C2) whole with the C2-fold model of the first dense run and scores its measured spots
+aggregated from the dense map (``OUT/C2.zarr``, used by ``scripts/screenshots.py``).
 
 Run:  python benchmarks/her2st_cv.py [--data ../shared/data] [--out cv-her2st] [--device auto]
-      [--models pixnet ridge]
-(about 55 minutes on 2 CPU cores for PixNet and ridge; finished folds are kept, so a rerun
-resumes.)
+      [--run LABEL "OPTIONS"]... | [--models pixnet ridge] [--no-whole-slide]
+(on 2 CPU cores: about 10 min per PixNet fold with the CPU defaults, 1-2 min per ridge fold;
+finished folds are kept, so a rerun resumes.)
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 from pathlib import Path
 
+from _loso import Run, add_run_options, run_table, runs_from
+
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("C2", "C3", "C4", "C5", "C6")
+LITE0 = ["--backbone", "tf_efficientnet_lite0", "--pretrained", "imagenet"]
+DEFAULT_RUNS = (
+    Run("pixnet", ["--model", "pixnet"]),
+    Run("pixnet-lite0", ["--model", "pixnet", *LITE0]),
+    Run("pixnet-hed", ["--model", "pixnet", "--stain-augment", "0.05"]),
+    Run("ridge-resnet18", ["--model", "ridge", "--backbone", "resnet18"]),
+    Run("ridge-lite0", ["--model", "ridge", *LITE0]),
+)
 
 
 def main() -> None:
     from napari_histoexpress.io.export import write_h5ad_atomic
     from napari_histoexpress.io.st_datasets import read_legacy_st
     from napari_histoexpress.models.registry import models_of_kind
-    from napari_histoexpress.training.config import TrainConfig
-    from napari_histoexpress.training.cross_validation import cross_validate
     from napari_histoexpress.training.sections import load_sections
-    from napari_histoexpress.training.tasks import trainable_models
 
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=Path("cv-her2st"))
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--models", nargs="+", choices=trainable_models(), default=None)
+    parser.add_argument(
+        "--no-whole-slide", action="store_true", help="skip the whole-slide check of C2"
+    )
+    add_run_options(parser, DEFAULT_RUNS)
     args = parser.parse_args()
-    models = args.models or trainable_models()
+    runs = runs_from(args, DEFAULT_RUNS)
     her2st = args.data / "her2st"
     args.out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -63,35 +73,16 @@ def main() -> None:
             write_h5ad_atomic(adata, path)
         paths.append(path)
     sections = load_sections(paths)
-
-    results = {}
-    for model in models:
-        t0 = time.perf_counter()
-        cfg = TrainConfig(model=model, n_genes=250, device=args.device)
-        report = cross_validate(sections, args.out / model, cfg, progress=False, log=print)
-        results[model] = (report, time.perf_counter() - t0)
-
-    first = models[0]
-    folds = [r["fold"] for r in results[first][0]["rows"]]
-    print()
-    others = [f"{m}/{first}" for m in models[1:]]
-    print(f"{'fold':>6} " + " ".join(f"{m:>10}" for m in [*models, *others]))
-    for i, fold in enumerate(folds):
-        pcc = [results[m][0]["rows"][i]["pcc_mean"] for m in models]
-        ratios = [p / pcc[0] for p in pcc[1:]]
-        print(f"{fold:>6} " + " ".join(f"{v:10.3f}" for v in [*pcc, *ratios]))
-    for model, (report, seconds) in results.items():
-        resumed = report["n_folds_resumed"]
-        note = f" ({resumed} folds reused from an earlier run)" if resumed else ""
-        print(f"# {model}: {seconds / 60:.1f} min for the 5 folds (training + evaluation){note}")
+    results = run_table(sections, args.out, runs, args.device)
     dense = set(models_of_kind("dense"))
-    for model in models:
-        if model in dense:
-            whole_slide_check(sections[0], args.out, model, args.device)
+    for run, report, _ in results:
+        if report["model"] in dense and not args.no_whole_slide:
+            whole_slide_check(sections[0], args.out, run.label, args.device)
+            break
 
 
 def whole_slide_check(  # type: ignore[no-untyped-def]
-    section, out: Path, model_name: str, device: str
+    section, out: Path, label: str, device: str
 ) -> None:
     """Dense prediction of the held-out slide of the first fold, spots aggregated from the map.
 
@@ -108,7 +99,7 @@ def whole_slide_check(  # type: ignore[no-untyped-def]
     from napari_histoexpress.metrics import evaluate_predictions
     from napari_histoexpress.models.checkpoint import load_checkpoint
 
-    run = out / model_name / f"fold-{section.name}"
+    run = out / label / f"fold-{section.name}"
     model, meta = load_checkpoint(run)
     report = predict_slide(
         model, section.slide, out / f"{section.name}.zarr", resume=False, device=device,
@@ -122,7 +113,7 @@ def whole_slide_check(  # type: ignore[no-untyped-def]
         np.asarray(predicted.X), expression_matrix(section.adata, genes), genes
     )
     print(
-        f"# {model_name}, whole-slide {section.name} (held out): {report.n_tiles} tiles, "
+        f"# {label}, whole-slide {section.name} (held out): {report.n_tiles} tiles, "
         f"{report.n_skipped_background} background; spots from the dense map: "
         f"pcc_mean {res['pcc_mean']:.3f}"
     )

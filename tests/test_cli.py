@@ -216,3 +216,17 @@ def test_ridge_on_a_vit_through_the_cli(tmp_path: Path, capsys) -> None:
     assert "run folder, ridge (vit_tiny_patch16_224)" in text
     name, res = next(iter(metrics["sections"].items()))
     assert f"{name}: pcc_mean {res['pcc_mean']:.3f}" in text
+
+
+def test_cv_train_config_is_what_the_cv_command_parses() -> None:
+    """Benchmarks build their runs through the CLI's parser (``cli.cv_train_config``)."""
+    from napari_histoexpress.cli import cv_train_config
+
+    cfg = cv_train_config(["--model", "ridge", "--pretrained", "none", "--genes", "250"])
+    assert (cfg.model, cfg.n_genes, cfg.model_config) == ("ridge", 250, {"pretrained": None})
+    lite = cv_train_config(["--backbone", "tf_efficientnet_lite0", "--pretrained", "imagenet"])
+    assert lite.model_config == {"backbone": "tf_efficientnet_lite0", "pretrained": "imagenet"}
+    with pytest.raises(SystemExit):
+        cv_train_config(["--epochs", "0"])
+    with pytest.raises(SystemExit, match="--genes"):
+        cv_train_config(["--genes", "0"])

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from dense_toys import TinyDense
 from napari_histoexpress.cli import main
 from napari_histoexpress.inference.map_store import DenseMapStore
 from napari_histoexpress.inference.predict_slide import predict_slide
@@ -94,58 +94,6 @@ def _shifted(image: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
     y = hed_perturb(x, torch.tensor([[1.3, 0.75, 1.0]]), torch.tensor([[0.05, -0.03, 0.02]]))
     return (y[0].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
-
-
-class TinyDense(nn.Module, DenseModel):
-    @classmethod
-    def contract_config(cls) -> dict:
-        return {}
-
-    """A random stride-2 conv net with an 11 px receptive field; the caller normalises."""
-
-    MEAN = (0.5, 0.5, 0.5)
-    STD = (0.25, 0.25, 0.25)
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(8, 4, 3, padding=1),
-        )  # fmt: skip
-        self.head = nn.Linear(4, 2)
-        self.genes = ["A", "B"]
-
-    @classmethod
-    def from_config(cls, config):  # type: ignore[override]
-        return cls()
-
-    def config_dict(self) -> dict:
-        return {}
-
-    @property
-    def feature_stride(self) -> int:
-        return 2
-
-    @property
-    def feature_dim(self) -> int:
-        return 4
-
-    def input_spec(self) -> InputSpec:
-        return InputSpec(
-            mpp=None, mean=self.MEAN, std=self.STD, stride=2, input_multiple=2,
-            receptive_field_px=11,
-        )  # fmt: skip
-
-    def gene_head(self) -> tuple[np.ndarray, np.ndarray]:
-        return (
-            self.head.weight.detach().double().numpy().T.copy(),
-            self.head.bias.detach().double().numpy().copy(),
-        )
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
 
 
 def _predict(model: DenseModel, image: np.ndarray, path: Path, stain, tile_px: int = 64):

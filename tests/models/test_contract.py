@@ -183,3 +183,11 @@ def test_config_round_trip(model: HistoModel) -> None:
     assert rebuilt.config_dict() == config
     assert type(model).from_config(rebuilt.config_dict()).config_dict() == config
     assert json.loads(json.dumps(type(model).contract_config())) == type(model).contract_config()
+
+
+def test_settings_of_resolves_like_a_built_model(model: HistoModel) -> None:
+    """``settings_of`` (what cross-validation compares before reusing a fold) equals the
+    config a model built from the same settings records."""
+    cls = type(model)
+    assert cls.settings_of(cls.contract_config()) == model.config_dict()
+    assert cls.settings_of(model.config_dict()) == model.config_dict()

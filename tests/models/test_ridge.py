@@ -63,6 +63,7 @@ def _section(seed: int, nx: int = 6, ny: int = 5) -> tuple[ad.AnnData, Slide]:
 
 def _config(**kw) -> RidgeConfig:
     base = dict(
+        backbone="resnet18",  # random init: small, and the reference protocol's encoder
         patch_um=60.0,
         input_px=64,
         n_components=16,
@@ -88,6 +89,23 @@ def test_config_in_microns() -> None:
     assert cfg.zero_init_last is False
     with pytest.raises(ValueError, match="cv_metric"):
         RidgeConfig(cv_metric="r2")
+
+
+def test_default_encoder_is_offline_imagenet_lite0() -> None:
+    """The default encoder is the offline ImageNet EfficientNet-Lite0 (it won on her2st and
+    MOB); ``pretrained="auto"`` is recorded resolved, and other backbones default to random
+    init."""
+    cfg = RidgeConfig()
+    assert (cfg.backbone, cfg.pretrained) == ("tf_efficientnet_lite0", "imagenet")
+    assert RidgeConfig(backbone="resnet18").pretrained is None
+    assert RidgeConfig(backbone="tf_efficientnet_lite1").pretrained == "imagenet"
+    assert RidgeConfig(pretrained="none").pretrained is None
+    assert RidgeConfig(pretrained=None).pretrained is None  # old checkpoints: random stays
+    assert RidgeConfig(pretrained="w.safetensors").pretrained == "w.safetensors"
+    model = RidgeBaseline.from_config({})
+    assert model.config_dict()["pretrained"] == "imagenet"
+    assert RidgeBaseline.settings_of({}) == model.config_dict()
+    assert model.input_spec().mean == (0.5, 0.5, 0.5)  # Lite0's statistics
 
 
 def test_patches_are_centred_and_resampled() -> None:

@@ -211,3 +211,22 @@ def test_cv_reuses_a_finished_fold_only_with_the_same_settings(tmp_path: Path) -
     assert not _same_run(tmp_path, TrainConfig(model="pixnet", n_genes=3, epochs=3), ["A", "B"])
     assert not _same_run(tmp_path, cfg, ["A", "C"])
     assert not _same_run(tmp_path / "missing", cfg, ["A", "B"])
+
+
+def test_cv_compares_the_resolved_model_config(tmp_path: Path) -> None:
+    """A fold recorded with the model's resolved config is reused when today's options
+    resolve to the same model, and retrained when a default changed under the same options
+    (the ridge baseline's encoder was random-init ResNet18 before it became ImageNet Lite0)."""
+    from napari_histoexpress.models.ridge import RidgeBaseline
+    from napari_histoexpress.training.cross_validation import _same_run
+
+    genes = ["A", "B"]
+    old = TrainConfig(model="ridge", n_genes=2)  # options as given then: {}
+    resnet = RidgeBaseline.settings_of({"backbone": "resnet18", "pretrained": None})
+    record = {"config": old.to_dict(), "genes": genes, "model_config": resnet}
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    assert not _same_run(tmp_path, old, genes)  # {} now means Lite0: retrain
+    same_model = TrainConfig(model="ridge", n_genes=2, model_config={"backbone": "resnet18"})
+    assert _same_run(tmp_path, same_model, genes)  # resnet18, "auto" -> random init: reuse
+    other = TrainConfig(model="ridge", n_genes=2, model_config={"n_components": 8})
+    assert not _same_run(tmp_path, other, genes)

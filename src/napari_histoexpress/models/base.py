@@ -186,6 +186,16 @@ class HistoModel(abc.ABC):
     def config_dict(self) -> dict[str, Any]:
         """The JSON-able config that :meth:`from_config` rebuilds the same model from."""
 
+    @classmethod
+    def settings_of(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The full :meth:`config_dict` that a model built from ``config`` records (every
+        default resolved), without needing the built model. Cross-validation compares it
+        with a finished fold's checkpoint, so a changed default retrains instead of reusing
+        the fold. Default: ``from_config(config).config_dict()``; models whose construction
+        is costly override it with their config class (the contract test checks that both
+        agree)."""
+        return cls.from_config(config).config_dict()
+
     # ------------------------------------------------------------------ shapes
     @property
     @abc.abstractmethod

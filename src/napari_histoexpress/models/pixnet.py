@@ -85,6 +85,7 @@ from torch import nn
 from ..geometry import circle_pixel_weights
 from ..models.backbones import backbone_transform_stats, create_backbone
 from ..models.base import DenseModel, InputSpec, check_gene_head
+from ..models.pretrained import resolve_pretrained
 from ..models.registry import register_model
 
 if TYPE_CHECKING:
@@ -100,8 +101,11 @@ class PixNetConfig:
     Attributes:
         n_genes: number of predicted genes (output channels).
         backbone: timm model name (any CNN with ``features_only``).
-        pretrained: ``None`` (random init), a weights file, or ``"hf-hub:org/name"``.
-            Only used when building a fresh model; a checkpoint carries its own weights.
+        pretrained: ``None`` (random init, default), a weights file, ``"hf-hub:org/name"``,
+            ``"imagenet"`` (offline, EfficientNet-Lite0/1/2), ``"auto"`` (``"imagenet"``
+            where the backbone has offline weights, else random) or ``"none"``; recorded
+            resolved (:func:`~.pretrained.resolve_pretrained`). Only used when building a
+            fresh model; a checkpoint carries its own weights.
         out_indices: backbone levels to use (``None`` = all; L = their number, L >= 2).
         backbone_kwargs: extra timm architecture options (e.g. ``{"init_values": 1e-5,
             "dynamic_img_size": true}`` for a UNI-style ViT, whose levels all share one
@@ -140,8 +144,7 @@ class PixNetConfig:
             raise ValueError("n_genes, decoder_dim and ffn_expansion must be >= 1")
         if self.out_indices is not None:
             self.out_indices = tuple(int(i) for i in self.out_indices)
-        if self.pretrained is not None:
-            self.pretrained = str(self.pretrained)
+        self.pretrained = resolve_pretrained(self.backbone, self.pretrained)  # auto/none
         mean: Sequence[float] | None = self.mean
         std: Sequence[float] | None = self.std
         if mean is None or std is None:
@@ -259,6 +262,11 @@ class PixNet(nn.Module, DenseModel):
 
     def config_dict(self) -> dict[str, Any]:
         return self.config.to_dict()
+
+    @classmethod
+    def settings_of(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """``PixNetConfig.from_dict(config).to_dict()`` (no network built)."""
+        return PixNetConfig.from_dict(config).to_dict()
 
     @classmethod
     def contract_config(cls) -> dict[str, Any]:

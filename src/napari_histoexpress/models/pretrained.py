@@ -69,6 +69,7 @@ __all__ = [
     "imagenet_weights",
     "is_imagenet",
     "offline_imagenet_stats",
+    "resolve_pretrained",
     "source_weights_file",
     "weights_home",
 ]
@@ -128,6 +129,23 @@ def is_imagenet(pretrained: object) -> bool:
     """Whether a ``pretrained`` value selects the offline ImageNet weights (the text
     ``"imagenet"``, any case; a path object never does)."""
     return isinstance(pretrained, str) and pretrained.strip().lower() == IMAGENET
+
+
+def resolve_pretrained(backbone: str, pretrained: str | None) -> str | None:
+    """``pretrained`` as recorded: ``"auto"`` becomes ``"imagenet"`` for a backbone with
+    offline ImageNet weights (:data:`OFFLINE_IMAGENET`: EfficientNet-Lite0/1/2)
+    and ``None`` (random init) for any other; ``"none"`` (any case) becomes ``None``;
+    anything else (a weights file, ``hf-hub:...``, ``"imagenet"``) is kept."""
+    if pretrained is None:
+        return None
+    text = str(pretrained)
+    if text.lower() == "none":
+        return None
+    if text.lower() == "auto":
+        arch, tag = timm.models.split_model_name_tag(backbone)
+        offline = arch in OFFLINE_IMAGENET and tag in ("", "in1k")
+        return "imagenet" if offline else None
+    return text
 
 
 def _spec(name: str) -> OfflineWeights:

@@ -60,9 +60,32 @@ def _same_run(fold_dir: Path, config: TrainConfig, genes: Sequence[str]) -> bool
     same = all(
         _same_setting(key, have.get(key, defaults.get(key)), value)  # keys added later:
         for key, value in wanted.items()  # their default then
-        if key not in _NOT_SETTINGS
-    )
-    return same and list(saved.get("genes", [])) == list(genes)
+        if key not in _NOT_SETTINGS and (key != "model_config" or "model_config" not in saved)
+    )  # (a checkpoint's resolved model config is compared below, the options as given not)
+    if not same or list(saved.get("genes", [])) != list(genes):
+        return False
+    if "model_config" not in saved:  # no resolved config recorded: the options decided
+        return True
+    settings = _model_settings(config, genes)
+    return settings is not None and _jsonable(saved["model_config"]) == _jsonable(settings)
+
+
+def _model_settings(config: TrainConfig, genes: Sequence[str]) -> dict[str, Any] | None:
+    """The full model config a run of ``config`` would record (the task's settings resolved
+    by the model class). Compared instead of ``config.model_config`` as given: the same
+    options can mean another model once a default changed (the ridge baseline's encoder),
+    and other options the same model (``{}`` and ``{"backbone": <the default>}``). ``None``
+    if they cannot be resolved (then no fold is reused)."""
+    import torch
+
+    from ..models.registry import get_model_class
+    from .tasks import task_class
+
+    try:
+        task = task_class(config.model)(config, device=torch.device("cpu"), log=lambda _: None)
+        return get_model_class(config.model).settings_of(task.model_settings(genes))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _same_setting(key: str, have: Any, wanted: Any) -> bool:

@@ -118,6 +118,13 @@ class TrainingTask(abc.ABC):
         """Prepare the data of ``sections`` and return the model (built through the registry
         from ``config.model``, its head sized for ``genes``, placed on :attr:`device`)."""
 
+    @abc.abstractmethod
+    def model_settings(self, genes: Sequence[str]) -> dict[str, Any]:
+        """The config :meth:`build` gives the registry for ``genes`` (``config.model_config``
+        merged with the task's defaults). Cross-validation resolves it with the model class's
+        :meth:`~napari_histoexpress.models.base.HistoModel.settings_of` and compares it with
+        a finished fold's recorded model config before reusing the fold."""
+
     def extra(self) -> dict[str, Any]:
         """What the checkpoint records under ``extra`` besides the loop's ``history``
         (normalisation, working µm/px, what a closed-form fit chose, ...)."""

@@ -137,8 +137,7 @@ class PixNetTask(GradientTask):
             mean=(0.0, 0.0, 0.0),  # PixNet normalises inside (self-describing checkpoints)
             std=(1.0, 1.0, 1.0),
         )
-        model_cfg = {"n_genes": len(genes), **PIXNET_CPU_DEFAULTS, **config.model_config}
-        model = cast("PixNet", build_model(config.model, model_cfg))
+        model = cast("PixNet", build_model(config.model, self.model_settings(genes)))
         model.init_head_bias(self.dataset.all_targets().mean(axis=0))
         model.set_genes(genes, working_mpp=config.mpp)
         model.to(self.device)
@@ -149,6 +148,10 @@ class PixNetTask(GradientTask):
             seed = np.random.SeedSequence([config.seed % 2**32, STAIN_STREAM])
             self.stain_generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
         return model
+
+    def model_settings(self, genes: Sequence[str]) -> dict[str, Any]:
+        """``n_genes``, then :data:`PIXNET_CPU_DEFAULTS`, then the run's ``model_config``."""
+        return {"n_genes": len(genes), **PIXNET_CPU_DEFAULTS, **self.config.model_config}
 
     def fitted_stain(self) -> StainConfig | None:
         """The stain settings with the fitted reference; ``None`` when they are the

@@ -52,12 +52,9 @@ class RidgeTask(ClosedFormTask):
     def build(self, sections: Sequence[Section], genes: Sequence[str]) -> RidgeBaseline:
         """The unfitted baseline (ridge settings of ``model_config``), encoder on the device."""
         from ...models.registry import build_model
-        from ...models.ridge import RidgeConfig
 
         config = self.config
-        names = {f.name for f in dataclasses.fields(RidgeConfig)}
-        settings = {k: v for k, v in config.model_config.items() if k in names}
-        settings.update(target_sum=config.target_sum, seed=config.seed)
+        settings = self.model_settings(genes)
         self.model = cast("RidgeBaseline", build_model(config.model, settings))
         self.model.to(self.device, config.precision)
         self.pairs = [s.pair() for s in sections]
@@ -82,6 +79,17 @@ class RidgeTask(ClosedFormTask):
                 log=self.log,
             )
         return self.model
+
+    def model_settings(self, genes: Sequence[str]) -> dict[str, Any]:
+        """The ridge settings of ``model_config`` (other keys ignored), with the run's
+        ``target_sum`` and ``seed``."""
+        from ...models.ridge import RidgeConfig
+
+        config = self.config
+        names = {f.name for f in dataclasses.fields(RidgeConfig)}
+        settings = {k: v for k, v in config.model_config.items() if k in names}
+        settings.update(target_sum=config.target_sum, seed=config.seed)
+        return settings
 
     def fit(self, model: RidgeBaseline) -> None:
         """Encode every spot (stain-normalised patches when asked), choose alpha by grouped
