@@ -133,3 +133,85 @@ def test_genes_added_to_the_map_show_at_the_next_query(tmp_path: Path) -> None:
     # a read-only instance (what a viewer holds) sees it too
     ro = SpotExpression(DenseMapStore.open(store.path))
     np.testing.assert_allclose(ro.values(spots), after, rtol=1e-12)
+
+
+def _old_window_path(store: DenseMapStore, centres: np.ndarray, radii: np.ndarray):
+    """The aggregation before the vectorised engine (reference): each circle alone on the
+    window of the map around it (bounding box + 2 px), an in-memory CircleAggregator."""
+    from napari_histoexpress.geometry import CircleAggregator
+
+    h, w = store.map_shape
+    pooled = np.full((len(radii), store.feature_dim), np.nan)
+    area = np.zeros(len(radii))
+    for i, ((cx, cy), r) in enumerate(zip(centres, radii, strict=True)):
+        m = int(np.ceil(r)) + 2
+        x0, x1 = int(max(0, np.floor(cx) - m)), int(min(w, np.ceil(cx) + m + 1))
+        y0, y1 = int(max(0, np.floor(cy) - m)), int(min(h, np.ceil(cy) + m + 1))
+        if x1 <= x0 or y1 <= y0:
+            continue
+        window = store.read_features(slice(y0, y1), slice(x0, x1)).astype(np.float64)
+        vals, cov = CircleAggregator(window).aggregate_many(
+            np.array([[cx - x0, cy - y0]]), np.array([r]), return_area=True
+        )
+        pooled[i], area[i] = vals[0], cov[0]
+    return pooled, area
+
+
+def test_thousands_of_bins_equal_the_old_path_and_brute_force(tmp_path: Path) -> None:
+    """A selection of 2,500 Visium HD bins (2, 8, 16 µm; one vectorised aggregation, with a
+    cache too small for all its chunks) equals each circle aggregated alone on its window
+    (the old path) and the brute-force masked sum on the gene maps."""
+    from napari_histoexpress.geometry import brute_force_circle_sum
+
+    store = _store(tmp_path, dtype="float16")
+    yy, xx = np.mgrid[0:50, 0:50]
+    spots = pd.DataFrame(
+        {
+            "x_um": 3.0 + xx.ravel() * 5.3,  # runs over the map's right border (260 µm)
+            "y_um": 7.0 + yy.ravel() * 5.9,
+            "diameter_um": np.resize([2.0, 8.0, 16.0], 2500),
+        }
+    )
+    expr = SpotExpression(store, cache_mb=0.1)  # 3 chunks of 32 x 32 x 7 float64
+    pooled, area = expr.features(spots)
+    centres, radii = circles_to_grid(
+        spots.x_um.to_numpy(), spots.y_um.to_numpy(), spots.diameter_um.to_numpy(),
+        map_mpp=2.0, slide_mpp=0.5,
+    )  # fmt: skip
+    old, old_area = _old_window_path(store, centres, radii)
+    assert np.array_equal(np.isnan(pooled), np.isnan(old)) and np.isnan(pooled).any()
+    np.testing.assert_allclose(pooled, old, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(area, old_area, rtol=1e-11, atol=1e-11)
+    feats = store.read_features(slice(None), slice(None)).astype(np.float64)
+    W, b = store.head
+    genes = feats @ W.astype(np.float64) + b
+    vals = expr.values(spots)
+    ones = np.ones((*genes.shape[:2], 1))
+    for i in range(0, 2500, 97):
+        (cx, cy), r = centres[i], radii[i]
+        a = brute_force_circle_sum(ones, cx, cy, r)[0]
+        if a < 1e-12:  # off the map (the brute force's rounding: ~1e-17)
+            assert np.isnan(vals[i]).all()
+            continue
+        want = brute_force_circle_sum(genes, cx, cy, r) / a
+        np.testing.assert_allclose(vals[i], want, rtol=1e-6, atol=1e-6)
+    assert expr.stats.bytes <= 0.1 * 2**20
+    # the selection's mean is the mean of the circles on the map
+    np.testing.assert_allclose(
+        expr.aggregate(spots), np.nanmean(np.where(area[:, None] > 0, vals, np.nan), axis=0),
+        rtol=1e-9,
+    )  # fmt: skip
+
+
+def test_a_small_memo_evicts_but_never_mixes_up_circles(tmp_path: Path) -> None:
+    """memo_size smaller than a query (and duplicate spots in it): every value is still its
+    own circle's, and the memo holds at most memo_size circles."""
+    store = _store(tmp_path)
+    spots = _spots(12, seed=8)
+    spots = pd.concat([spots, spots.iloc[[3, 3]]], ignore_index=True)  # duplicates
+    want = SpotExpression(store).values(spots)
+    expr = SpotExpression(store, memo_size=5)
+    for part in (spots, spots.iloc[::-1], spots.iloc[4:9], spots):
+        np.testing.assert_array_equal(expr.values(part), want[part.index.to_numpy()])
+        assert len(expr._memo) <= 5
+    assert expr.pending(spots.iloc[:6]) >= 1

@@ -60,3 +60,22 @@ def test_plain_table_and_readiness() -> None:
     assert len(empty) == 0 and list(empty.columns) == ["gene", "mean", "ref_mean", "delta", "z"]
     assert ranking_ready(empty, "delta")
     assert ranking_ready(comparison_table(GENES, MEAN, _stats()), "z")
+
+
+def test_selection_table_against_the_slide_and_a_group() -> None:
+    """The live table of a selection: its mean through SpotExpression.aggregate, against
+    the slide's means (stats) or a second group's mean."""
+    from napari_histoexpress.inference.spot_compare_table import selection_table
+
+    class _Expr:
+        genes = GENES
+
+        def aggregate(self, spots: object) -> np.ndarray:
+            return MEAN if spots == "sel" else np.array([0.0, 2.0, 0.5])
+
+    slide = selection_table(_Expr(), "sel", _stats())  # type: ignore[arg-type]
+    np.testing.assert_allclose(slide["delta"], MEAN - 1.0)
+    np.testing.assert_allclose(slide["z"], [2.0, np.nan, -0.25])
+    group = selection_table(_Expr(), "sel", _stats(), "ref")  # type: ignore[arg-type]
+    np.testing.assert_allclose(group["ref_mean"], [0.0, 2.0, 0.5])
+    np.testing.assert_allclose(group["delta"], [2.0, -1.0, 0.0])

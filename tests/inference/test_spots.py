@@ -181,3 +181,56 @@ def test_an_added_gene_is_aggregated_like_the_others(tmp_path: Path) -> None:
     np.testing.assert_allclose(mean.X[0, 3], s / area, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(total.X[0, 3], s, rtol=1e-4, atol=1e-3)  # bias once per px²
     assert np.isnan(mean.X[1]).all()  # off the map: NaN in every gene, the new one too
+
+
+def test_a_visium_hd_grid_streams_in_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of 8 µm bins (and 2 µm ones) over the whole map and past its border: the
+    batched, streamed aggregation equals the brute force on the gene maps, and tiny batches
+    with a one-chunk cache give the same X (the streaming does not change values)."""
+    import napari_histoexpress.inference.prefix_cache as pc
+
+    store, feats, W, b = _store(tmp_path)
+    yy, xx = np.mgrid[0:75, 0:60]
+    circles = pd.DataFrame(
+        {
+            "x_um": -4.0 + xx.ravel() * 10.0,  # map: 560 x 720 µm
+            "y_um": -4.0 + yy.ravel() * 10.0,
+            "diameter_um": np.where((xx + yy).ravel() % 3 == 0, 2.0, 8.0),
+        }
+    )
+    adata = predict_circles(store, circles)
+    assert adata.X.dtype == np.float32 and adata.shape == (4500, 3)
+    gene_maps = feats.astype(np.float64) @ W.astype(np.float64) + b
+    centres, radii = circles_to_grid(
+        circles.x_um.to_numpy(), circles.y_um.to_numpy(), circles.diameter_um.to_numpy(),
+        map_mpp=8.0, slide_mpp=1.0,
+    )  # fmt: skip
+    ones = np.ones((*gene_maps.shape[:2], 1))
+    for i in [*range(0, 4500, 61), *range(4380, 4410)]:  # + a row below the map's edge
+        (cx, cy), r = centres[i], radii[i]
+        area = brute_force_circle_sum(ones, cx, cy, r)[0]
+        if area < 1e-12:  # off the map (the brute force's rounding: ~1e-17)
+            assert np.isnan(adata.X[i]).all() and adata.obs["area_fraction"].iloc[i] == 0
+            continue
+        np.testing.assert_allclose(
+            adata.X[i], brute_force_circle_sum(gene_maps, cx, cy, r) / area, rtol=1e-4, atol=1e-4
+        )
+        assert adata.obs["area_fraction"].iloc[i] == pytest.approx(area / (np.pi * r * r))
+    monkeypatch.setattr(pc, "BATCH_KNOTS", 100)
+    monkeypatch.setattr("napari_histoexpress.inference.spots.DEFAULT_CACHE_MB", 0.01)
+    streamed = predict_circles(store, circles)
+    np.testing.assert_allclose(streamed.X, adata.X, rtol=1e-6, atol=1e-6)
+    assert np.array_equal(np.isnan(streamed.X), np.isnan(adata.X))
+
+
+def test_sums_of_circles_off_the_map_are_nan(tmp_path: Path) -> None:
+    from napari_histoexpress.inference.spots import aggregate_circles
+
+    store, *_ = _store(tmp_path)
+    centres = np.array([[30.0, 40.0], [500.0, 500.0]])
+    pooled, area = aggregate_circles(store, centres, np.array([3.0, 3.0]), reduce="sum")
+    assert np.isfinite(pooled[0]).all() and np.isnan(pooled[1]).all() and area[1] == 0
+    with pytest.raises(ValueError, match="reduce"):
+        aggregate_circles(store, centres, np.array([3.0, 3.0]), reduce="max")

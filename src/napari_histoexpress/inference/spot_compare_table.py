@@ -5,7 +5,9 @@
 another gene list) or a second group's means; z-scores always use the slide SDs (a group
 of one or two spots has no spread). :func:`plain_table` is the table without a reference
 (means only). :func:`ranking_ready` says whether the table can be sorted by the chosen
-ranking yet (the widget ranks by the plain mean until it can).
+ranking yet (the widget ranks by the plain mean until it can). :func:`selection_table` is
+the whole live table of a selection in one call: its mean (one vectorised aggregation of all
+its spots, :class:`~.live_spots.SpotExpression`), the reference's, Δ and z.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .live_spots import SpotExpression
 from .spot_compare import SlideStats, compare_groups
 
-__all__ = ["comparison_table", "plain_table", "ranking_ready"]
+__all__ = ["comparison_table", "plain_table", "ranking_ready", "selection_table"]
 
 
 def _matching(stats: SlideStats | None, genes: list[str]) -> SlideStats | None:
@@ -39,6 +42,20 @@ def comparison_table(
     else:
         reference = np.full(len(genes), np.nan)
     return compare_groups(list(genes), mean, reference, sd)
+
+
+def selection_table(
+    expr: SpotExpression,
+    spots: pd.DataFrame,
+    stats: SlideStats | None,
+    ref_spots: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """The comparison table of a selection of spots: :func:`comparison_table` of the mean
+    over ``spots`` (:meth:`~.live_spots.SpotExpression.aggregate`) against the mean over
+    ``ref_spots`` when given, else against the slide (``stats``)."""
+    mean = expr.aggregate(spots)
+    ref = expr.aggregate(ref_spots) if ref_spots is not None else None
+    return comparison_table(expr.genes, mean, stats, ref)
 
 
 def plain_table(genes: list[str], values: np.ndarray) -> pd.DataFrame:

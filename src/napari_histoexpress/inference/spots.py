@@ -8,10 +8,11 @@ corner (:mod:`.predict_slide` places tiles that way), so a circle goes to map-gr
 coordinates as ``q = (x_um + slide_mpp / 2) / map_mpp − 1/2`` and ``r_q = r_um / map_mpp``,
 in :mod:`napari_histoexpress.geometry`'s pixel-centre convention.
 
-Aggregation. Exact area weights at partial pixels and O(radius) per circle
-(:class:`~napari_histoexpress.geometry.CircleAggregator` on the stored *features*, C channels,
-then the linear head once per circle — equal to aggregating each gene map because the head is
-affine and the weights of a mean sum to one).
+Aggregation. Exact area weights at partial pixels and O(radius) per circle, every circle of a
+table in one vectorised pass (:mod:`.prefix_cache`: per-chunk row-wise prefix sums of the
+stored *features*, C channels, and :func:`~napari_histoexpress.geometry.prefix_knots`), then
+the linear head once per circle — equal to aggregating each gene map because the head is
+affine and the weights of a mean sum to one.
 
 Background. Pixels the prediction never computed (background tiles skipped by tissue
 detection, tiles still pending in a partial map) read as NaN from the store and have no value
@@ -21,9 +22,11 @@ mean over its *predicted* part, never the head's bias counted as expression, and
 0 = entirely on background or off the map → ``NaN`` predictions).
 Filter on it when a spot must be fully on tissue.
 
-Memory stays bounded whatever the map size: circles are
-grouped by the map block (``block_px`` square, plus a margin of the largest radius) their
-centre falls in, and one block's features are loaded at a time.
+Memory stays bounded whatever the map size and the number of circles: circles are taken in
+spatial order in batches of bounded size, the chunks' prefix sums live in an LRU cache of a
+fixed byte budget, and the head is applied block by block into the float32 ``X``; a whole
+Visium HD capture area (~660,000 bins of 8 µm) needs memory for its ``X`` and little else
+(``benchmarks/bench_live_spots.py`` measures it).
 """
 
 from __future__ import annotations
@@ -31,17 +34,19 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..errors import InputFileError
-from ..geometry import CircleAggregator, Reduce
 from ..io.export import h5ad_safe
 from .map_store import DenseMapStore
+from .prefix_cache import PrefixChunkCache, circle_sums, iter_circle_sums, pooled_means
 
 CIRCLE_COLUMNS = ("x_um", "y_um", "diameter_um")
+#: Prefix-sum cache of one :func:`aggregate_circles` call (MiB): 30 chunks of 128 × 128 × 64.
+DEFAULT_CACHE_MB = 256.0
 
 
 def read_circles(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -85,38 +90,49 @@ def aggregate_circles(
     block_px: int = 1024,
     reduce: str = "mean",
     progress: Callable[[int, int], None] | None = None,
+    cache: PrefixChunkCache | None = None,
+    cache_mb: float = DEFAULT_CACHE_MB,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features ``(N, C)`` and predicted area ``(N,)`` (map px²) of circles on the
-    store: means over the predicted pixels of each circle (see the module docstring)."""
-    feats = store.features_level(0)
-    h, w = store.map_shape
-    n = len(radii)
-    pooled = np.full((n, store.feature_dim), np.nan)
-    area = np.zeros(n)
-    if n == 0:
-        return pooled, area
-    by, bx = (np.floor(centres[:, 1] / block_px), np.floor(centres[:, 0] / block_px))
-    keys = by.astype(np.int64) * (1 << 32) + bx.astype(np.int64)
-    groups = pd.Series(np.arange(n)).groupby(keys).indices
-    for done, idx in enumerate(groups.values(), start=1):
-        idx = np.asarray(idx)
-        margin = int(np.ceil(radii[idx].max())) + 2
-        x0 = int(max(0, np.floor(centres[idx, 0].min()) - margin))
-        x1 = int(min(w, np.ceil(centres[idx, 0].max()) + margin + 1))
-        y0 = int(max(0, np.floor(centres[idx, 1].min()) - margin))
-        y1 = int(min(h, np.ceil(centres[idx, 1].max()) + margin + 1))
-        if x1 <= x0 or y1 <= y0:  # entirely outside the map
-            continue
-        window = np.asarray(feats[y0:y1, x0:x1], dtype=np.float64)
-        agg = CircleAggregator(window)
-        local = centres[idx] - np.array([x0, y0], float)
-        values, covered = agg.aggregate_many(
-            local, radii[idx], reduce=cast(Reduce, reduce), return_area=True
-        )  # ``reduce`` is checked there (ValueError unless 'mean' or 'sum')
-        pooled[idx], area[idx] = values, covered
-        if progress is not None:
-            progress(done, len(groups))
-    return pooled, area
+    store: means (``reduce="mean"``) or sums (``"sum"``) over the predicted pixels of each
+    circle; rows of circles with no predicted pixel (area 0) are ``NaN``.
+
+    All circles go through one vectorised aggregation
+    (:func:`~.prefix_cache.circle_sums`): exact, in spatial batches of ``block_px`` map
+    blocks, reading each feature chunk about once into a prefix-sum cache of ``cache_mb``
+    MiB (or the given ``cache``), so memory is bounded whatever the number of circles.
+    """
+    if reduce not in ("mean", "sum"):
+        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+    if cache is None:
+        cache = PrefixChunkCache(store, budget_bytes=int(cache_mb * 2**20))
+    sums, area = circle_sums(cache, centres, radii, block_px=block_px, progress=progress)
+    if reduce == "mean":
+        return pooled_means(sums, area), area
+    sums[area <= 0] = np.nan
+    return sums, area
+
+
+def _stream_genes(
+    store: DenseMapStore, centres: np.ndarray, radii: np.ndarray, n_genes: int, *, reduce: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``X (N, n_genes)`` float32 (the head's first ``n_genes`` genes, so genes added while
+    it runs do not change the columns) and the predicted areas: each batch of circles is
+    aggregated and goes through the head straight into its rows of ``X`` (no ``(N, C)``
+    or ``(N, G)`` float64 array for the whole table)."""
+    if reduce not in ("mean", "sum"):
+        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+    cache = PrefixChunkCache(store, budget_bytes=int(DEFAULT_CACHE_MB * 2**20))
+    columns = list(range(n_genes))
+    x = np.empty((len(radii), n_genes), dtype=np.float32)
+    area = np.zeros(len(radii))
+    for idx, sums, a in iter_circle_sums(cache, centres, radii):
+        pooled = (
+            pooled_means(sums, a) if reduce == "mean" else np.where(a[:, None] > 0, sums, np.nan)
+        )
+        x[idx] = store.apply_head(pooled, genes=columns, area=a, reduce=reduce)
+        area[idx] = a
+    return x, area
 
 
 def predict_circles(
@@ -152,14 +168,12 @@ def predict_circles(
         map_mpp=map_mpp,
         slide_mpp=slide_mpp,
     )
-    pooled, area = aggregate_circles(store, centres, radii, reduce=reduce)
-    genes_x = store.apply_head(pooled, area=area, reduce=reduce)
+    genes = list(store.genes)
+    genes_x, area = _stream_genes(store, centres, radii, len(genes), reduce=reduce)
     obs = circles.reset_index(drop=True).copy()
     obs.index = [str(v) for v in (obs["id"] if "id" in obs else range(len(obs)))]
     obs["area_fraction"] = area / (np.pi * radii**2)
-    adata = ad.AnnData(
-        X=genes_x.astype(np.float32), obs=obs, var=pd.DataFrame(index=list(store.genes))
-    )
+    adata = ad.AnnData(X=genes_x, obs=obs, var=pd.DataFrame(index=genes))
     xy_px = np.stack([circles["x_um"].to_numpy(), circles["y_um"].to_numpy()], 1) / slide_mpp
     adata.obsm["spatial"] = xy_px
     lib = library_id or Path(store.slide_path or "slide").name.split(".")[0]
