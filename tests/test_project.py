@@ -69,3 +69,79 @@ def test_set_aside_spots_keeps_an_unreadable_table(tmp_path: Path) -> None:
     spots = pd.DataFrame({"x_um": [1.0], "y_um": [2.0], "diameter_um": [3.0], "layer": ["g"]})
     project.save_spots(slide, spots)
     assert project.load_spots(slide)["layer"].tolist() == ["g"]
+
+
+def _bins(n: int, start: int = 0, layer: str = "bins 8 µm") -> pd.DataFrame:
+    import numpy as np
+
+    return pd.DataFrame(
+        {
+            "id_number": np.arange(start, start + n, dtype=np.int64),
+            "x_um": 8.0 * (np.arange(n) % 100),
+            "y_um": 8.0 * (np.arange(n) // 100),
+            "diameter_um": 8.0,
+            "source": "grid",
+            "layer": layer,
+        }
+    )
+
+
+def test_bins_table_is_compact_and_loads_with_the_spots(tmp_path: Path) -> None:
+    import numpy as np
+
+    slide = tmp_path / "a.tif"
+    slide.write_bytes(b"")
+    drawn = pd.DataFrame(
+        {"id": ["spot_0", "tumour"], "x_um": [1.0, 2.0], "y_um": [3.0, 4.0],
+         "diameter_um": [55.0, 100.0], "source": ["drawn", "drawn"], "layer": ["d", "d"]}
+    )  # fmt: skip
+    project.save_spots(slide, drawn)
+    # a project saved before bins existed: no bins table, loads as before
+    assert not project.spot_bins_path(slide).exists()
+    assert project.load_spots(slide)["id"].tolist() == ["spot_0", "tumour"]
+    assert len(project.load_spot_bins(slide)) == 0
+    bins = _bins(100_000, start=1)
+    path = project.save_spot_bins(slide, bins)
+    assert path == project.spot_bins_path(slide) and path.name == project.BINS_FILE
+    assert path.stat().st_size < 500_000  # a CSV of these is ~4 MB
+    # every spot, ids as text
+    spots = project.load_spots(slide)
+    assert len(spots) == 100_002 and spots["id"].is_unique
+    assert spots["id"].iloc[2] == "spot_1" and spots["id"].iloc[-1] == "spot_100000"
+    np.testing.assert_array_equal(spots["x_um"].iloc[2:], bins["x_um"])
+    assert set(spots["layer"].iloc[2:]) == {"bins 8 µm"}
+    assert len(project.load_spots(slide, bins=False)) == 2
+    # as numbers (no text made), the same bins
+    back = project.load_spot_bins(slide, ids=False)
+    pd.testing.assert_frame_equal(back, bins, check_dtype=False)
+    # ids given as text work too; an empty table removes the file
+    project.save_spot_bins(slide, project.load_spot_bins(slide).iloc[:5])
+    assert project.load_spot_bins(slide)["id"].tolist() == [f"spot_{i}" for i in range(1, 6)]
+    assert project.save_spot_bins(slide, bins.iloc[:0]) is None and not path.exists()
+
+
+def test_bad_bins_tables_are_refused(tmp_path: Path) -> None:
+    from napari_histoexpress.errors import InputFileError
+
+    slide = tmp_path / "a.tif"
+    slide.write_bytes(b"")
+    with pytest.raises(InputFileError, match="is not spot_<n>"):
+        project.save_spot_bins(slide, _bins(3).drop(columns="id_number").assign(id="x"))
+    with pytest.raises(InputFileError, match="more than once"):
+        project.save_spot_bins(slide, _bins(3).assign(id_number=[1, 1, 2]))
+    with pytest.raises(InputFileError, match="non-positive"):
+        project.save_spot_bins(slide, _bins(3).assign(diameter_um=[8.0, 0.0, 8.0]))
+    # a bins id held by the CSV too: loading both says so
+    project.save_spot_bins(slide, _bins(3))
+    project.save_spots(slide, pd.DataFrame({"id": ["spot_1"], "x_um": [1.0], "y_um": [1.0],
+                                            "diameter_um": [5.0]}))  # fmt: skip
+    with pytest.raises(InputFileError, match="more than once"):
+        project.load_spots(slide)
+    # an unreadable bins table: a clear error, and it can be set aside
+    path = project.spot_bins_path(slide)
+    path.write_bytes(b"not a zip")
+    with pytest.raises(InputFileError, match="cannot read"):
+        project.load_spot_bins(slide)
+    kept = project.set_aside_spots(slide, project.BINS_FILE)
+    assert kept is not None and kept.name.startswith(f"{project.BINS_FILE}.unreadable-")
+    assert len(project.load_spot_bins(slide)) == 0

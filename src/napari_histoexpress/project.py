@@ -5,6 +5,7 @@ A slide's **project folder** holds everything napari-histoexpress made for it::
     <slide folder>/<slide file name>.histoexpress/
         maps/<run name>.zarr     dense-map stores (one per trained run)
         spots.csv                spots drawn or gridded on the slide (restored on reopen)
+        spot_bins.zarr.zip       large grids (bins layers), a columnar table (restored too)
 
 The project folder sits next to the slide when that folder is writable and belongs to no
 installed package; otherwise (a read-only data share, the sample slide shipped inside the
@@ -25,6 +26,14 @@ pixel indices, so ``x_um = column · µm/px``, as :mod:`.inference.spots` expect
 drawn-spots layer holding the spot; the Spots widget restores one layer per name). Written
 atomically. A table that cannot be read is never overwritten blindly:
 :func:`set_aside_spots` keeps it as ``spots.csv.unreadable-<time>`` first.
+
+Bins table (``spot_bins.zarr.zip``): the spots of the Spots widget's *bins* layers (grids of
+hundreds to millions of spots, e.g. Visium HD bins), same columns (``layer`` included) in a
+compact columnar zip (:mod:`napari_histoexpress.io.spot_store`: ids ``spot_<n>`` stored as
+their numbers, coordinates zstd-compressed; ~50 kB for a 660,000-bin lattice where a CSV
+would be ~50 MB). :func:`load_spots` returns both tables as one; :func:`save_spot_bins`
+writes the bins table, whose ids must be ``spot_<n>``. A project saved before bins existed
+has no such file and loads as before.
 """
 
 from __future__ import annotations
@@ -38,14 +47,16 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .errors import InputFileError
-from .io.spot_table import empty_spots, validate_spots
+from .io.spot_table import SPOT_COLUMNS, empty_spots, validate_spots
 from .user_cache import cache_home
 
 PROJECT_SUFFIX = ".histoexpress"
 SPOTS_FILE = "spots.csv"
+BINS_FILE = "spot_bins.zarr.zip"
 MAPS_FOLDER = "maps"
 
 
@@ -170,25 +181,88 @@ def spots_path(slide_path: str | os.PathLike[str]) -> Path:
     return project_dir(slide_path) / SPOTS_FILE
 
 
-def load_spots(slide_path: str | os.PathLike[str]) -> pd.DataFrame:
-    """The slide's saved spots (an empty table when none were saved)."""
+def spot_bins_path(slide_path: str | os.PathLike[str]) -> Path:
+    """Path of the slide's bins table (it may not exist yet)."""
+    return project_dir(slide_path) / BINS_FILE
+
+
+def load_spots(slide_path: str | os.PathLike[str], *, bins: bool = True) -> pd.DataFrame:
+    """The slide's saved spots (an empty table when none were saved): the spots table, and
+    with ``bins`` (default) the bins table after it, as one table of unique ids."""
     path = spots_path(slide_path)
+    if path.exists():
+        try:
+            df = pd.read_csv(path, dtype={"id": str, "source": str})
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            raise InputFileError(path, f"cannot read the saved spots ({exc})") from exc
+        spots = validate_spots(df, path)
+    else:
+        spots = empty_spots()
+    if not bins or not spot_bins_path(slide_path).exists():
+        return spots
+    binned = load_spot_bins(slide_path)
+    if not len(spots):
+        return binned
+    return validate_spots(pd.concat([spots, binned], ignore_index=True), spot_bins_path(slide_path))
+
+
+def _check_bins(df: pd.DataFrame, where: str | os.PathLike[str]) -> pd.DataFrame:
+    """A bins table with int64 ``id_number`` (≥ 0, unique), finite centres, positive
+    diameters and a ``source``; raises :class:`InputFileError`."""
+    for col in ("id_number", "x_um", "y_um", "diameter_um"):
+        if col not in df.columns:
+            raise InputFileError(where, f"missing column {col!r}")
+    out = df.reset_index(drop=True)
+    numbers = out["id_number"].to_numpy()
+    if numbers.dtype.kind not in "iu" or (numbers < 0).any():
+        raise InputFileError(where, "bin ids must be spot_<n> with n >= 0")
+    if len(np.unique(numbers)) != len(numbers):
+        raise InputFileError(where, "a bin id appears more than once")
+    xyd = out[["x_um", "y_um", "diameter_um"]].to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(xyd).all(axis=1) | (xyd[:, 2] <= 0)
+    if bad.any():
+        rows = np.flatnonzero(bad)[:5].tolist()
+        raise InputFileError(where, f"invalid or non-positive values in row(s) {rows}")
+    out["id_number"] = numbers.astype(np.int64)
+    if "source" not in out.columns:
+        out["source"] = "grid"
+    out["source"] = out["source"].astype(object).where(out["source"].notna(), "grid").astype(str)
+    first = ["id_number", *SPOT_COLUMNS[1:]]
+    return out[[*first, *(c for c in out.columns if c not in first)]]
+
+
+def load_spot_bins(slide_path: str | os.PathLike[str], *, ids: bool = True) -> pd.DataFrame:
+    """The slide's saved bins table (:data:`BINS_FILE`; empty when there is none). With
+    ``ids=False`` the ids come as their numbers, int64 column ``id_number`` (no text: fast
+    for a million bins). Raises :class:`InputFileError` for an unreadable file."""
+    from .io.spot_store import read_spot_store
+
+    path = spot_bins_path(slide_path)
     if not path.exists():
-        return empty_spots()
-    try:
-        df = pd.read_csv(path, dtype={"id": str, "source": str})
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise InputFileError(path, f"cannot read the saved spots ({exc})") from exc
-    return validate_spots(df, path)
+        if ids:
+            return empty_spots()
+        return _check_bins(
+            empty_spots().drop(columns="id").assign(id_number=np.zeros(0, np.int64)), path
+        )
+    table = read_spot_store(path, ids=False)
+    if "id_number" not in table.columns:
+        raise InputFileError(path, "the bins table's ids are not spot_<n>")
+    table = _check_bins(table, path)
+    if not ids:
+        return table
+    from .io.spot_table import ids_from_numbers
+
+    table.insert(0, "id", ids_from_numbers(table.pop("id_number").to_numpy()))
+    return table
 
 
-def set_aside_spots(slide_path: str | os.PathLike[str]) -> Path | None:
-    """Rename the slide's saved spots table to ``spots.csv.unreadable-<YYYYmmdd-HHMMSS>``
-    (e.g. before writing a new one over a table that cannot be read); returns the new
-    path, or ``None`` when there was no table."""
+def set_aside_spots(slide_path: str | os.PathLike[str], name: str = SPOTS_FILE) -> Path | None:
+    """Rename the slide's saved spots table (or, with ``name=BINS_FILE``, its bins table) to
+    ``<name>.unreadable-<YYYYmmdd-HHMMSS>`` (e.g. before writing a new one over a table that
+    cannot be read); returns the new path, or ``None`` when there was no table."""
     import time
 
-    path = spots_path(slide_path)
+    path = project_dir(slide_path) / name
     if not path.exists():
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -208,3 +282,27 @@ def save_spots(slide_path: str | os.PathLike[str], spots: pd.DataFrame) -> Path:
     spots = validate_spots(spots)
     path = project_dir(slide_path, create=True) / SPOTS_FILE
     return write_csv_atomic(spots, path, index=False)
+
+
+def save_spot_bins(slide_path: str | os.PathLike[str], bins: pd.DataFrame) -> Path | None:
+    """Save the slide's bins table atomically (:data:`BINS_FILE`): a spots table whose ids
+    are ``spot_<n>`` (column ``id``) or given as the numbers ``n`` (int64 column
+    ``id_number``), ``layer`` and other columns kept. An empty table removes the file
+    (returns ``None``). Raises :class:`InputFileError` (bad table, unwritable folder)."""
+    from .io.spot_store import write_spot_store
+    from .io.spot_table import id_numbers
+
+    path = project_dir(slide_path) / BINS_FILE
+    table = bins.reset_index(drop=True)
+    if "id" in table.columns:
+        numbers = id_numbers(table["id"])
+        if (numbers < 0).any():
+            bad = table["id"][numbers < 0].iloc[0]
+            raise InputFileError(path, f"bin id {bad!r} is not spot_<n>")
+        table = table.drop(columns="id").assign(id_number=numbers)
+    table = _check_bins(table, path)
+    if not len(table):
+        path.unlink(missing_ok=True)
+        return None
+    project_dir(slide_path, create=True)
+    return write_spot_store(table, path)

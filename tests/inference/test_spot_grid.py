@@ -105,3 +105,26 @@ def test_region_from_napari_shapes() -> None:
     ell = region_from_shape(rect, "ellipse")
     assert ell.area == pytest.approx(math.pi * 150 * 50, rel=1e-3)
     assert ell.centroid.x == pytest.approx(150) and ell.centroid.y == pytest.approx(50)
+
+
+def test_a_visium_hd_capture_area_at_8_um_fits() -> None:
+    from napari_histoexpress.inference.spot_grid import MAX_GRID_SPOTS
+
+    pts = lattice_centres(box(0, 0, 6500, 6500), 8.0, "square")
+    assert len(pts) == 813 * 813 <= MAX_GRID_SPOTS  # ~660,000 bins
+    np.testing.assert_allclose(np.diff(pts[:2, 0]), 8.0)
+    assert (pts[1:, 1] >= pts[:-1, 1]).all()  # row-major, top row first
+    with pytest.raises(ValueError, match="at most"):  # 2 µm over it: ~10 million
+        lattice_centres(box(0, 0, 6500, 6500), 2.0, "square")
+
+
+def test_points_in_region_follows_the_grid_containment() -> None:
+    from napari_histoexpress.inference.spot_grid import points_in_region
+
+    region = box(0, 0, 100, 50)
+    x = np.array([0.0, 50.0, 100.0, 100.1, 50.0, -1.0])
+    y = np.array([0.0, 25.0, 50.0, 25.0, 50.1, 10.0])
+    assert points_in_region(region, x, y).tolist() == [True, True, True, False, False, False]
+    pts = lattice_centres(region, 10.0, "hexagonal")
+    assert points_in_region(region, pts[:, 0], pts[:, 1]).all()
+    assert points_in_region(region, np.zeros(0), np.zeros(0)).shape == (0,)

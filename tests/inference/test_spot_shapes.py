@@ -61,3 +61,18 @@ def test_shapes_region_is_the_union() -> None:
     assert shapes_region([]) is None
     with pytest.raises(ValueError, match="encloses no area"):
         shapes_region([(a[:2], "line")])
+
+
+def test_circles_to_points_and_back() -> None:
+    from napari_histoexpress.inference.spot_shapes import circles_to_points, points_to_circles
+
+    x, y, d = np.array([10.0, 250.5]), np.array([20.0, 30.25]), np.array([8.0, 16.0])
+    centres, size = circles_to_points(x, y, d, 0.5)
+    np.testing.assert_allclose(centres, [[40.0, 20.0], [60.5, 501.0]])  # (row, col) px
+    np.testing.assert_allclose(size, [16.0, 32.0])
+    # the same centres as a drawn circle's corners
+    np.testing.assert_allclose(circle_corners(x[1], y[1], d[1], 0.5).mean(axis=0), centres[1])
+    bx, by, bd = points_to_circles(centres, size, 0.5)
+    np.testing.assert_allclose([bx, by, bd], [x, y, d])
+    _, scalar = circles_to_points(x, y, 8.0, 0.5)
+    np.testing.assert_allclose(scalar, [16.0, 16.0])

@@ -271,3 +271,24 @@ def test_merge_keeps_saved_rows_of_closed_layers_not_deleted_ones() -> None:
         ("slide spots", ["s1"]),
     ]
     assert "layer" not in parts[0][1]
+
+
+def test_number_rule_of_bins_without_a_viewer() -> None:
+    from napari_histoexpress.widgets._spot_ids import SlideIds, assign_numbers
+
+    counter = SlideIds(next_number=10)
+    assert counter.reserve(5) == 10 and counter.next_number == 15
+    assert counter.reserve(2, taken=np.array([3, 40])) == 41 and counter.next_number == 43
+    nums = np.array([41, 41, -1, 7, 42, 99], dtype=np.int64)
+    out, changed = assign_numbers(
+        nums,
+        known=np.array([41, 7, 42]),  # 99 was never given to this layer (copied)
+        elsewhere=np.array([7]),  # held by another layer of the slide
+        ids=counter,
+    )
+    assert changed and nums.tolist() == [41, 41, -1, 7, 42, 99]  # the input is left alone
+    # the first 41 keeps it; the repeat, the missing one, 7 and 99 get fresh numbers, above
+    # the counter and every number kept
+    assert out.tolist() == [41, 43, 44, 45, 42, 46] and counter.next_number == 47
+    same, changed = assign_numbers(out, known=out, elsewhere=np.zeros(0, np.int64), ids=counter)
+    assert not changed and same.tolist() == out.tolist() and counter.next_number == 47

@@ -43,6 +43,7 @@ __all__ = [
     "default_pitch_um",
     "grid_spots",
     "lattice_centres",
+    "points_in_region",
     "region_from_shape",
 ]
 
@@ -59,8 +60,9 @@ HD_BIN_SIZES_UM = (2.0, 8.0, 16.0)
 VISIUM_DIAMETER_UM = 55.0
 VISIUM_PITCH_UM = 100.0
 LATTICES = ("hexagonal", "square")
-#: A grid larger than this is refused (a 2 µm pitch over a whole slide is millions of spots).
-MAX_GRID_SPOTS = 200_000
+#: A grid larger than this is refused: a Visium HD capture area (6.5 mm square) is ~660,000
+#: bins at 8 µm and fits; at 2 µm it is ~10 million (draw a smaller region, ≤ 2.8 mm square).
+MAX_GRID_SPOTS = 2_000_000
 
 
 def default_pitch_um(diameter_um: float) -> float:
@@ -110,15 +112,15 @@ def lattice_centres(
     y0 = miny + (h - (ny - 1) * dy) / 2.0
     x0 = minx + (w - (nx - 1) * pitch) / 2.0
     ys = y0 + dy * np.arange(ny)
-    rows = []
-    for k, y in enumerate(ys):
-        if lattice == "hexagonal" and k % 2 == 1:
-            # odd rows sit half a pitch to the right; one more column keeps the band covered
-            xs = x0 - pitch / 2.0 + pitch * np.arange(nx + 1)
-        else:
-            xs = x0 + pitch * np.arange(nx)
-        rows.append(np.stack([xs, np.full_like(xs, y)], axis=1))
-    pts = np.concatenate(rows) if rows else np.zeros((0, 2))
+    # row-major, vectorised: odd hexagonal rows sit half a pitch to the right, with one
+    # more column so the band stays covered
+    odd = (np.arange(ny) % 2 == 1) & (lattice == "hexagonal")
+    lengths = np.where(odd, nx + 1, nx)
+    starts = np.where(odd, x0 - pitch / 2.0, x0)
+    row = np.repeat(np.arange(ny), lengths)
+    col = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    pts = np.stack([starts[row] + pitch * col, ys[row]], axis=1)
+    shapely.prepare(region)
     keep = shapely.intersects_xy(region, pts[:, 0], pts[:, 1])  # centre inside or on border
     pts = pts[keep]
     if len(pts) > max_spots:
@@ -165,6 +167,17 @@ def grid_spots(
             "source": ["grid"] * n,
         }
     )
+
+
+def points_in_region(region: BaseGeometry, x_um: np.ndarray, y_um: np.ndarray) -> np.ndarray:
+    """Boolean mask of the centres ``(x_um, y_um)`` lying in ``region`` or on its border (the
+    containment rule of the grids), vectorised (e.g. to select the bins of a drawn region)."""
+    x = np.asarray(x_um, dtype=np.float64).reshape(-1)
+    y = np.asarray(y_um, dtype=np.float64).reshape(-1)
+    if region is None or region.is_empty or not len(x):
+        return np.zeros(len(x), dtype=bool)
+    shapely.prepare(region)
+    return np.asarray(shapely.intersects_xy(region, x, y), dtype=bool)
 
 
 def region_from_shape(vertices_rc: np.ndarray, shape_type: str) -> BaseGeometry:

@@ -7,6 +7,11 @@ them freely) and draw ellipses, so :func:`snapped_circle` gives the circle a sha
 back to: same centre, diameter = the mean of the two sides. :func:`shapes_region` is the
 union (µm) of the shapes a grid fills (rectangles, polygons, ellipses).
 
+Bins (large grids) are points instead: a centre ``(row, col)`` in slide pixels and a
+diameter in slide pixels (a napari Points layer's ``data`` and ``size``, which napari
+draws in data units); :func:`circles_to_points` and :func:`points_to_circles` convert whole
+arrays at once.
+
 Coordinates: ``x_um, y_um, diameter_um`` in µm; vertices in slide pixels of ``mpp`` µm.
 """
 
@@ -19,7 +24,14 @@ from shapely.geometry.base import BaseGeometry
 
 from .spot_grid import region_from_shape
 
-__all__ = ["circle_corners", "circle_of", "shapes_region", "snapped_circle"]
+__all__ = [
+    "circle_corners",
+    "circle_of",
+    "circles_to_points",
+    "points_to_circles",
+    "shapes_region",
+    "snapped_circle",
+]
 
 #: Snapped diameters never go below this (slide px), so a collapsed shape stays a shape.
 MIN_DIAMETER_PX = 1e-6
@@ -41,6 +53,26 @@ def circle_of(vertices: np.ndarray, mpp: float) -> tuple[float, float, float]:
     h = float(np.ptp(v[:, 0]))
     w = float(np.ptp(v[:, 1]))
     return float(cx) * mpp, float(cy) * mpp, (h + w) / 2.0 * mpp
+
+
+def circles_to_points(
+    x_um: np.ndarray, y_um: np.ndarray, diameter_um: np.ndarray | float, mpp: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(centres (n, 2) (row, col), diameters (n,))`` in slide px of circles in µm."""
+    x = np.asarray(x_um, dtype=np.float64).reshape(-1)
+    y = np.asarray(y_um, dtype=np.float64).reshape(-1)
+    d = np.broadcast_to(np.asarray(diameter_um, dtype=np.float64), x.shape)
+    return np.stack([y / mpp, x / mpp], axis=1), d / mpp
+
+
+def points_to_circles(
+    centres_rc: np.ndarray, diameters_px: np.ndarray, mpp: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(x_um, y_um, diameter_um)`` arrays of points ``(row, col)`` with diameters in slide
+    px (only the last two columns of ``centres_rc`` are read)."""
+    c = np.asarray(centres_rc, dtype=np.float64).reshape(-1, np.shape(centres_rc)[-1] or 2)
+    d = np.asarray(diameters_px, dtype=np.float64).reshape(-1)
+    return c[:, -1] * mpp, c[:, -2] * mpp, d * mpp
 
 
 def snapped_circle(vertices: np.ndarray, shape_type: str, mpp: float) -> np.ndarray | None:

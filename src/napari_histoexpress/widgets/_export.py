@@ -3,8 +3,11 @@
 Thin: the file is made by :func:`napari_histoexpress.inference.spot_export.export_spots` (the
 scanpy/squidpy spatial AnnData, or a CSV of one row per spot), in a napari ``thread_worker``
 (always: even a few spots read the slide's pyramid for the hires/lowres images). Spots are
-those of every drawn-spots layer of the chosen slide (:mod:`._spot_layer`), all of them or
-only the drawn or gridded ones. The default output is ``<project>/spots.h5ad``
+those of every spots layer of the chosen slide (:mod:`._spot_layer`: drawn-spots layers and
+bins layers, every bin), all of them or only the drawn or gridded ones; a bins layer's
+table is built from its arrays. A CSV of many spots is large (one text row per spot with
+every gene): the status line says how large before it is written, and suggests ``.h5ad``.
+The default output is ``<project>/spots.h5ad``
 (``<project>/spots_expression.csv`` for CSV, never the project's own ``spots.csv`` table).
 """
 
@@ -28,7 +31,6 @@ from qtpy.QtWidgets import (
 
 from .. import project
 from ..inference.spot_export import EXPORT_FORMATS, ExportResult, combine_spot_tables, export_spots
-from ..io import spot_table
 from . import _common, _spot_layer
 from ._common import notify_error, notify_info
 
@@ -40,6 +42,10 @@ SPOT_CHOICES: dict[str, tuple[str, ...] | None] = {
 }
 #: Default output file name in the slide's project folder, per format.
 DEFAULT_NAMES = {".h5ad": "spots.h5ad", ".csv": "spots_expression.csv"}
+#: Above this estimated size (MB) the status line warns that a CSV export is large.
+CSV_WARN_MB = 200.0
+#: Bytes per value of a CSV export (a float written as text with its comma), an estimate.
+_CSV_BYTES_PER_VALUE = 11
 
 
 def notify_warning(message: str) -> None:
@@ -89,6 +95,7 @@ class ExportWidget(QWidget):
         self.slide_combo.currentIndexChanged.connect(self._on_slide_changed)
         self.spots_combo.currentIndexChanged.connect(self._refresh_status)
         self.format_combo.currentTextChanged.connect(self._on_format_changed)
+        self.format_combo.currentTextChanged.connect(self._refresh_status)
         self.path_edit.textEdited.connect(self._on_path_edited)
         self.browse_button.clicked.connect(self.browse)
         self.export_button.clicked.connect(self.export)
@@ -112,20 +119,24 @@ class ExportWidget(QWidget):
         self.slide_combo.refresh()
         self._on_slide_changed()
 
-    def spots(self) -> pd.DataFrame:
-        """The chosen spots of the current slide (all its drawn-spots layers, combined)."""
+    def spot_tables(self) -> dict[str, pd.DataFrame]:
+        """The current slide's spots, one table per spots layer (drawn and bins), the
+        chosen sources only (read from the layers' arrays: quick even for a million bins)."""
         layer = self.slide_layer
         if layer is None:
-            return spot_table.empty_spots()
-        tables = {
-            lay.name: _spot_layer.spots_table(lay)
-            for lay in _spot_layer.spot_layers(self.viewer, layer)
-        }
-        spots = combine_spot_tables(tables)
+            return {}
         keep = SPOT_CHOICES[self.spots_combo.currentText()]
-        if keep is not None:
-            spots = spots[spots["source"].isin(keep)].reset_index(drop=True)
-        return spots
+        tables = {}
+        for lay in _spot_layer.any_spot_layers(self.viewer, layer):
+            table = _spot_layer.spots_table(lay)
+            if keep is not None:
+                table = table[table["source"].isin(keep)].reset_index(drop=True)
+            tables[lay.name] = table
+        return tables
+
+    def spots(self) -> pd.DataFrame:
+        """The chosen spots of the current slide (all its spots layers, combined)."""
+        return combine_spot_tables(self.spot_tables())
 
     def default_path(self, fmt: str | None = None) -> Path | None:
         """``<project folder>/spots.h5ad`` (or ``spots_expression.csv``) of the slide."""
@@ -175,7 +186,7 @@ class ExportWidget(QWidget):
             lay.events.data.disconnect(self._refresh_status)
         self._watched = []
         if self.slide_layer is not None:
-            self._watched = _spot_layer.spot_layers(self.viewer, self.slide_layer)
+            self._watched = _spot_layer.any_spot_layers(self.viewer, self.slide_layer)
             for lay in self._watched:
                 lay.events.data.connect(self._refresh_status)
 
@@ -192,7 +203,7 @@ class ExportWidget(QWidget):
                 f"{layer.name} has no predicted map yet: predict one in the Predict widget."
             )
             return
-        spot_layers = _spot_layer.spot_layers(self.viewer, layer)
+        spot_layers = _spot_layer.any_spot_layers(self.viewer, layer)
         keep = SPOT_CHOICES[self.spots_combo.currentText()]
         n = 0
         for lay in spot_layers:
@@ -200,16 +211,26 @@ class ExportWidget(QWidget):
             if keep is None or "source" not in feats or len(feats) != len(lay.data):
                 n += len(lay.data)
             else:
-                n += int(feats["source"].astype(str).isin(keep).sum())
+                source = feats["source"]
+                if not isinstance(source.dtype, pd.CategoricalDtype):
+                    source = source.astype(str)
+                n += int(source.isin(keep).sum())
         if n == 0:
             self.status.setText(
                 f"No spots on {layer.name}: draw spots or make a grid in the Spots widget."
             )
         else:
-            self.status.setText(
+            text = (
                 f"{n} spot(s) in {len(spot_layers)} layer(s) ready to export with "
                 f"{len(store.genes)} genes."
             )
+            csv_mb = n * (len(store.genes) + 6) * _CSV_BYTES_PER_VALUE / 1e6
+            if self.export_format == ".csv" and csv_mb > CSV_WARN_MB:
+                text += (
+                    f" The CSV will be about {csv_mb:,.0f} MB and slow to write; .h5ad keeps "
+                    "every spot in a compact binary file."
+                )
+            self.status.setText(text)
 
     # ------------------------------------------------------------------ actions
     def browse(self) -> None:
@@ -251,11 +272,11 @@ class ExportWidget(QWidget):
             )
             return
         try:
-            spots = self.spots()
-        except Exception as exc:  # e.g. invalid circles (non-positive diameters)
+            tables = self.spot_tables()
+        except Exception as exc:  # e.g. a layer whose spots cannot be read
             notify_error(exc)
             return
-        if len(spots) == 0:
+        if sum(len(t) for t in tables.values()) == 0:
             notify_error(
                 f"Export: no spots on {layer.name} ({self.spots_combo.currentText().lower()}); "
                 "draw spots or make a grid in the Spots widget first."
@@ -277,20 +298,25 @@ class ExportWidget(QWidget):
                 return
             if path.parent == project.project_dir(slide):
                 path.parent.mkdir(parents=True, exist_ok=True)
-        self._start(store, spots, path, slide)
+        self._start(store, tables, path, slide)
 
-    def _start(self, store: Any, spots: pd.DataFrame, path: Path, slide: Path | None) -> None:
+    def _start(
+        self, store: Any, tables: dict[str, pd.DataFrame], path: Path, slide: Path | None
+    ) -> None:
         from napari.qt.threading import thread_worker
 
-        worker = thread_worker(export_spots, start_thread=False, ignore_errors=True)(
-            store, spots, path, slide_path=slide
-        )
+        def job() -> ExportResult:
+            # combined and checked in the worker too (a million bins take a second)
+            return export_spots(store, combine_spot_tables(tables), path, slide_path=slide)
+
+        worker = thread_worker(job, start_thread=False, ignore_errors=True)()
+        n = sum(len(t) for t in tables.values())
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_errored)
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self.export_button.setEnabled(False)
-        self.status.setText(f"Exporting {len(spots)} spot(s) to {path} …")
+        self.status.setText(f"Exporting {n} spot(s) to {path} …")
         worker.start()
 
     def _on_returned(self, result: ExportResult) -> None:

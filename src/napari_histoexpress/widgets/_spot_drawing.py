@@ -15,6 +15,8 @@
 - **Live moves**: napari reports a Shapes data change only when a drag ends, so the layer's
   mouse-drag callback pokes the table on every move (the table reads ``layer.data``, which
   napari edits in place during the drag).
+- **Bins layers** (large grids as napari Points) are hooked here too and handled by
+  :class:`~._spot_bins.BinLayers` (:attr:`SpotDrawing.bins`), with array operations only.
 
 Changes are told through callbacks: ``edited(slide_key)`` (the slide's spots changed: save
 them), ``poke()`` (update the table), ``layers_changed()`` (a layer was hooked, unhooked or
@@ -36,6 +38,7 @@ from napari.layers.base import ActionType
 from ..inference.spot_shapes import snapped_circle
 from ..io import spot_table
 from . import _common, _spot_layer
+from ._spot_bins import BinLayers
 from ._spot_ids import SlideIds, assign_ids, layer_ids, layer_sources, saved_next_id
 
 #: A drawn spot's outline colour, by source.
@@ -56,6 +59,8 @@ class HookedLayer:
     slide_path: Path | None
     slide_key: str  # the slide file's path, or "name:<slide layer name>" without a file
     known: set[str] = field(default_factory=set)  # the ids given out to this layer
+    #: a bins layer's id numbers (in point order, as last seen); ``None``: a drawn layer
+    numbers: np.ndarray | None = None
 
 
 def _reset_defaults(layer: Any) -> None:
@@ -101,12 +106,55 @@ class SpotDrawing:
         self.slide_paths: dict[str, Path] = {}  # slide key → slide file
         self._ids: dict[str, SlideIds] = {}  # slide key → its id counter, deleted ids
         self._current: dict[str, Hashable] = {}  # slide name → last active spots layer
+        self._current_table: dict[str, Hashable] = {}  # slide name → last active (any kind)
         self._busy = 0
         self._diameter_um = diameter_um
         self._edited = edited
         self._poke = poke
         self._layers_changed = layers_changed
         self._add_mode_left = add_mode_left
+        #: the bins layers' part (:mod:`._spot_bins`)
+        self.bins = BinLayers(self)
+
+    # ------------------------------------------------------------------ for the parts
+    @property
+    def busy(self) -> bool:
+        """Whether the events seen now come from this object's own edits."""
+        return self._busy > 0
+
+    def guard(self) -> contextlib.AbstractContextManager[None]:
+        """Ignore the layer events of the edits made inside."""
+        return self._guard()
+
+    def edited(self, slide_key: str) -> None:
+        """Tell the widget that the slide's spots changed (they will be saved)."""
+        self._edited(slide_key)
+
+    def poke(self) -> None:
+        """Ask the widget for a table update."""
+        self._poke()
+
+    def layers_changed(self) -> None:
+        """Tell the widget a layer was hooked, unhooked or renamed."""
+        self._layers_changed()
+
+    def slide_key_of(self, slide: Any) -> str:
+        """The key of a slide layer (its file's path, else ``name:<layer name>``), with its
+        id counter made (from the saved tables) when it has none yet."""
+        path = _common.slide_path(slide)
+        return self._slide_key(path, slide.name)
+
+    def _slide_key(self, path: Path | None, slide_name: Any) -> str:
+        slide_key = str(path) if path is not None else f"name:{slide_name}"
+        if path is not None:
+            self.slide_paths[slide_key] = path
+        if slide_key not in self._ids:
+            self._ids[slide_key] = SlideIds(saved_next_id(path))
+        return slide_key
+
+    def slide_ids(self, slide_key: str) -> SlideIds:
+        """The slide's id counter (and deleted ids)."""
+        return self._ids[slide_key]
 
     # ------------------------------------------------------------------ layers
     def slide_layers(self, slide_key: str) -> list[HookedLayer]:
@@ -127,11 +175,29 @@ class SpotDrawing:
         ids = self._ids.get(slide_key)
         return set() if ids is None else ids.deleted
 
+    def deleted_numbers(self, slide_key: str) -> np.ndarray:
+        """The id numbers of the slide's bins that the user deleted."""
+        return self.bins.deleted_numbers(slide_key)
+
+    def bins_version(self, slide_key: str) -> int:
+        """How many times the slide's bins changed."""
+        return self.bins.version(slide_key)
+
+    def slide_bins(self, slide_key: str) -> pd.DataFrame:
+        """The bins of the slide's open bins layers (``id_number`` and a ``layer`` column)."""
+        return self.bins.table(slide_key)
+
+    def bin_numbers(self, slide_key: str) -> np.ndarray:
+        """The id numbers held by the slide's open bins layers."""
+        return self.bins.numbers(slide_key)
+
     def slide_spots(self, slide_key: str) -> pd.DataFrame:
-        """The spots of all the slide's open drawn-spots layers, with a ``layer`` column."""
+        """The spots of all the slide's open drawn-spots layers, with a ``layer`` column
+        (bins layers: :meth:`slide_bins`)."""
         tables = [
             _spot_layer.spots_table(info.layer).assign(layer=str(info.layer.name))
             for info in self.slide_layers(slide_key)
+            if info.numbers is None
         ]
         tables = [t for t in tables if len(t)]
         if not tables:
@@ -158,6 +224,41 @@ class SpotDrawing:
         if not create:
             return None
         return self.add_layer(slide, spot_table.empty_spots())
+
+    def table_layer(self, slide: Any | None) -> Any | None:
+        """The slide's spots layer the table shows (drawn or bins): the active one, else
+        the one last active, else the first drawn-spots layer, else the first bins layer."""
+        if slide is None:
+            return None
+        layers = _spot_layer.any_spot_layers(self.viewer, slide)
+        if not layers:
+            return None
+        active = self.viewer.layers.selection.active
+        wanted = [layer_key(active)] if active is not None else []
+        wanted.append(self._current_table.get(slide.name))
+        for key in wanted:
+            for layer in layers:
+                if layer_key(layer) == key:
+                    self._current_table[slide.name] = key
+                    return layer
+        drawn = [layer for layer in layers if _spot_layer.is_spots_layer(layer)]
+        return drawn[0] if drawn else layers[0]
+
+    def add_bins_layer(
+        self,
+        slide: Any,
+        spots: pd.DataFrame,
+        *,
+        name: str | None = None,
+        numbers: np.ndarray | None = None,
+        changed: bool = True,
+    ) -> Any:
+        """Add a bins layer holding ``spots`` to the slide (hooked; fresh ids unless saved
+        ``numbers`` are given); ``changed``: the bins are new to the saved table."""
+        layer = self.bins.add_layer(slide, spots, name=name, numbers=numbers)
+        if changed:
+            self.bins.changed(layer)
+        return layer
 
     def new_layer(self, slide: Any) -> Any:
         """Add an empty drawn-spots layer ``<slide> spots <n>`` and make it active."""
@@ -203,11 +304,14 @@ class SpotDrawing:
             return
         slide = self._slide_of(layer)
         path = _common.slide_path(slide) if slide is not None else None
-        slide_key = str(path) if path is not None else f"name:{layer.metadata.get('slide')}"
-        if path is not None:
-            self.slide_paths[slide_key] = path
-        if slide_key not in self._ids:
-            self._ids[slide_key] = SlideIds(saved_next_id(path))
+        slide_key = self._slide_key(path, layer.metadata.get("slide"))
+        if _spot_layer.is_bins_layer(layer):
+            info = HookedLayer(layer=layer, slide_path=path, slide_key=slide_key)
+            info.numbers = np.zeros(0, dtype=np.int64)
+            self.hooked[key] = info
+            self.bins.hook(info)
+            self._layers_changed()
+            return
         ids = layer_ids(layer)
         taken = self._ids_elsewhere(slide_key, None)
         info = HookedLayer(layer=layer, slide_path=path, slide_key=slide_key)
@@ -224,7 +328,12 @@ class SpotDrawing:
 
     def unhook(self, layer: Any) -> None:
         """Stop listening to a layer (its ids stay given out)."""
-        if self.hooked.pop(layer_key(layer), None) is None:
+        info = self.hooked.pop(layer_key(layer), None)
+        if info is None:
+            return
+        if info.numbers is not None:
+            self.bins.unhook(layer)
+            self._layers_changed()
             return
         with contextlib.suppress(ValueError):
             layer.mouse_drag_callbacks.remove(self._on_drag)
@@ -248,7 +357,7 @@ class SpotDrawing:
         key = None if layer is None else layer_key(layer)
         out: set[str] = set()
         for k, info in self.hooked.items():
-            if info.slide_key == slide_key and k != key:
+            if info.slide_key == slide_key and k != key and info.numbers is None:
                 out.update(layer_ids(info.layer))
         return out
 

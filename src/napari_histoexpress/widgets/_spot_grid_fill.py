@@ -2,14 +2,20 @@
 
 The region is drawn in the slide's "grid region" Shapes layer (*Draw region*: rectangle,
 polygon or ellipse), or is the selected shapes of any other Shapes layer; *Fill with grid*
-adds the lattice of :func:`napari_histoexpress.inference.spot_grid.grid_spots` (hexagonal or
-square, pitch in µm) as spots of source ``grid`` (through the ``add_spots`` callback).
-The region's geometry is :func:`napari_histoexpress.inference.spot_shapes.shapes_region`.
+adds the lattice of :func:`napari_histoexpress.inference.spot_grid.lattice_centres`
+(hexagonal or square, pitch in µm) as spots of source ``grid``: a grid of fewer than
+:data:`~._spot_bins.BIN_LAYER_MIN` spots as circles of the drawn-spots layer (the
+``add_spots`` callback), a larger one as a new bins layer (``add_bins``: a napari Points
+layer, drawn fast at any size; up to
+:data:`~napari_histoexpress.inference.spot_grid.MAX_GRID_SPOTS` spots).
+*Select in region* selects the spots of the table's layer whose centres lie in the region
+(:func:`~napari_histoexpress.inference.spot_grid.points_in_region`), e.g. the bins of a
+tumour outline. The region's geometry is
+:func:`napari_histoexpress.inference.spot_shapes.shapes_region`.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -25,9 +31,16 @@ from qtpy.QtWidgets import (
     QPushButton,
 )
 
-from ..inference.spot_grid import LATTICES, default_lattice, default_pitch_um, grid_spots
+from ..inference.spot_grid import (
+    LATTICES,
+    default_lattice,
+    default_pitch_um,
+    lattice_centres,
+    points_in_region,
+)
 from ..inference.spot_shapes import shapes_region
 from . import _common, _spot_layer
+from ._spot_bins import BIN_LAYER_MIN
 
 REGION_KIND = "grid_region"
 
@@ -43,6 +56,8 @@ class GridBox(QGroupBox):
         diameter_um: Callable[[], float],
         add_spots: Callable[[pd.DataFrame], list[str]],
         stop_adding: Callable[[], None],
+        add_bins: Callable[[pd.DataFrame], Any] | None = None,
+        table_layer: Callable[[], Any | None] | None = None,
     ) -> None:
         super().__init__("Grid")
         self.viewer = viewer
@@ -50,6 +65,8 @@ class GridBox(QGroupBox):
         self._diameter_um = diameter_um
         self._add_spots = add_spots
         self._stop_adding = stop_adding
+        self._add_bins = add_bins
+        self._table_layer = table_layer
 
         self.lattice_combo = QComboBox()
         self.lattice_combo.addItems(list(LATTICES))
@@ -61,7 +78,15 @@ class GridBox(QGroupBox):
         self.region_button.setToolTip("Draw a rectangle, polygon or ellipse to fill with spots")
         self.region_button.clicked.connect(self.draw_region)
         self.fill_button = QPushButton("Fill with grid")
+        self.fill_button.setToolTip(
+            f"Fill the region with spots; {BIN_LAYER_MIN} or more go into a new bins layer"
+        )
         self.fill_button.clicked.connect(self.fill_grid)
+        self.select_region_button = QPushButton("Select in region")
+        self.select_region_button.setToolTip(
+            "Select the spots (or bins) of the table's layer whose centres lie in the region"
+        )
+        self.select_region_button.clicked.connect(self.select_in_region)
 
         form = QFormLayout(self)
         form.addRow("Lattice", self.lattice_combo)
@@ -69,6 +94,7 @@ class GridBox(QGroupBox):
         row = QHBoxLayout()
         row.addWidget(self.region_button)
         row.addWidget(self.fill_button)
+        row.addWidget(self.select_region_button)
         form.addRow(row)
 
     def set_diameter(self, diameter_um: float) -> None:
@@ -133,10 +159,12 @@ class GridBox(QGroupBox):
         )
 
     def fill_grid(self) -> None:
-        """Fill the drawn region with a lattice of spots (source ``grid``)."""
+        """Fill the drawn region with a lattice of spots (source ``grid``): circles of the
+        drawn-spots layer, or a new bins layer for :data:`BIN_LAYER_MIN` spots or more."""
         if self._current_slide() is None:
             _common.notify_error("Open a slide first: spots are drawn on a slide layer.")
             return
+        diameter = float(self._diameter_um())
         try:
             region = self.grid_region()
             if region is None:
@@ -145,20 +173,60 @@ class GridBox(QGroupBox):
                     "ellipse (or select shapes in a Shapes layer) first."
                 )
                 return
-            spots = grid_spots(
-                region,
-                self._diameter_um(),
-                pitch_um=self.pitch_spin.value(),
-                lattice=self.lattice_combo.currentText(),
-                ids=itertools.repeat(""),
+            if not diameter > 0:
+                raise ValueError(f"the spot diameter must be positive, got {diameter:g} µm")
+            centres = lattice_centres(
+                region, self.pitch_spin.value(), self.lattice_combo.currentText()
             )
         except ValueError as exc:
             _common.notify_error(f"Cannot fill the region with a grid: {exc}")
             return
-        if not len(spots):
+        if not len(centres):
             _common.notify_error(
                 "The grid has no spot in this region: draw a larger region or lower the pitch."
             )
             return
+        spots = pd.DataFrame(
+            {
+                "x_um": centres[:, 0],
+                "y_um": centres[:, 1],
+                "diameter_um": np.full(len(centres), diameter),
+            }
+        )
+        if len(spots) >= BIN_LAYER_MIN and self._add_bins is not None:
+            layer = self._add_bins(spots)
+            _common.notify_info(
+                f"Added {len(spots)} grid bins ({diameter:g} µm) in the layer '{layer.name}'."
+            )
+            return
         ids = self._add_spots(spots)
         _common.notify_info(f"Added {len(ids)} grid spots.")
+
+    def select_in_region(self) -> None:
+        """Select the spots of the table's layer whose centres lie in the region."""
+        layer = self._table_layer() if self._table_layer is not None else None
+        if layer is None or not len(layer.data):
+            _common.notify_info("No spots to select: fill a region or add spots first.")
+            return
+        try:
+            region = self.grid_region()
+        except ValueError as exc:
+            _common.notify_error(f"Cannot select in the region: {exc}")
+            return
+        if region is None:
+            _common.notify_error(
+                "No region: click 'Draw region' and draw a rectangle, polygon or ellipse first."
+            )
+            return
+        table = (
+            _spot_layer.bins_table(layer, numbers=True)
+            if _spot_layer.is_bins_layer(layer)
+            else _spot_layer.spots_table(layer)
+        )
+        inside = np.flatnonzero(
+            points_in_region(region, table["x_um"].to_numpy(), table["y_um"].to_numpy())
+        )
+        self.viewer.layers.selection.active = layer
+        layer.mode = "select"
+        layer.selected_data = set(inside.tolist())
+        _common.notify_info(f"Selected {len(inside)} of {len(table)} spots of '{layer.name}'.")

@@ -6,6 +6,11 @@ layers and of its saved table, that only grows: a deleted spot's id is never giv
 empty, repeated, held by another layer of the slide or never given out to this layer
 (napari copies the selected shape's features into new and pasted shapes, a duplicated
 layer copies them all) gets a fresh id, with source ``drawn``.
+
+Bins layers (:mod:`._spot_layer`) hold their ids as numbers (``spot_<n>`` ↔ ``n``) and follow
+the same rule with array operations (:func:`assign_numbers`): a fill takes one block of
+fresh numbers from the slide's counter (:meth:`SlideIds.reserve`), so a million bins never
+make a million Python strings or set lookups.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .. import project
 from ..errors import InputFileError
@@ -55,14 +62,21 @@ def layer_sources(layer: Any) -> list[str]:
 
 
 def saved_next_id(path: Path | None) -> int:
-    """One above the highest ``spot_<n>`` of the slide's saved table (0 without one)."""
+    """One above the highest ``spot_<n>`` of the slide's saved tables (0 without one)."""
     if path is None:
         return 0
+    top = -1
     try:
-        saved = project.load_spots(path)
+        saved = project.load_spots(path, bins=False)
+        top = max((id_number(i) for i in saved["id"]), default=-1)
     except InputFileError:
-        return 0
-    return max((id_number(i) for i in saved["id"]), default=-1) + 1
+        pass
+    try:
+        numbers = project.load_spot_bins(path, ids=False)["id_number"].to_numpy()
+        top = max(top, int(numbers.max()) if len(numbers) else -1)
+    except InputFileError:
+        pass
+    return top + 1
 
 
 @dataclass
@@ -76,6 +90,15 @@ class SlideIds:
         """Move the counter above the highest ``spot_<n>`` of ``ids``."""
         top = max((id_number(i) for i in ids), default=-1) + 1
         self.next_number = max(self.next_number, top)
+
+    def reserve(self, n: int, taken: np.ndarray | None = None) -> int:
+        """Take ``n`` consecutive fresh numbers (never given before, all above ``taken``);
+        returns the first."""
+        start = self.next_number
+        if taken is not None and len(taken):
+            start = max(start, int(np.max(taken)) + 1)
+        self.next_number = start + int(n)
+        return start
 
     def fresh(self, taken: set[str]) -> Iterator[str]:
         """Fresh ids (lazily): never given before, not in ``taken``."""
@@ -113,3 +136,31 @@ def assign_ids(
             changed = True
         seen.add(ids[i])
     return changed, seen
+
+
+def assign_numbers(
+    numbers: np.ndarray, *, known: np.ndarray, elsewhere: np.ndarray, ids: SlideIds
+) -> tuple[np.ndarray, bool]:
+    """The id rule on a bins layer's id ``numbers``, vectorised: a bin whose number is
+    missing (``< 0``), repeated (the first keeps it), held by another spots layer of the
+    slide (``elsewhere``) or never given out to this layer (``known``) gets a fresh one
+    from ``ids``. Returns the numbers afterwards (a new array when any changed) and whether
+    any changed."""
+    nums = np.asarray(numbers, dtype=np.int64)
+    bad = nums < 0
+    if len(nums) > 1 and not (np.diff(nums) > 0).all():  # (a fill's numbers increase)
+        order = np.argsort(nums, kind="stable")
+        repeat = np.zeros(len(nums), dtype=bool)
+        repeat[order[1:]] = nums[order[1:]] == nums[order[:-1]]
+        bad |= repeat
+    if len(elsewhere):
+        bad |= np.isin(nums, elsewhere)
+    if not (len(known) == len(nums) and np.array_equal(known, nums)):
+        bad |= ~np.isin(nums, known)
+    k = int(bad.sum())
+    if not k:
+        return nums, False
+    out = nums.copy()
+    start = ids.reserve(k, np.concatenate([nums[~bad], elsewhere]))
+    out[bad] = np.arange(start, start + k, dtype=np.int64)
+    return out, True

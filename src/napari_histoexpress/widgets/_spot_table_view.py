@@ -1,11 +1,12 @@
 """The Spots widget's live table: the spots' expression against a reference, and a bar plot.
 
-For the selected spots of the active drawn-spots layer (all its spots when none is
-selected), every gene's mean of each spot's circle mean, compared with a **reference**: the
-slide's tissue (default) or another group of spots (another drawn-spots layer, or a
-selection stored with *Use as reference*). Columns: mean, reference mean, Δ (a log fold
-change: difference of log1p means) and z (Δ in slide SDs); their units are in the line
-under the table (:mod:`napari_histoexpress.inference.spot_compare`,
+For the selected spots of the active spots layer — a drawn-spots layer or a bins layer
+(:mod:`._spot_layer`; all its spots when none is selected) — every gene's mean of each
+spot's circle mean, compared with a **reference**: the slide's tissue (default) or another
+group of spots (another spots layer, or a selection stored with *Use as reference*).
+Columns: mean, reference mean, Δ (a log fold change: difference of log1p means) and z
+(Δ in slide SDs); their units are in the line under the table
+(:mod:`napari_histoexpress.inference.spot_compare`,
 :mod:`napari_histoexpress.inference.spot_compare_table`). Ranked by Δ by default (*Rank
 by*: Δ, z or the plain mean); every column sorts. The slide statistics are computed once
 per map in a worker thread; until then the table ranks by the mean.
@@ -14,7 +15,11 @@ It follows a drag live: :meth:`SpotTableView.poke` asks for an update, run at mo
 :data:`LIVE_INTERVAL_S`, which reads the shapes' current vertices.
 :class:`~napari_histoexpress.inference.live_spots.SpotExpression` keeps chunks and per-spot
 results cached, so only moved spots are recomputed; a selection needing more than
-:data:`SYNC_LIMIT` new circles is computed in a worker thread.
+:data:`SYNC_LIMIT` new circles, or of more than :data:`WORKER_MIN_SPOTS` spots (the
+cache lookup of 100,000 bins is itself too slow for the GUI thread), is computed in a
+worker thread, one at a time (a request made meanwhile runs when it is done). The spots
+table of a bins layer is built from the layer's arrays (:func:`._spot_layer.bins_table`),
+never point by point.
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ from ._spots_table import BarPlot, GeneTableModel
 LIVE_INTERVAL_S = 0.04
 #: Selections needing more new circles than this are computed in a worker thread.
 SYNC_LIMIT = 200
+#: Queries of more spots than this always go to the worker thread (no cache check here).
+WORKER_MIN_SPOTS = 5_000
 #: Reference choices of the comparison (besides other layers and a stored group).
 REF_SLIDE = "Slide tissue (map mean)"
 REF_GROUP = "Stored reference group"
@@ -90,7 +97,10 @@ class SpotTableView(QWidget):
         self._exprs: dict[str, SpotExpression] = {}  # map path → its live expression
         self._stats: dict[str, SlideStats | None] = {}  # map path → stats (None: computing)
         self._units: dict[str, str] = {}  # map path → expression unit
-        self._reference: tuple[Hashable, list[str]] | None = None  # (layer key, spot ids)
+        # (layer key, spot ids, their id numbers for a bins layer)
+        self._reference: tuple[Hashable, list[str], np.ndarray | None] | None = None
+        self._worker_busy = False  # a worker computes a large query now
+        self._rerun = False  # an update was asked for meanwhile
         self._last_update = 0.0
         self._generation = 0
         self._ranked = True  # whether the table is sorted by the chosen ranking
@@ -229,13 +239,14 @@ class SpotTableView(QWidget):
         self.poke()
 
     def _reference_layers(self) -> list[Any]:
-        """The current slide's drawn-spots layers other than the table's."""
+        """The current slide's spots layers (drawn and bins) other than the table's."""
         slide = self._current_slide()
         if slide is None:
             return []
         current = self._spots_layer()
         key = None if current is None else layer_key(current)
-        return [lay for lay in _spot_layer.spot_layers(self.viewer, slide) if layer_key(lay) != key]
+        layers = _spot_layer.any_spot_layers(self.viewer, slide)
+        return [lay for lay in layers if layer_key(lay) != key]
 
     def refresh_references(self) -> None:
         """Re-list the reference choices, keeping the current one when it still exists."""
@@ -262,7 +273,12 @@ class SpotTableView(QWidget):
         if layer is None or not len(spots):
             _common.notify_info("Select the spots of the reference group first.")
             return
-        self._reference = (layer_key(layer), spots["id"].astype(str).tolist())
+        numbers = None
+        if _spot_layer.is_bins_layer(layer):
+            sel = _spot_layer.selected_indices(layer)
+            numbers = _spot_layer.bin_numbers(layer)
+            numbers = np.sort(numbers[sel] if len(sel) else numbers)
+        self._reference = (layer_key(layer), spots["id"].astype(str).tolist(), numbers)
         self.refresh_references()
         self.ref_combo.setCurrentIndex(1)
         self.poke()
@@ -271,10 +287,13 @@ class SpotTableView(QWidget):
         """The reference group's spots (current geometry), ``None`` for the slide."""
         text = self.ref_combo.currentText()
         if text.startswith(REF_GROUP) and self._reference is not None:
-            key, ids = self._reference
+            key, ids, numbers = self._reference
             layer = self._layer_of(key)
             if layer is None:
                 return spot_table.empty_spots()
+            if numbers is not None and _spot_layer.is_bins_layer(layer):
+                index = np.flatnonzero(np.isin(_spot_layer.bin_numbers(layer), numbers))
+                return _spot_layer.bins_table(layer, index)
             table = _spot_layer.spots_table(layer)
             return table[table["id"].isin(set(ids))].reset_index(drop=True)
         if text.startswith(_REF_LAYER):
@@ -300,9 +319,11 @@ class SpotTableView(QWidget):
         layer = layer if layer is not None else self._spots_layer()
         if layer is None or len(layer.data) == 0:
             return spot_table.empty_spots()
+        sel = _spot_layer.selected_indices(layer)
+        if _spot_layer.is_bins_layer(layer):
+            return _spot_layer.bins_table(layer, sel if len(sel) else None)
         table = _spot_layer.spots_table(layer)
-        sel = sorted(int(i) for i in layer.selected_data if 0 <= int(i) < len(table))
-        return table.iloc[sel].reset_index(drop=True) if sel else table
+        return table.iloc[sel].reset_index(drop=True) if len(sel) else table
 
     def _say(self, text: str) -> None:
         """Append ``text`` to the selection line."""
@@ -339,6 +360,9 @@ class SpotTableView(QWidget):
             return
         ref = self.reference_spots()
         stats = self.slide_stats()
+        if len(spots) + (len(ref) if ref is not None else 0) > WORKER_MIN_SPOTS:
+            self._compute_in_worker(expr, spots, ref, stats, self._generation)
+            return
         pending = expr.pending(spots) + (expr.pending(ref) if ref is not None else 0)
         if pending > SYNC_LIMIT:
             self._compute_in_worker(expr, spots, ref, stats, self._generation)
@@ -358,6 +382,10 @@ class SpotTableView(QWidget):
         from napari.qt.threading import create_worker
 
         self._say(_COMPUTING)
+        if self._worker_busy:  # one at a time: this request runs when the current one ends
+            self._rerun = True
+            return
+        self._worker_busy = True
 
         def both() -> tuple[np.ndarray, np.ndarray | None]:
             return expr.aggregate(spots), (expr.aggregate(ref) if ref is not None else None)
@@ -370,8 +398,15 @@ class SpotTableView(QWidget):
                 a, b = result
                 self._show(expr.genes, a, comparison_table(expr.genes, a, stats, b))
 
+        def finished() -> None:
+            self._worker_busy = False
+            if self._rerun and _common.alive(self):
+                self._rerun = False
+                self.poke()
+
         worker.returned.connect(done)
         worker.errored.connect(_common.notify_error)
+        worker.finished.connect(finished)
         worker.start()
 
     def _headers(self, unit: str) -> list[str]:

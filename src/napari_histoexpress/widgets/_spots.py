@@ -14,13 +14,19 @@ them into the dock):
 - **Diameter presets** (Visium HD 2/8/16 µm, Visium 55 µm, ST 100 µm, custom µm) apply to
   new spots; *Apply to selected* resizes the selected spots.
 - **Grid**: fill a drawn region with a lattice of spots of source ``grid``
-  (:mod:`._spot_grid_fill`).
-- **Table + bar plot**: the expression of the selected spots (all when none is selected)
-  against the slide or another group, ranked, live during a drag
-  (:mod:`._spot_table_view`).
+  (:mod:`._spot_grid_fill`); a grid of :data:`~._spot_bins.BIN_LAYER_MIN` spots or more
+  (Visium HD bins over a capture area: up to millions) becomes a new **bins layer**, a
+  napari Points layer drawn fast at any size (:mod:`._spot_bins`); *Select in region*
+  selects the spots or bins inside the drawn region.
+- **Table + bar plot**: the expression of the selected spots or bins (all when none is
+  selected) of the active spots layer against the slide or another group, ranked, live
+  during a drag (:mod:`._spot_table_view`).
 - **Persistence**: every change is saved to the slide's project folder, debounced, without
-  losing spots (:mod:`._spot_saving`). When a slide layer with saved spots appears (or is
-  chosen here) its spots come back, one drawn-spots layer per saved layer name.
+  losing spots (:mod:`._spot_saving`; bins in a columnar table). When a slide layer with
+  saved spots appears (or is chosen here) its spots come back, one layer per saved layer
+  name (bins layers first, so drawn spots stay on top). A layer of an older project that
+  holds a grid of :data:`~._spot_bins.BIN_LAYER_MIN` spots or more comes back as a bins
+  layer of its grid spots (``<name> bins`` when it also holds drawn spots).
 """
 
 from __future__ import annotations
@@ -48,10 +54,12 @@ from .. import project
 from ..errors import InputFileError
 from ..inference.spot_compare import SlideStats
 from ..inference.spot_grid import SPOT_PRESETS_UM
+from ..io import spot_table
 from . import _common, _spot_layer
+from ._spot_bins import BIN_LAYER_MIN
 from ._spot_drawing import SpotDrawing, layer_key
 from ._spot_grid_fill import REGION_KIND, GridBox
-from ._spot_saving import SAVE_DELAY_MS, SpotSaver, saved_layers
+from ._spot_saving import SAVE_DELAY_MS, SpotSaver, saved_bin_layers, saved_layers
 from ._spot_table_view import (
     LIVE_INTERVAL_S,
     RANK_CHOICES,
@@ -62,6 +70,7 @@ from ._spot_table_view import (
 )
 
 __all__ = [
+    "BIN_LAYER_MIN",
     "LIVE_INTERVAL_S",
     "RANK_CHOICES",
     "REF_GROUP",
@@ -105,11 +114,13 @@ class SpotsWidget(QWidget):
                 self.spots_layer(create=True), spots, "grid"
             ),
             stop_adding=lambda: self.add_button.setChecked(False),
+            add_bins=self.add_bins,
+            table_layer=self.table_layer,
         )
         self.table_view = SpotTableView(
             self.viewer,
             current_slide=self.current_slide,
-            spots_layer=self.spots_layer,
+            spots_layer=self.table_layer,
             layer_of=self.drawing.layer,
         )
         self._build_ui()
@@ -121,7 +132,7 @@ class SpotsWidget(QWidget):
         _common.hub.map_changed.connect(self._on_map_changed)
 
         for layer in list(self.viewer.layers):
-            if _spot_layer.is_spots_layer(layer):
+            if _spot_layer.is_any_spots_layer(layer):
                 self.drawing.hook(layer)
         for slide in _common.slide_layers(self.viewer):
             self._restore(slide)
@@ -165,6 +176,7 @@ class SpotsWidget(QWidget):
         grid, view = self.grid_box, self.table_view
         self.lattice_combo, self.pitch_spin = grid.lattice_combo, grid.pitch_spin
         self.region_button, self.fill_button = grid.region_button, grid.fill_button
+        self.select_region_button = grid.select_region_button
         self.rank_combo, self.ref_combo = view.rank_combo, view.ref_combo
         self.ref_button, self.selection_label = view.ref_button, view.selection_label
         self.model, self.table = view.model, view.table
@@ -249,25 +261,47 @@ class SpotsWidget(QWidget):
             self.poke()
 
     def _restore(self, slide: Any) -> None:
-        """Bring back the slide's saved spots (one layer per saved layer name) when it has no
-        drawn-spots layer yet."""
+        """Bring back the slide's saved spots (one layer per saved layer name, bins layers
+        first) when it has no spots layer yet."""
         path = _common.slide_path(slide)
-        if path is None or _spot_layer.spot_layers(self.viewer, slide):
+        if path is None or _spot_layer.any_spot_layers(self.viewer, slide):
             return
         try:
-            spots = project.load_spots(path)
+            spots = project.load_spots(path, bins=False)
         except InputFileError as exc:
             _common.notify_error(exc)
-            return
-        if not len(spots):
-            return
+            spots = spot_table.empty_spots()
+        try:
+            bins = project.load_spot_bins(path, ids=False)
+        except InputFileError as exc:
+            _common.notify_error(exc)
+            bins = None
+        if bins is not None and len(bins):
+            for name, part in saved_bin_layers(bins, default=f"{slide.name} bins"):
+                self.drawing.add_bins_layer(
+                    slide, part, name=name, numbers=part["id_number"].to_numpy(), changed=False
+                )
         for name, part in saved_layers(spots, default=f"{slide.name} spots"):
-            self.drawing.add_layer(slide, part, name=name)
+            grid = (part["source"] == "grid").to_numpy() & (spot_table.id_numbers(part["id"]) >= 0)
+            if grid.sum() < BIN_LAYER_MIN:
+                self.drawing.add_layer(slide, part, name=name)
+                continue
+            # a large grid saved by an older version as circles: back as a bins layer
+            drawn = part[~grid].reset_index(drop=True)
+            binned = part[grid].reset_index(drop=True)
+            if len(drawn):
+                self.drawing.add_layer(slide, drawn, name=name)
+            self.drawing.add_bins_layer(
+                slide,
+                binned,
+                name=f"{name} bins" if len(drawn) else name,
+                numbers=spot_table.id_numbers(binned["id"]),
+            )
 
     # ------------------------------------------------------------------ layer events
     def _on_inserted(self, event: Any) -> None:
         layer = event.value
-        if _spot_layer.is_spots_layer(layer):
+        if _spot_layer.is_any_spots_layer(layer):
             self.drawing.hook(layer)
             self.poke()
         elif _common.is_slide_layer(layer):
@@ -307,6 +341,28 @@ class SpotsWidget(QWidget):
         """The current slide's drawn-spots layer: the active one, else the one last active,
         else the first; made empty on demand with ``create``."""
         return self.drawing.spots_layer(self.current_slide(), create=create)
+
+    def table_layer(self) -> Any | None:
+        """The current slide's spots layer the table shows (drawn or bins): the active one,
+        else the one last active, else the first drawn-spots layer, else the first bins."""
+        return self.drawing.table_layer(self.current_slide())
+
+    def bins_layers(self) -> list[Any]:
+        """The current slide's bins layers."""
+        slide = self.current_slide()
+        return [] if slide is None else _spot_layer.bin_layers(self.viewer, slide)
+
+    def add_bins(self, spots: pd.DataFrame, *, name: str | None = None) -> Any | None:
+        """Add a bins layer of ``spots`` (``x_um, y_um, diameter_um``) to the current slide
+        and make it the table's layer (fresh ids; source ``grid``)."""
+        slide = self.current_slide()
+        if slide is None:
+            _common.notify_error(_NO_SLIDE)
+            return None
+        self.add_button.setChecked(False)
+        layer = self.drawing.add_bins_layer(slide, spots, name=name)
+        self.viewer.layers.selection.active = layer
+        return layer
 
     def new_spots_layer(self) -> Any | None:
         """Add an empty drawn-spots layer to the current slide and make it active."""
@@ -350,7 +406,7 @@ class SpotsWidget(QWidget):
             self.add_button.setChecked(self.drawing.add_mode)
 
     def _select_mode(self) -> None:
-        layer = self.spots_layer(create=True)
+        layer = self.table_layer() or self.spots_layer(create=True)
         if layer is None:
             return
         self.add_button.setChecked(False)
@@ -367,7 +423,13 @@ class SpotsWidget(QWidget):
         return self.drawing.add_spot(layer, x_um, y_um, diameter_um)
 
     def apply_diameter_to_selected(self) -> None:
-        """Give the selected spots the chosen diameter (centres kept)."""
+        """Give the selected spots (or bins) the chosen diameter (centres kept)."""
+        table_layer = self.table_layer()
+        if table_layer is not None and _spot_layer.is_bins_layer(table_layer):
+            sel = _spot_layer.selected_indices(table_layer)
+            if len(sel):
+                self.drawing.bins.set_diameter(table_layer, sel, self.diameter_um)
+                return
         layer = self.spots_layer()
         if layer is None or not layer.selected_data:
             _common.notify_info("Select spots first (Select / move, then click or box-select).")
@@ -375,6 +437,10 @@ class SpotsWidget(QWidget):
         self.drawing.set_diameter(
             layer, sorted(int(i) for i in layer.selected_data), self.diameter_um
         )
+
+    def select_in_region(self) -> None:
+        """Select the spots (or bins) of the table's layer whose centres lie in the region."""
+        self.grid_box.select_in_region()
 
     def region_layer(self, *, create: bool = False) -> Any | None:
         """The current slide's grid-region layer (made on demand with ``create``)."""
@@ -396,6 +462,10 @@ class SpotsWidget(QWidget):
     def slide_spots(self, slide_key: str) -> pd.DataFrame:
         """The spots of all the slide's open drawn-spots layers, with a ``layer`` column."""
         return self.drawing.slide_spots(slide_key)
+
+    def slide_bins(self, slide_key: str) -> pd.DataFrame:
+        """The bins of all the slide's open bins layers (``id_number``, ``layer`` columns)."""
+        return self.drawing.slide_bins(slide_key)
 
     # ------------------------------------------------------------------ table
     @property
