@@ -81,6 +81,22 @@ def test_wheel_carries_real_manifest_and_sample_data(wheel: Path) -> None:
         assert "histoexpress = napari_histoexpress.cli:main" in text
 
 
+def test_wheel_carries_package_data_tables(wheel: Path) -> None:
+    """Data tables inside the package (the bundled gene descriptions,
+    ``models/gene_knowledge/descriptions.tsv``) ship in the wheel byte for byte."""
+    pkg = REPO / "src" / "napari_histoexpress"
+    tables = sorted(p for p in pkg.rglob("*.tsv") if p.is_file() and not p.is_symlink())
+    descriptions = pkg / "models" / "gene_knowledge" / "descriptions.tsv"
+    assert descriptions in tables or not descriptions.exists()
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        assert "napari_histoexpress/models/gene_knowledge/__init__.py" in names
+        for table in tables:
+            member = f"napari_histoexpress/{table.relative_to(pkg).as_posix()}"
+            assert member in names, member
+            assert zf.read(member) == table.read_bytes()
+
+
 def test_installed_wheel_provides_manifest_and_sample_data(wheel: Path, tmp_path: Path) -> None:
     target = tmp_path / "site"
     result = subprocess.run(

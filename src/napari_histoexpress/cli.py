@@ -653,6 +653,126 @@ def _cmd_spots(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- genes
+def _gene_list(args: argparse.Namespace) -> list[str]:
+    """The genes of the positional SYMBOLs and of ``--genes FILE``, in that order."""
+    from .expression import read_gene_file
+
+    genes = list(getattr(args, "symbols", None) or [])
+    if getattr(args, "genes", None):
+        genes += read_gene_file(args.genes)
+    if not genes:
+        raise _FlagError("--genes", "", "give gene symbols or a gene file (one symbol a line)")
+    return list(dict.fromkeys(genes))
+
+
+def _gene_descriptions(args: argparse.Namespace) -> Any:
+    from .models.gene_knowledge.descriptions import load_descriptions
+
+    return load_descriptions(args.descriptions or (), bundled=not args.no_bundled)
+
+
+def _cmd_genes_describe(args: argparse.Namespace) -> int:
+    import textwrap
+
+    from .models.gene_knowledge.ncbi import fill_missing_descriptions
+
+    genes = _gene_list(args)
+    if args.tsv:
+        _check_output(args.tsv, folder=False)
+    table = _gene_descriptions(args)
+    fetched = None
+    if args.ncbi:
+        table, fetched = fill_missing_descriptions(table, genes)
+    found, missing = [], []
+    for gene in genes:
+        entry = table.get(gene)
+        if entry is None:
+            missing.append(gene)
+            continue
+        found.append(entry.symbol)
+        title = gene if entry.symbol == gene else f"{gene} -> {entry.symbol}"
+        print(f"{title}" + (f" — {entry.name}" if entry.name else ""))
+        print(f"  source: {entry.source}")
+        print(
+            textwrap.fill(entry.description, width=88, initial_indent="  ", subsequent_indent="  ")
+        )
+    if args.tsv and found:
+        table.write_tsv(args.tsv, found)
+        print(f"{len(found)} descriptions -> {args.tsv}")
+    if missing:
+        why = ""
+        if fetched is not None:
+            reasons = {fetched.reason(g) for g in missing} - {None}
+            why = f" ({'; '.join(sorted(str(r) for r in reasons))})" if reasons else ""
+        where = table.origin or "no table"
+        raise HistoExpressError(
+            f"{', '.join(missing)}: no description in {where}{why}; add them with "
+            "--descriptions FILE" + ("" if args.ncbi else " or fetch them with --ncbi")
+        )
+    return 0
+
+
+def _cmd_genes_embed(args: argparse.Namespace) -> int:
+    from .models.gene_knowledge.embedding_files import is_embedding_file
+    from .models.gene_knowledge.gene_embeddings import create_gene_encoder
+    from .models.gene_knowledge.missing_genes import MissingGenesError
+    from .models.gene_knowledge.text_encoders import UnknownEncoderError
+
+    genes = _gene_list(args)
+    _check_output(args.out, folder=False)
+    suffix = Path(args.out).suffix.lower()
+    if suffix not in (".safetensors", ".npy") or (args.tokens and suffix != ".safetensors"):
+        allowed = ".safetensors" if args.tokens else ".safetensors or .npy (+ .txt)"
+        raise _FlagError("--out", args.out, f"write {allowed}")
+    spec = str(args.encoder)
+    is_file = spec.lower().startswith("file:") or is_embedding_file(spec)
+    if not is_file:
+        _check_device(args)
+        try:
+            args.template.format(symbol="", name="", description="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise _FlagError(
+                "--template", repr(args.template), "may only use {symbol}, {name}, {description}"
+            ) from exc
+    options: dict[str, Any] = {}
+    if not is_file:
+        options = {
+            "descriptions": _gene_descriptions(args),
+            "cache": not args.no_cache,
+            "ncbi": args.ncbi,
+            "device": args.device,
+            "batch_size": args.batch_size,
+            "template": args.template,
+            "pooling": args.pooling,
+        }
+    try:
+        encoder = create_gene_encoder(spec, symbols=args.symbols, **options)
+    except UnknownEncoderError as exc:
+        raise _FlagError("--encoder", spec, str(exc).split("; ", 1)[-1]) from exc
+    try:
+        if args.tokens:
+            result: Any = encoder.embed_tokens(
+                genes, missing=args.missing, max_tokens=args.max_tokens
+            )
+        else:
+            result = encoder.embed(genes, missing=args.missing)
+    except MissingGenesError as exc:
+        from .models.gene_knowledge.missing_genes import describe_missing
+
+        problem = describe_missing(exc.missing, exc.n_genes)
+        hint = "add them with --descriptions FILE, " if not is_file else ""
+        raise _FlagError(
+            "--missing", args.missing, f"{problem}; {hint}or choose --missing learned or zero"
+        ) from exc
+    written = result.save(args.out)
+    shape = f"up to {args.max_tokens} tokens x {result.dim}" if args.tokens else f"x {result.dim}"
+    n_missing = f", {len(result.missing)} missing ({args.missing})" if result.missing else ""
+    files = " + ".join(str(w) for w in written)
+    print(f"{len(genes)} genes {shape} ({encoder.name}{n_missing}) -> {files}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- demo
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
@@ -697,6 +817,8 @@ _EXAMPLES: dict[str, str] = {
     "cv": "histoexpress cv --data C2.h5ad C3.h5ad C4.h5ad C5.h5ad C6.h5ad --out runs/cv",
     "predict": "histoexpress predict --run runs/pixnet --slide C5.jpg --mpp 0.69 --out C5.zarr",
     "spots": "histoexpress spots --map C5.zarr --circles circles.csv --out C5_spots.h5ad",
+    "describe": "histoexpress genes describe ERBB2 HER2 KRT19 --descriptions my_genes.tsv",
+    "embed": "histoexpress genes embed --encoder minilm --genes panel.txt --out genes.safetensors",
     "visium": "histoexpress import visium spaceranger/outs --out V1.h5ad",
     "st": (
         "histoexpress import st --image her2st/images/C2.jpg "
@@ -834,6 +956,94 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--circles", required=True, help="CSV with x_um, y_um, diameter_um")
     p.add_argument("--out", required=True, help="output .h5ad (or .csv)")
     p.set_defaults(func=_cmd_spots)
+
+    genes = sub.add_parser(
+        "genes",
+        help="gene knowledge: descriptions and embeddings (for gene-aware models)",
+        description="Gene descriptions (bundled table, your own tables, NCBI Gene) and "
+        "gene embeddings (a text encoder over the descriptions, or precomputed vectors).",
+        epilog=f"examples:\n  {_EXAMPLES['describe']}\n  {_EXAMPLES['embed']}",
+        formatter_class=_HelpFormatter,
+    )
+    gsub = genes.add_subparsers(dest="genes_command", required=True, metavar="ACTION")
+
+    def add_gene_inputs(p: argparse.ArgumentParser, *, positional: bool) -> None:
+        if positional:
+            p.add_argument("symbols", nargs="*", metavar="SYMBOL", help="gene symbols or aliases")
+        p.add_argument("--genes", help="gene file: one symbol a line (or a .npy of names)")
+        p.add_argument(
+            "--descriptions",
+            action="append",
+            metavar="FILE",
+            help="your description table (TSV: symbol, name, description, source; or JSON); "
+            "adds to / overrides the bundled one; repeat for several (later ones win); "
+            "also read from $HISTOEXPRESS_GENE_DESCRIPTIONS",
+        )
+        p.add_argument(
+            "--no-bundled", action="store_true", help="use only the --descriptions tables"
+        )
+        p.add_argument(
+            "--ncbi",
+            action="store_true",
+            help="fill genes the tables lack with NCBI Gene summaries (needs internet; "
+            "$NCBI_API_KEY / $NCBI_EMAIL are sent when set)",
+        )
+
+    p = _add_command(
+        gsub,
+        "describe",
+        "print genes' descriptions and where they come from",
+        description="Print each gene's full name, source and description (aliases such as "
+        "HER2 are resolved). Genes without a description are listed and the command exits 2.",
+    )
+    add_gene_inputs(p, positional=True)
+    p.add_argument("--tsv", help="also write the descriptions found as a TSV table")
+    p.set_defaults(func=_cmd_genes_describe)
+
+    p = _add_command(
+        gsub,
+        "embed",
+        "write gene embeddings (.safetensors, or .npy + .txt)",
+        settings=("device", "batch_size"),
+        description="Embed genes: a text encoder over their descriptions (minilm: "
+        "all-MiniLM-L6-v2, offline, 384-d; hf:ORG/NAME: a Hugging Face text model; a model "
+        "folder), or rows of an embedding file (file:PATH, or a .npy/.safetensors/Gene2Vec "
+        ".txt path). Text embeddings are cached under $HISTOEXPRESS_HOME (else "
+        "~/.cache/napari-histoexpress)/gene_knowledge.",
+    )
+    add_gene_inputs(p, positional=False)
+    p.add_argument("--encoder", default="minilm", help="text encoder or embedding file (see above)")
+    p.add_argument("--out", required=True, help="output .safetensors (or .npy + .txt)")
+    p.add_argument(
+        "--missing",
+        default="error",
+        choices=["error", "learned", "zero"],
+        help="a gene without description or vector: fail; write zeros and mark its row as "
+        "to be learned; or write zeros",
+    )
+    p.add_argument(
+        "--tokens",
+        action="store_true",
+        help="write each description's token vectors (last hidden states; .safetensors)",
+    )
+    p.add_argument("--max-tokens", type=_positive_int, default=128, help="token cap with --tokens")
+    p.add_argument(
+        "--pooling",
+        default="mean",
+        choices=["mean", "cls", "last"],
+        help="one vector per text: mean of the token vectors, the first token, or the last "
+        "token (decoder models)",
+    )
+    p.add_argument(
+        "--template",
+        default="{description}",
+        help="the text encoded per gene; may use {symbol}, {name}, {description}",
+    )
+    p.add_argument("--symbols", help="symbol list of a .npy embedding file (default: beside it)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="texts per forward pass")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    _add_device_option(p)
+    p.set_defaults(func=_cmd_genes_embed)
 
     imp = sub.add_parser(
         "import",
