@@ -634,6 +634,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         precision=args.precision,
         progress=True,
         resume=not args.restart,
+        pitch_um=args.pitch_um,
     )
     print(report.summary())
     return 0
@@ -925,7 +926,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add_command(
         sub,
         "predict",
-        "dense whole-slide prediction into a zarr map store",
+        "whole-slide prediction into a zarr map store (dense, or a spot model's lattice)",
         settings=("mpp", "restart", "tile_px", "batch_size", "device"),
         description="Predict the dense gene-expression map of a slide with a trained run, "
         "into a zarr map store (resumable: an interrupted run continues where it stopped).",
@@ -943,7 +944,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="tile side in pixels at the run's working µm/px (a multiple of the model's "
         "input multiple, e.g. 32); larger tiles are faster and need more memory",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=4, help="tiles per forward pass")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=4,
+        help="tiles per forward pass (spot models: lattice rows of a 16-node chunk)",
+    )
+    p.add_argument(
+        "--pitch-um",
+        type=_positive_float,
+        default=None,
+        help="spot models: spacing of the patch lattice in µm, the map's "
+        "µm/px (default: half the model's patch side); dense models ignore it",
+    )
     _add_device_option(p)
     _add_precision_option(p)
     p.add_argument(

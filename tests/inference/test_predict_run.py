@@ -149,12 +149,19 @@ class _SpotOnly(torch.nn.Module, SpotModel):
         return self.encoder(((spots.images - 0.5) / 0.25).mean(dim=(2, 3)))
 
 
-def test_model_without_dense_map_is_refused(sample_slide: Path, tmp_path: Path) -> None:
+def test_spot_model_run_predicts_on_a_lattice(sample_slide: Path, tmp_path: Path) -> None:
+    """A spot model (no dense map) is dispatched by its kind to the lattice predictor."""
     run = tmp_path / "spot_run"
     save_checkpoint(run, _SpotOnly(), {}, ["A", "B"], extra={"microns_per_pixel": 2.0})
-    with pytest.raises(HistoExpressError, match=r"spot_run.*'test-spot-only' has no dense map"):
-        predict_with_run(run, sample_slide, tmp_path / "x.zarr", device="cpu")
-    assert not (tmp_path / "x.zarr").exists()
+    report = predict_with_run(run, sample_slide, tmp_path / "x.zarr", device="cpu", pitch_um=32)
+    assert report.status == "complete"
+    store = DenseMapStore.open(tmp_path / "x.zarr")
+    assert store.genes == ["A", "B"] and store.map_mpp == pytest.approx(32.0)
+    assert store.provenance["model"] == "test-spot-only"
+    assert store.provenance["model_kind"] == "spot"
+    # the default pitch: half the 8 px patch at 2 µm/px
+    predict_with_run(run, sample_slide, tmp_path / "y.zarr", device="cpu", should_stop=lambda: True)
+    assert DenseMapStore.open(tmp_path / "y.zarr").map_mpp == pytest.approx(8.0)
 
 
 def test_slide_without_mpp(run_dir: Path, tmp_path: Path) -> None:

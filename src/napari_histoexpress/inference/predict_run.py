@@ -1,10 +1,12 @@
 """Whole-slide prediction with a trained run folder (Qt-free; the CLI and the Predict widget).
 
 :func:`predict_with_run` = load the run's checkpoint (:func:`~..models.checkpoint.load_checkpoint`,
-any registered model), check it can make a dense map (a
-:class:`~..models.base.DenseModel`), then :func:`~.predict_slide.predict_slide` at the run's
-working resolution with the run's gene names, and the run folder and model name recorded in
-the store's provenance.
+any registered model), then, by the model's kind: a dense model
+(:class:`~..models.base.DenseModel`) runs :func:`~.predict_slide.predict_slide` at the run's
+working resolution, a spot model (:class:`~..models.base.SpotModel`, e.g. the ridge
+baseline) :func:`~.predict_lattice.predict_lattice` on a patch lattice (``pitch_um``); both
+with the run's gene names, and the run folder and model name recorded in the store's
+provenance.
 
 The working µm/px is read by one accessor,
 :func:`~..models.checkpoint.checkpoint_working_mpp` (``config.json`` → ``working_mpp``, or
@@ -104,6 +106,7 @@ def predict_with_run(
     progress: Callable[[int, int], None] | Any | None = None,
     should_stop: Callable[[], bool] | None = None,
     resume: bool = True,
+    pitch_um: float | None = None,
 ) -> PredictionReport:
     """Predict the dense map of ``slide_path`` with the run in ``run_dir`` into ``out_path``.
 
@@ -120,18 +123,20 @@ def predict_with_run(
         progress: ``callable(done, total)``, a tqdm-like bar, or ``True`` for a tqdm bar.
         should_stop: polled before each batch; True stops cleanly (a partial, resumable store).
         resume: keep finished tiles of an existing compatible store.
+        pitch_um: spot models only: the lattice pitch in µm (default half the model's patch
+            side; see :func:`~.predict_lattice.predict_lattice`). For spot models
+            ``tile_px`` is not used (a chunk is 16 × 16 lattice nodes) and ``batch_size``
+            counts lattice rows of a chunk per forward pass.
 
     Raises:
         InputFileError: not a run folder, weights that do not fit, no µm/px in the run or
             the slide, an unreadable slide, an incompatible store to resume.
-        HistoExpressError: the run's model makes no dense map (e.g. the ridge baseline),
-            or the device is unavailable.
+        HistoExpressError: the run's model is neither a dense nor a spot model, or the
+            device is unavailable.
     """
     from ..devices import resolve_device
-    from ..models.base import DenseModel
+    from ..models.base import DenseModel, SpotModel
     from ..models.checkpoint import load_checkpoint
-    from ..models.registry import models_of_kind
-    from .predict_slide import predict_slide
 
     run_dir = Path(run_dir)
     info = check_run(run_dir)
@@ -140,19 +145,8 @@ def predict_with_run(
     except ValueError as exc:
         raise HistoExpressError(f"{exc}; choose 'auto' or 'cpu'") from exc
     model, meta = load_checkpoint(run_dir)
-    if not isinstance(model, DenseModel):
-        raise HistoExpressError(
-            f"{run_dir}: model {meta['model']!r} has no dense map ({model.kind} model); only "
-            f"dense-map models ({', '.join(models_of_kind('dense'))}) can predict a whole slide"
-        )
-    # info.model_mpp == model.working_mpp: load_checkpoint read it with the same accessor
-    return predict_slide(
-        model,
-        slide_path,
-        out_path,
-        model_mpp=info.model_mpp,
+    common: dict[str, Any] = dict(
         slide_mpp=slide_mpp,
-        tile_px=tile_px,
         device=torch_device,
         batch_size=batch_size,
         precision=precision,
@@ -162,4 +156,19 @@ def predict_with_run(
         genes=list(meta["genes"]),
         provenance={"run_dir": str(run_dir.resolve()), "model": meta["model"]},
         stain=run_stain(meta),
+    )
+    if model.kind == "spot" and isinstance(model, SpotModel):
+        from .predict_lattice import predict_lattice
+
+        return predict_lattice(model, slide_path, out_path, pitch_um=pitch_um, **common)
+    if model.kind == "dense" and isinstance(model, DenseModel):
+        from .predict_slide import predict_slide
+
+        # info.model_mpp == model.working_mpp: load_checkpoint read it with the same accessor
+        return predict_slide(
+            model, slide_path, out_path, model_mpp=info.model_mpp, tile_px=tile_px, **common
+        )
+    raise HistoExpressError(
+        f"{run_dir}: model {meta['model']!r} ({model.kind} model) can predict no whole-slide "
+        "map: it is neither a DenseModel nor a SpotModel"
     )

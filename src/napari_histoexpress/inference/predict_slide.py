@@ -82,7 +82,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import dask.array as da
 import numpy as np
@@ -95,7 +95,7 @@ from ..inference.map_store import DenseMapStore
 from ..inference.tiling import Tile, grid_shape, plan_tiles
 from ..inference.tissue import tissue_in_box, tissue_mask
 from ..io.slides import Slide, open_slide, read_region, read_region_at_mpp
-from ..models.base import DenseModel, InputSpec, check_gene_head
+from ..models.base import DenseModel, HistoModel, InputSpec, check_gene_head
 from ..stain import StainConfig, StainNormalizer
 from ..stain import tissue_mask as stain_tissue_mask
 
@@ -107,6 +107,7 @@ __all__ = [
     "default_halo_px",
     "finish_prediction",
     "mark_background",
+    "mark_background_boxes",
     "open_map_store",
     "plan_prediction",
     "predict_slide",
@@ -127,6 +128,28 @@ TISSUE_PX_PER_TILE = 16
 #: windows of this side (working px), the ones of most tissue (see the module docstring).
 STAIN_SOURCE_WINDOWS = 8
 STAIN_SOURCE_WINDOW_PX = 256
+
+
+class TiledPlan(Protocol):
+    """What :func:`finish_prediction` needs of a plan: its store chunks (``tiles``, the
+    tiles of a :class:`PredictionPlan` or the chunks of a lattice plan)."""
+
+    @property
+    def tiles(self) -> Sequence[Any]: ...
+
+
+class StainPlan(Protocol):
+    """What :func:`slide_stain` needs of a plan (a :class:`PredictionPlan` or a lattice plan):
+    the stain settings and the working-resolution geometry."""
+
+    @property
+    def stain(self) -> dict[str, Any] | None: ...
+    @property
+    def working_shape(self) -> tuple[int, int]: ...
+    @property
+    def factor(self) -> float: ...
+    @property
+    def working_mpp(self) -> float | None: ...
 
 
 @dataclass(frozen=True)
@@ -457,14 +480,35 @@ def mark_background(store: DenseMapStore, slide: Slide, plan: PredictionPlan) ->
     """Step 3: detect tissue on a thumbnail and flag the pending tiles without any as
     background (never read, never computed). Records the tissue mask in the store; does
     nothing when every tile is done. Returns the number of background tiles in the store."""
+    return mark_background_boxes(
+        store,
+        slide,
+        plan.tiles,
+        level0_per_map_px=plan.factor * plan.stride,
+        tile_level0_px=plan.tile_px * plan.factor,
+    )
+
+
+def mark_background_boxes(
+    store: DenseMapStore,
+    slide: Slide,
+    tiles: Sequence[Any],
+    *,
+    level0_per_map_px: float,
+    tile_level0_px: float,
+) -> int:
+    """:func:`mark_background` for any store chunks: ``tiles`` have ``row, col`` (the store's
+    tile grid) and ``map_y0, map_x0, map_y1, map_x1`` (map px), a map pixel spans
+    ``level0_per_map_px`` level-0 px and a chunk about ``tile_level0_px`` (which sets the
+    thumbnail's resolution). Returns the number of background chunks in the store."""
     done = store.done_mask
     if not done.all():
-        thumb, downsample = _thumbnail(slide, plan.tile_px * plan.factor)
+        thumb, downsample = _thumbnail(slide, tile_level0_px)
         mask = tissue_mask(thumb)
         store.set_tissue(mask, downsample=downsample)
-        scale = (plan.factor * plan.stride / downsample,) * 2  # map px -> thumbnail px
-        background = np.zeros(plan.grid, dtype=bool)
-        for t in plan.tiles:
+        scale = (level0_per_map_px / downsample,) * 2  # map px -> thumbnail px
+        background = np.zeros(store.tile_grid, dtype=bool)
+        for t in tiles:
             if not done[t.row, t.col]:
                 box = (t.map_y0, t.map_x0, t.map_y1, t.map_x1)
                 background[t.row, t.col] = not tissue_in_box(mask, scale, box)
@@ -545,7 +589,7 @@ def run_tiles(
 
 def finish_prediction(
     store: DenseMapStore,
-    plan: PredictionPlan,
+    plan: TiledPlan,
     run: TileRun,
     *,
     n_already_done: int,
@@ -637,7 +681,7 @@ def _read_working(
     return read_region_at_mpp(slide, centre, (n, n), work_mpp)
 
 
-def slide_stain(slide: Slide, plan: PredictionPlan) -> StainNormalizer:
+def slide_stain(slide: Slide, plan: StainPlan) -> StainNormalizer:
     """The plan's stain normaliser with ``slide``'s own stains fixed (identity when the plan
     does not normalise), from its windows of most tissue (see the module docstring); the
     normaliser without a source (per-window estimates, with a warning) when they hold too
@@ -678,9 +722,7 @@ def slide_stain(slide: Slide, plan: PredictionPlan) -> StainNormalizer:
     return base
 
 
-def _store_stain(
-    store: DenseMapStore, slide: Slide, plan: PredictionPlan
-) -> StainNormalizer | None:
+def _store_stain(store: DenseMapStore, slide: Slide, plan: StainPlan) -> StainNormalizer | None:
     """The tiles' normaliser: the one the store's provenance records (``None`` when the plan
     does not normalise); estimated afresh (:func:`slide_stain`) for a store without one."""
     if plan.stain is None:
@@ -710,7 +752,7 @@ def _thumbnail(slide: Slide, tile_level0_px: float) -> tuple[np.ndarray, float]:
     return thumb, h0 / thumb.shape[0]
 
 
-def _provenance(model: DenseModel, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+def _provenance(model: HistoModel, extra: Mapping[str, Any] | None) -> dict[str, Any]:
     try:
         version = importlib.metadata.version("napari-histoexpress")
     except importlib.metadata.PackageNotFoundError:
@@ -745,18 +787,6 @@ def _resume_fields(plan: PredictionPlan, slide: Slide) -> dict[str, Any]:
     }
 
 
-_RESUME_KEYS = (
-    "map_shape",
-    "feature_dim",
-    "genes",
-    "stride",
-    "model_mpp",
-    "tile_px",
-    "halo_px",
-    "stain",
-)
-
-
 def _open_or_create(
     out_path: Path,
     resume: bool,
@@ -765,7 +795,9 @@ def _open_or_create(
     create_kwargs: Callable[[], dict[str, Any]],
 ) -> tuple[DenseMapStore, bool]:
     """Open a compatible store to resume, or create a new one with ``create_kwargs()``
-    (called only then); returns (store, resumed)."""
+    (called only then); returns (store, resumed). A store is compatible when its attrs
+    equal every entry of ``expected`` (``slide_shape``: its ``slide.shape``) and its head
+    ``head``."""
     if resume and out_path.exists():
         try:
             store = DenseMapStore.open(out_path, mode="r+")
@@ -776,9 +808,9 @@ def _open_or_create(
                 setting="restart",
             ) from exc
         attrs = store.attrs
-        stored = {k: attrs.get(k) for k in _RESUME_KEYS}
-        stored["slide_shape"] = attrs.get("slide", {}).get("shape")
         want = dict(expected)
+        stored = {k: attrs.get(k) for k in want if k != "slide_shape"}
+        stored["slide_shape"] = attrs.get("slide", {}).get("shape")
         diff = [k for k in want if _norm(stored.get(k)) != _norm(want[k])]
         W, b = store.head
         if not diff and not (

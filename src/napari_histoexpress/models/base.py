@@ -47,6 +47,7 @@ __all__ = [
     "DenseModel",
     "HistoModel",
     "InputSpec",
+    "LatticeNodes",
     "ModelKind",
     "SpotInputs",
     "SpotModel",
@@ -139,6 +140,30 @@ class SpotInputs:
             if value is not None:
                 return int(value.shape[0])
         return 0
+
+
+@dataclass
+class LatticeNodes:
+    """Every tissue node of a slide's prediction lattice, for :meth:`SpotModel.slide_context`.
+
+    Attributes:
+        features: ``(N, D)`` float32 pass-1 features of the nodes (what
+            :meth:`SpotModel.encode_spots` returned for the patch centred on each node).
+        positions_um: ``(N, 2)`` node centres ``(x, y)`` in µm of the slide (napari's
+            convention: slide pixel ``p`` at ``p · mpp``).
+        grid_rc: ``(N, 2)`` int64 ``(row, col)`` of each node on the lattice.
+        lattice_shape: ``(rows, cols)`` of the whole lattice.
+        pitch_um: distance between neighbouring nodes in µm.
+    """
+
+    features: torch.Tensor
+    positions_um: torch.Tensor
+    grid_rc: torch.Tensor
+    lattice_shape: tuple[int, int]
+    pitch_um: float
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
 
 
 def check_gene_head(
@@ -281,4 +306,28 @@ class SpotModel(HistoModel):
 
     @abc.abstractmethod
     def encode_spots(self, spots: SpotInputs) -> torch.Tensor:
-        """``(N, C)`` float features of the spots; genes are ``features @ W + b``."""
+        """``(N, C)`` float features of the spots; genes are ``features @ W + b``.
+
+        Models with slide context (:attr:`needs_slide_context`) return their ``(N, D)``
+        per-patch features here, and :meth:`slide_context` turns them into ``(N, C)``."""
+
+    # ------------------------------------------------------------------ slide context
+    @property
+    def needs_slide_context(self) -> bool:
+        """True when a whole-slide (lattice) prediction needs two passes: pass 1
+        :meth:`encode_spots` on every tissue node, pass 2 :meth:`slide_context` on all of
+        them at once. Default False: the features of a node depend on its patch only, and
+        each lattice chunk is final as soon as it is encoded."""
+        return False
+
+    @property
+    def node_feature_dim(self) -> int:
+        """``D``: channels :meth:`encode_spots` returns for a lattice node, the input of
+        :meth:`slide_context` (default :attr:`feature_dim`)."""
+        return self.feature_dim
+
+    def slide_context(self, nodes: LatticeNodes) -> torch.Tensor:
+        """Pass 2 of lattice prediction: the ``(N, D)`` pass-1 features of every tissue node
+        of the slide (with their positions) → ``(N, C)`` features the gene head reads.
+        Called only when :attr:`needs_slide_context`; the default is the identity."""
+        return nodes.features

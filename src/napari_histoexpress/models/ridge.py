@@ -55,7 +55,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -65,6 +65,10 @@ from ..expression import expression_matrix
 from ..metrics import pearson_per_gene
 from ..models.base import InputSpec, SpotInputs, SpotModel, check_gene_head
 from ..models.registry import register_model
+
+if TYPE_CHECKING:
+    from ..models.feature_cache import FrozenEncoder, LoadedEncoder
+    from ..stain import StainNormalizer
 
 __all__ = ["AUTO_PRETRAINED", "DEFAULT_BACKBONE", "RidgeBaseline", "RidgeConfig"]
 
@@ -387,20 +391,68 @@ class RidgeBaseline(SpotModel):
     def _encode(self, x: torch.Tensor) -> np.ndarray:
         """``(n, 3, h, w)`` float RGB in [0, 1] -> ``(n, d)`` float32 raw features: the
         frozen backbone on normalised input, every stage global-average pooled."""
-        from ..devices import autocast
+        from ..models.feature_cache import encode_tensor
 
         mean, std = self._input_stats()
-        dev = self._device
-        m = torch.tensor(mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-        s = torch.tensor(std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-        x = x.to(dev)
-        with autocast(dev, self._precision):
-            maps = self.backbone((x - m) / s)
-        pooled = torch.cat([f.float().mean(dim=(2, 3)) for f in maps], dim=1)
-        return pooled.cpu().numpy().astype(np.float32)
+        return encode_tensor(
+            self.backbone, x, mean, std, device=self._device, precision=self._precision
+        )
 
-    def extract_features(self, section: Any) -> np.ndarray:
-        """``(n_spots, d)`` features of all spots of a section, in ``adata`` order."""
+    def frozen_encoder(self) -> FrozenEncoder:
+        """The encoder's description for the feature cache
+        (:class:`~napari_histoexpress.models.feature_cache.FrozenEncoder`)."""
+        from ..models.feature_cache import FrozenEncoder
+
+        cfg = self.config
+        return FrozenEncoder(
+            backbone=cfg.backbone,
+            pretrained=cfg.pretrained,
+            patch_um=cfg.patch_um,
+            input_px=cfg.input_px,
+            out_indices=cfg.out_indices,
+            mean=cfg.mean,
+            std=cfg.std,
+            pooling="mean",
+            zero_init_last=cfg.zero_init_last,
+            backbone_kwargs=dict(cfg.backbone_kwargs),
+            seed=cfg.seed,
+        )
+
+    def loaded_encoder(self) -> LoadedEncoder:
+        """:meth:`frozen_encoder` bound to this model's network, device and precision (its
+        weights hashed once)."""
+        from ..models.feature_cache import LoadedEncoder
+
+        return LoadedEncoder(
+            self.frozen_encoder(), self.backbone, device=self._device, precision=self._precision
+        )
+
+    def extract_features(
+        self,
+        section: Any,
+        *,
+        cache: bool | str | os.PathLike[str] | None = None,
+        normalizer: StainNormalizer | None = None,
+        encoder: LoadedEncoder | None = None,
+    ) -> np.ndarray:
+        """``(n_spots, d)`` features of all spots of a section, in ``adata`` order.
+
+        ``cache``: ``None``/``False`` (default) encodes the patches; ``True`` reads and
+        writes the feature cache in its default folder, a path uses that folder
+        (:func:`~napari_histoexpress.models.feature_cache.cached_spot_features`: the same
+        numbers, encoded once). ``normalizer``: a stain normaliser applied to each uint8
+        patch first. ``encoder``: a :meth:`loaded_encoder` to reuse (weights hashed once).
+        """
+        use_cache = cache is not None and cache is not False
+        if use_cache or normalizer is not None:
+            from ..models import feature_cache as fc
+
+            enc = encoder if encoder is not None else self.loaded_encoder()
+            kw: dict[str, Any] = {"normalizer": normalizer, "batch_size": self.config.batch_size}
+            if not use_cache:
+                return fc.spot_features(section, enc, **kw)
+            cache_dir = None if isinstance(cache, bool) else cache
+            return fc.cached_spot_features(section, enc, cache_dir=cache_dir, **kw)
         bs = self.config.batch_size
         out: list[np.ndarray] = []
         batch: list[np.ndarray] = []
@@ -416,10 +468,21 @@ class RidgeBaseline(SpotModel):
         return np.concatenate(out)
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, sections: Sequence[Any], genes: Sequence[str]) -> RidgeBaseline:
-        """Encode the sections, choose ``alpha`` by grouped CV and fit on all of them."""
+    def fit(
+        self,
+        sections: Sequence[Any],
+        genes: Sequence[str],
+        *,
+        cache: bool | str | os.PathLike[str] | None = None,
+    ) -> RidgeBaseline:
+        """Encode the sections, choose ``alpha`` by grouped CV and fit on all of them
+        (``cache``: as for :meth:`extract_features`)."""
         pairs = [_as_section(s) for s in sections]
-        feats = [self.extract_features(p) for p in pairs]
+        if cache is None or cache is False:
+            feats = [self.extract_features(p) for p in pairs]
+        else:
+            enc = self.loaded_encoder()
+            feats = [self.extract_features(p, cache=cache, encoder=enc) for p in pairs]
         targets = [expression_matrix(a, genes, self.config.target_sum) for a, _ in pairs]
         return self.fit_features(feats, targets, genes)
 
@@ -508,11 +571,14 @@ class RidgeBaseline(SpotModel):
         W, b = self.gene_head()
         return (Z @ W + b).astype(np.float32)
 
-    def predict(self, section: Any) -> np.ndarray:
-        """``(n_spots, n_genes)`` predicted normalised expression (log1p counts per 10k)."""
+    def predict(
+        self, section: Any, *, cache: bool | str | os.PathLike[str] | None = None
+    ) -> np.ndarray:
+        """``(n_spots, n_genes)`` predicted normalised expression (log1p counts per 10k);
+        ``cache`` as for :meth:`extract_features`."""
         if not self.is_fitted:
             raise RuntimeError("RidgeBaseline is not fitted")
-        return self.predict_features(self.extract_features(section))
+        return self.predict_features(self.extract_features(section, cache=cache))
 
     # ------------------------------------------------------------------ persistence
     def config_dict(self) -> dict[str, Any]:
