@@ -9,8 +9,9 @@ gives. Every run goes to ``OUT/LABEL`` through
 only when it finished with the same settings, genes and resolved model config (so a rerun
 resumes, and a changed default retrains). The table is printed as Markdown, ready for the
 README: per-fold mean PCC over the genes, the mean over folds, top-50 expressed/variable
-genes, MSE, minutes of this invocation (and how many folds were reused) and each run's mean
-relative to the first run's.
+genes, MSE, minutes of this invocation (and how many folds were reused; "reused" when all
+were, from an earlier invocation whose minutes it printed) and each run's mean relative to
+the first run's.
 """
 
 from __future__ import annotations
@@ -86,7 +87,10 @@ def print_table(results: Sequence[tuple[Run, dict[str, Any], float]]) -> None:
         rows = report["rows"]
         mean = rows[-1]
         reused = report["n_folds_resumed"]
-        minutes = f"{seconds / 60:.1f}" + (f" ({reused} folds reused)" if reused else "")
+        if reused == len(rows) - 1:
+            minutes = "reused"  # every fold finished in an earlier invocation
+        else:
+            minutes = f"{seconds / 60:.1f}" + (f" ({reused} folds reused)" if reused else "")
         cells = [
             f"{run.label} (`{' '.join(run.options)}`)",
             *(f"{r['pcc_mean']:.3f}" for r in rows[:-1]),

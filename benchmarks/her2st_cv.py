@@ -31,10 +31,11 @@ from _loso import Run, add_run_options, run_table, runs_from
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("C2", "C3", "C4", "C5", "C6")
 LITE0 = ["--backbone", "tf_efficientnet_lite0", "--pretrained", "imagenet"]
+PIXNET_R18 = ["--model", "pixnet", "--backbone", "resnet18"]
 DEFAULT_RUNS = (
-    Run("pixnet", ["--model", "pixnet"]),
+    Run("pixnet-resnet18", PIXNET_R18),
     Run("pixnet-lite0", ["--model", "pixnet", *LITE0]),
-    Run("pixnet-hed", ["--model", "pixnet", "--stain-augment", "0.05"]),
+    Run("pixnet-resnet18-hed", [*PIXNET_R18, "--stain-augment", "0.05"]),
     Run("ridge-resnet18", ["--model", "ridge", "--backbone", "resnet18"]),
     Run("ridge-lite0", ["--model", "ridge", *LITE0]),
 )

@@ -9,7 +9,8 @@ highest-mean genes, and cross-validates every run (``_loso.py``) exactly as
 
     histoexpress cv --data MOB1.h5ad MOB2.h5ad MOB3.h5ad --genes 250 --out OUT/LABEL OPTIONS
 
-Default runs: PixNet (random-init ResNet18, and with HED stain augmentation), the ridge
+Default runs: PixNet (random-init ResNet18, the ImageNet EfficientNet-Lite0, and
+ResNet18 with HED stain augmentation), the ridge
 baseline on random-init ResNet18, on the offline ImageNet EfficientNet-Lite0, and on Lite0
 with Macenko stain normalisation. Prints the Markdown table of ``_loso.print_table``.
 
@@ -30,9 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("MOB1", "MOB2", "MOB3")
 MOB_MPP = 4.4
 LITE0 = ["--backbone", "tf_efficientnet_lite0", "--pretrained", "imagenet"]
+PIXNET_R18 = ["--model", "pixnet", "--backbone", "resnet18"]
 DEFAULT_RUNS = (
-    Run("pixnet", ["--model", "pixnet"]),
-    Run("pixnet-hed", ["--model", "pixnet", "--stain-augment", "0.05"]),
+    Run("pixnet-resnet18", PIXNET_R18),
+    Run("pixnet-lite0", ["--model", "pixnet", *LITE0]),
+    Run("pixnet-resnet18-hed", [*PIXNET_R18, "--stain-augment", "0.05"]),
     Run("ridge-resnet18", ["--model", "ridge", "--backbone", "resnet18"]),
     Run("ridge-lite0", ["--model", "ridge", *LITE0]),
     Run("ridge-lite0-macenko", ["--model", "ridge", *LITE0, "--stain-normalize", "macenko"]),

@@ -36,4 +36,5 @@ def test_help_lists_the_default_runs(script: str) -> None:
         check=True,
     ).stdout
     out = " ".join(out.split())  # argparse wraps the help
-    assert "--run LABEL OPTIONS" in out and "Default runs: pixnet = --model pixnet" in out
+    assert "--run LABEL OPTIONS" in out
+    assert "Default runs: pixnet-resnet18 = --model pixnet --backbone resnet18" in out

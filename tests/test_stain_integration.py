@@ -187,7 +187,7 @@ def test_augmentation_follows_the_colour_jitter(sample_section) -> None:
     from napari_histoexpress.training.tasks import task_class
 
     cfg = dict(n_genes=4, crops_per_epoch=2, batch_size=2, mpp=4.0, crop_um=256.0,
-               device="cpu", model_config={"decoder_dim": 8})  # fmt: skip
+               device="cpu", model_config={"backbone": "resnet18", "decoder_dim": 8})  # fmt: skip
     seen: dict[str, torch.Tensor] = {}
     for name, stain in (("off", default_stain()), ("on", {"augment_sigma": 0.2})):
         task = task_class("pixnet")(TrainConfig(**cfg, stain=stain), device=torch.device("cpu"))
@@ -237,7 +237,8 @@ def test_training_crops_are_normalised_as_read(sample_section) -> None:
     from napari_histoexpress.training.tasks import task_class
 
     cfg = TrainConfig(n_genes=2, mpp=4.0, crop_um=256.0, device="cpu",
-                      model_config={"decoder_dim": 8}, stain={"normalize": "reinhard"})  # fmt: skip
+                      model_config={"backbone": "resnet18", "decoder_dim": 8},
+                      stain={"normalize": "reinhard"})  # fmt: skip
     task = task_class("pixnet")(cfg, device=torch.device("cpu"), log=lambda s: None)
     task.build([sample_section], ["MALAT1", "B2M"])
     assert task.dataset.stain is not None and task.dataset.stain[0].has_source

@@ -22,7 +22,7 @@ TINY = dict(
     crop_um=256.0,
     jitter_um=20.0,
     device="cpu",
-    model_config={"decoder_dim": 8, "out_indices": [1, 2, 3, 4]},
+    model_config={"backbone": "resnet18", "decoder_dim": 8, "out_indices": [1, 2, 3, 4]},
 )
 GENES = ["MALAT1", "B2M", "ACTB", "COL1A1"]
 

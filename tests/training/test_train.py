@@ -10,7 +10,9 @@ import pytest
 
 from napari_histoexpress.training.train import TrainConfig
 
-TINY = {"decoder_dim": 16, "out_indices": [1, 2, 3, 4]}
+# ResNet18 from random init: small and quick on CPU (the default encoder, ImageNet
+# EfficientNet-Lite0, is tested in test_default_encoder_is_offline_imagenet_lite0)
+TINY = {"backbone": "resnet18", "decoder_dim": 16, "out_indices": [1, 2, 3, 4]}
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +232,37 @@ def test_cv_compares_the_resolved_model_config(tmp_path: Path) -> None:
     assert _same_run(tmp_path, same_model, genes)  # resnet18, "auto" -> random init: reuse
     other = TrainConfig(model="ridge", n_genes=2, model_config={"n_components": 8})
     assert not _same_run(tmp_path, other, genes)
+
+
+def test_default_encoder_is_offline_imagenet_lite0(sample_section, tmp_path: Path) -> None:
+    """PixNet's training default: the ImageNet EfficientNet-Lite0 (``pretrained="auto"``),
+    random init for another backbone; a tiny run with it trains and records it."""
+    import torch
+
+    from napari_histoexpress.models.checkpoint import load_checkpoint
+    from napari_histoexpress.models.pixnet import PixNet
+    from napari_histoexpress.models.pretrained import imagenet_weights
+    from napari_histoexpress.training.tasks import task_class
+
+    genes = ["A", "B"]
+    task = task_class("pixnet")(TrainConfig(), device=torch.device("cpu"), log=lambda s: None)
+    resolved = PixNet.settings_of(task.model_settings(genes))
+    assert (resolved["backbone"], resolved["pretrained"]) == ("tf_efficientnet_lite0", "imagenet")
+    r18 = task_class("pixnet")(
+        TrainConfig(model_config={"backbone": "resnet18"}), device=torch.device("cpu")
+    )
+    assert PixNet.settings_of(r18.model_settings(genes))["pretrained"] is None
+
+    from napari_histoexpress.training.train import train
+
+    cfg = _config(epochs=1, crops_per_epoch=2, model_config={"decoder_dim": 8})
+    run = train([sample_section], tmp_path / "run", cfg, progress=False, log=lambda s: None)
+    model, meta = load_checkpoint(run)
+    assert meta["model_config"]["backbone"] == "tf_efficientnet_lite0"
+    assert meta["model_config"]["pretrained"] == "imagenet"
+    # the encoder started from the ImageNet weights (one epoch moves them only a little)
+    from safetensors.torch import load_file
+
+    stem = load_file(str(imagenet_weights("tf_efficientnet_lite0")))["conv_stem.weight"]
+    trained = model.encoder.state_dict()["conv_stem.weight"]
+    assert torch.corrcoef(torch.stack([stem.flatten(), trained.flatten()]))[0, 1] > 0.9

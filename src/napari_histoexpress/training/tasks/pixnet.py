@@ -13,8 +13,9 @@ Choices the paper leaves open (all in :class:`~..config.TrainConfig`):
   ``numpy.random.default_rng((seed, epoch))``) instead of every spot, so an "epoch" has a
   fixed cost whatever the data size and the defaults finish in minutes on a 2-core CPU; each
   crop supervises all its spots anyway.
-* ``epochs`` default 32 (paper 500, on GPUs); decoder 64 channels over ResNet levels 1-4
-  (:data:`PIXNET_CPU_DEFAULTS`; paper 512 channels down to stride 2).
+* ``epochs`` default 32 (paper 500, on GPUs); decoder 64 channels over encoder levels 1-4
+  (:data:`PIXNET_CPU_DEFAULTS`; paper 512 channels down to stride 2); encoder the offline
+  ImageNet EfficientNet-Lite0 (paper: ResNet18; see :data:`PIXNET_CPU_DEFAULTS`).
 * The head bias starts at the training mean of each gene, so the model starts from the
   mean predictor (MSE ≈ variance) instead of from 0.
 * Colour augmentation: mild per-crop brightness/contrast/saturation jitter (stain
@@ -69,7 +70,15 @@ __all__ = ["PIXNET_CPU_DEFAULTS", "TASK", "PixNetTask", "colour_jitter"]
 #: checkerboard in dense maps at the same accuracy (her2st leave-one-section-out mean PCC
 #: 0.232 vs 0.230 at 8 epochs, ``benchmarks/her2st_cv.py``); ``--upsample transposed``
 #: restores the paper's decoder.
+#: Encoder: the offline ImageNet EfficientNet-Lite0, fine-tuned at ``lr`` (``pretrained``
+#: ``"auto"``: ImageNet weights for it, random init for any other ``--backbone``). It beat
+#: random-init ResNet18 on her2st (leave-one-section-out mean PCC 0.290 vs 0.272, top-50
+#: variable genes 0.458 vs 0.409) and on the MOB sections (README *Results*,
+#: ``benchmarks/her2st_cv.py`` and ``benchmarks/mob_cv.py``); ``--backbone resnet18`` gives
+#: the paper's ResNet18 from random init.
 PIXNET_CPU_DEFAULTS: dict[str, Any] = {
+    "backbone": "tf_efficientnet_lite0",
+    "pretrained": "auto",
     "decoder_dim": 64,
     "out_indices": [1, 2, 3, 4],
     "upsample": "bilinear",
