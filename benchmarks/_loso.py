@@ -31,6 +31,31 @@ class Run:
     options: list[str]
 
 
+def import_sections(
+    out: Path, sources: dict[str, tuple[Path, Path, Path]], *, mpp: float | None = None
+) -> list[Any]:
+    """``OUT/NAME.h5ad`` for each ``NAME: (image, counts, spots)`` of a legacy ST dataset
+    (imported once, as ``histoexpress import st`` does; ``mpp`` as its ``--mpp``), loaded as
+    training sections in the given order."""
+    import warnings
+
+    from napari_histoexpress.io.export import write_h5ad_atomic
+    from napari_histoexpress.io.st_datasets import read_legacy_st
+    from napari_histoexpress.training.sections import load_sections
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, (image, counts, spots) in sources.items():
+        path = out / f"{name}.h5ad"
+        if not path.exists():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                adata = read_legacy_st(image, counts, spots, mpp=mpp)
+            write_h5ad_atomic(adata, path)
+        paths.append(path)
+    return list(load_sections(paths))
+
+
 def add_run_options(parser: argparse.ArgumentParser, default_runs: Sequence[Run]) -> None:
     """``--run LABEL OPTIONS`` (repeatable), ``--models M ...`` (shorthand: each model with
     the CLI defaults), ``--device``; the default runs are listed in the help."""

@@ -23,10 +23,9 @@ finished folds are kept, so a rerun resumes.)
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
-from _loso import Run, add_run_options, run_table, runs_from
+from _loso import Run, add_run_options, import_sections, run_table, runs_from
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("C2", "C3", "C4", "C5", "C6")
@@ -42,10 +41,7 @@ DEFAULT_RUNS = (
 
 
 def main() -> None:
-    from napari_histoexpress.io.export import write_h5ad_atomic
-    from napari_histoexpress.io.st_datasets import read_legacy_st
     from napari_histoexpress.models.registry import models_of_kind
-    from napari_histoexpress.training.sections import load_sections
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -59,21 +55,17 @@ def main() -> None:
     args = parser.parse_args()
     runs = runs_from(args, DEFAULT_RUNS)
     her2st = args.data / "her2st"
-    args.out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for s in SECTIONS:
-        path = args.out / f"{s}.h5ad"
-        if not path.exists():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                adata = read_legacy_st(
-                    her2st / "images" / f"{s}.jpg",
-                    her2st / "counts" / f"{s}.tsv.gz",
-                    her2st / "spots" / f"{s}_selection.tsv",
-                )
-            write_h5ad_atomic(adata, path)
-        paths.append(path)
-    sections = load_sections(paths)
+    sections = import_sections(
+        args.out,
+        {
+            s: (
+                her2st / "images" / f"{s}.jpg",
+                her2st / "counts" / f"{s}.tsv.gz",
+                her2st / "spots" / f"{s}_selection.tsv",
+            )
+            for s in SECTIONS
+        },
+    )
     results = run_table(sections, args.out, runs, args.device)
     dense = set(models_of_kind("dense"))
     for run, report, _ in results:

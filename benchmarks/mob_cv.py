@@ -22,10 +22,9 @@ Run:  python benchmarks/mob_cv.py [--data ../shared/data] [--out cv-mob] [--devi
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
-from _loso import Run, add_run_options, run_table, runs_from
+from _loso import Run, add_run_options, import_sections, run_table, runs_from
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("MOB1", "MOB2", "MOB3")
@@ -43,10 +42,6 @@ DEFAULT_RUNS = (
 
 
 def main() -> None:
-    from napari_histoexpress.io.export import write_h5ad_atomic
-    from napari_histoexpress.io.st_datasets import read_legacy_st
-    from napari_histoexpress.training.sections import load_sections
-
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -55,22 +50,12 @@ def main() -> None:
     add_run_options(parser, DEFAULT_RUNS)
     args = parser.parse_args()
     mob = args.data / "mob"
-    args.out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for s in SECTIONS:
-        path = args.out / f"{s}.h5ad"
-        if not path.exists():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                adata = read_legacy_st(
-                    mob / f"{s}.jpg",
-                    mob / f"{s}.tsv.gz",
-                    mob / f"alignment_table_{s}.tsv.gz",
-                    mpp=MOB_MPP,
-                )
-            write_h5ad_atomic(adata, path)
-        paths.append(path)
-    run_table(load_sections(paths), args.out, runs_from(args, DEFAULT_RUNS), args.device)
+    sources = {
+        s: (mob / f"{s}.jpg", mob / f"{s}.tsv.gz", mob / f"alignment_table_{s}.tsv.gz")
+        for s in SECTIONS
+    }
+    sections = import_sections(args.out, sources, mpp=MOB_MPP)
+    run_table(sections, args.out, runs_from(args, DEFAULT_RUNS), args.device)
 
 
 if __name__ == "__main__":
