@@ -4,8 +4,10 @@ Imports the five sections from ``../shared/data/her2st`` (µm/px from the spot-a
 into ``OUT``, chooses the 250 highest-mean genes over all five, and cross-validates every
 run (``_loso.py``: a label and its ``histoexpress cv`` training options, built by the CLI's
 own parser). The default runs are the README's rows: PixNet and the ridge baseline on
-random-init ResNet18 and on the offline ImageNet EfficientNet-Lite0, and PixNet with HED
-stain augmentation. The same as, per run,
+random-init ResNet18 and on the offline ImageNet EfficientNet-Lite0, PixNet with HED
+stain augmentation, and HAGE on the ridge baseline's frozen Lite0 features with the paper's
+two cheap ablations (without GE; without the hierarchical term), at the paper's settings
+and at batch 64. The same as, per run,
 
     histoexpress cv --data C2.h5ad ... C6.h5ad --genes 250 --out OUT/LABEL OPTIONS
 
@@ -16,8 +18,9 @@ aggregated from the dense map (``OUT/C2.zarr``, used by ``scripts/screenshots.py
 
 Run:  python benchmarks/her2st_cv.py [--data ../shared/data] [--out cv-her2st] [--device auto]
       [--run LABEL "OPTIONS"]... | [--models pixnet ridge] [--no-whole-slide]
-(on 2 CPU cores: about 10 min per PixNet fold with the CPU defaults, 1-2 min per ridge fold;
-finished folds are kept, so a rerun resumes.)
+(on 2 CPU cores: about 10 min per PixNet fold with the CPU defaults, 1-2 min per ridge fold,
+HAGE about as long as ridge — both read the same cached frozen features; finished folds are
+kept, so a rerun resumes.)
 """
 
 from __future__ import annotations
@@ -31,12 +34,22 @@ REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("C2", "C3", "C4", "C5", "C6")
 LITE0 = ["--backbone", "tf_efficientnet_lite0", "--pretrained", "imagenet"]
 PIXNET_R18 = ["--model", "pixnet", "--backbone", "resnet18"]
+B64 = ["--batch-size", "64"]  # HAGE with 4x the paper's steps: 723 training spots per fold
 DEFAULT_RUNS = (
     Run("pixnet-resnet18", PIXNET_R18),
     Run("pixnet-lite0", ["--model", "pixnet", *LITE0]),
     Run("pixnet-resnet18-hed", [*PIXNET_R18, "--stain-augment", "0.05"]),
     Run("ridge-resnet18", ["--model", "ridge", "--backbone", "resnet18"]),
     Run("ridge-lite0", ["--model", "ridge", *LITE0]),
+    Run("hage", ["--model", "hage", *LITE0]),
+    Run("hage-no-ge", ["--model", "hage", *LITE0, "--model-config", '{"use_ge": false}']),
+    Run("hage-no-ha", ["--model", "hage", *LITE0, "--model-config", '{"lambda_global": 0}']),
+    Run("hage-b64", ["--model", "hage", *LITE0, *B64]),
+    Run("hage-b64-no-ge", ["--model", "hage", *LITE0, *B64, "--model-config", '{"use_ge": false}']),
+    Run(
+        "hage-b64-no-ha",
+        ["--model", "hage", *LITE0, *B64, "--model-config", '{"lambda_global": 0}'],
+    ),
 )
 
 

@@ -1,7 +1,7 @@
 """Take the README's screenshots in a real napari viewer (run under a virtual X server).
 
     xvfb-run -a python scripts/screenshots.py [--data ../shared/data] [--out docs/images]
-        [--cv-dir DIR] [--skip-widgets]
+        [--cv-dir DIR] [--skip-widgets] [--only-hage]
 
 Writes ``her2st_C2_spots.png`` (a her2st section with its measured spots coloured by ERBB2)
 and ``sample_data.png`` (the synthetic sample), canvas only, and the whole window with the
@@ -13,7 +13,11 @@ dock widgets at work (real predictions, driven through the widgets as a user wou
   ``widget_export.png`` (an export to ``.h5ad`` done);
 - with ``--cv-dir DIR`` (the output folder of ``benchmarks/her2st_cv.py``: ``C2.h5ad``,
   ``C2.zarr`` predicted by the fold-C2 PixNet that never saw C2): ``widget_genes_her2st.png``
-  and ``widget_spots_her2st.png``.
+  and ``widget_spots_her2st.png``; and, when it holds the HAGE run of fold C2
+  (``hage/fold-C2``), ``widget_hage_genes.png`` and ``widget_hage_spots.png``: that run
+  predicts the whole held-out C2 through the Predict widget (a spot model, on a patch
+  lattice), ERBB2 is shown as a heatmap, spots of two sizes aggregate it, and Export writes
+  them to ``.h5ad``.
 
 The window is shown without being mapped on screen, because screenshots of a hidden viewer
 come out black under Xvfb. The sample is copied to a temporary folder (its prediction and
@@ -380,6 +384,73 @@ def her2st_widget_screenshots(cv_dir: Path, out: Path) -> list[Path]:
     return paths
 
 
+def hage_widget_screenshots(cv_dir: Path, out: Path) -> list[Path]:
+    """The HAGE run of fold C2 (``cv_dir/hage/fold-C2``, trained on C3–C6) predicts the
+    whole of C2 through the Predict widget; Genes shows ERBB2 with the measured spots;
+    Spots aggregates 55 µm and 100 µm circles from the map; Export writes them to ``.h5ad``
+    (into the temporary project folder: ``HISTOEXPRESS_HOME`` is a temporary folder)."""
+    from napari_histoexpress.widgets import _common
+
+    h5ad, run = cv_dir / "C2.h5ad", cv_dir / "hage" / "fold-C2"
+    for need in (h5ad, run / "config.json"):
+        if not need.exists():
+            raise FileNotFoundError(f"{need}: not found (run benchmarks/her2st_cv.py first)")
+    viewer, w, docks = _widget_viewer()
+    paths: list[Path] = []
+    try:
+        layers = viewer.open(str(h5ad), plugin="napari-histoexpress")
+        (slide,) = [layer for layer in layers if _common.is_slide_layer(layer)]
+        points = next(layer for layer in layers if type(layer).__name__ == "Points")
+        predict = w["Predict"]
+        _show_dock(docks, "Predict")
+        predict.set_run_dir(run)
+        predict.device_combo.setCurrentText("cpu")
+        predict.restart_check.setChecked(True)
+        predict.predict_button.click()
+        _wait_until(lambda: not predict.busy, "the HAGE prediction")
+        if _common.slide_map(slide) is None:
+            raise RuntimeError(f"HAGE prediction failed: {predict.status_label.text()}")
+        print(f"Predict widget: {predict.status_label.text()}")
+
+        world = points.data * np.asarray(points.scale)
+        centre = tuple(world.mean(axis=0))
+        extent = float(np.ptp(world, axis=0).max()) * 1.2
+        _show_dock(docks, "Genes")
+        heat = _show_gene(w["Genes"], "her2", "ERBB2")
+        heat.opacity = 0.75
+        _to_top(viewer, points)
+        points.opacity = 1.0
+        _wait_for_pcc(w["Genes"])
+        _frame(viewer, centre, extent)
+        paths.append(_grab_window(viewer, out / "widget_hage_genes.png"))
+
+        points.visible = False
+        _show_dock(docks, "Spots")
+        spots = w["Spots"]
+        inside = world[np.argsort(np.hypot(*(world - np.asarray(centre)).T))[:12]]
+        y0, x0 = inside.mean(axis=0)
+        spots.preset_combo.setCurrentText("Visium 55 µm")
+        for dy, dx in ((-250.0, -300.0), (200.0, -250.0)):
+            spots.add_spot(float(x0 + dx), float(y0 + dy))
+        spots.preset_combo.setCurrentText("ST 100 µm")
+        for dy, dx in ((-150.0, 250.0), (250.0, 300.0)):
+            spots.add_spot(float(x0 + dx), float(y0 + dy))
+        _wait_until(lambda: len(spots.table_rows()) >= 4, "the spots table")
+        _frame(viewer, (float(y0), float(x0)), 1200.0)
+        _outline(viewer, spots.spots_layer())
+        spots.spots_layer().opacity = 1.0
+        paths.append(_grab_window(viewer, out / "widget_hage_spots.png"))
+
+        _show_dock(docks, "Export")
+        export = w["Export"]
+        export.export_button.click()
+        _wait_until(lambda: export._worker is None and export.last_result is not None, "export")
+        print(f"Export widget: {export.last_result}")
+    finally:
+        _close(viewer, w)
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -393,11 +464,20 @@ def main() -> None:
     parser.add_argument(
         "--skip-widgets", action="store_true", help="only the two canvas screenshots"
     )
+    parser.add_argument(
+        "--only-hage", action="store_true", help="only the HAGE screenshots (needs --cv-dir)"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="histoexpress-shots-") as tmp:
         work = Path(tmp)
         os.environ["HISTOEXPRESS_HOME"] = str(work / "home")
+        if args.only_hage:
+            if args.cv_dir is None:
+                parser.error("--only-hage needs --cv-dir")
+            for path in hage_widget_screenshots(args.cv_dir, args.out):
+                print(path)
+            return
         print(sample_screenshot(args.out))
         if (args.data / "her2st").exists():
             print(her2st_screenshot(args.data, args.out))
@@ -410,6 +490,11 @@ def main() -> None:
         if args.cv_dir is not None:
             for path in her2st_widget_screenshots(args.cv_dir, args.out):
                 print(path)
+            if (args.cv_dir / "hage" / "fold-C2" / "config.json").exists():
+                for path in hage_widget_screenshots(args.cv_dir, args.out):
+                    print(path)
+            else:
+                print(f"skipped the HAGE screenshots: no {args.cv_dir / 'hage' / 'fold-C2'}")
         else:
             print("skipped the her2st widget screenshots: no --cv-dir")
 

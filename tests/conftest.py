@@ -25,3 +25,12 @@ def her2st(shared_data: Path) -> Path:
     if not (path / "images" / "C2.jpg").exists():
         pytest.skip(f"her2st data not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _user_cache_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Caches written by the code under test (frozen-encoder features, gene embeddings) go
+    to a folder of this test session, not the user's ``~/.cache`` (unless the caller set
+    ``HISTOEXPRESS_HOME`` on purpose)."""
+    if not os.environ.get("HISTOEXPRESS_HOME"):
+        os.environ["HISTOEXPRESS_HOME"] = str(tmp_path_factory.mktemp("histoexpress-home"))

@@ -53,6 +53,21 @@ def test_writable_folder_keeps_the_project_beside_the_slide(tmp_path: Path) -> N
     assert project.project_dir(slide) == slide.parent / f"a.tif{project.PROJECT_SUFFIX}"
 
 
+def test_read_only_folder_sends_the_project_to_the_user_cache(tmp_path: Path, _home: Path) -> None:
+    """A folder marked read-only (a shared data set) is not written, even by root, whom
+    ``os.access`` always lets write."""
+    slide = tmp_path / "shared" / "a.tif"
+    slide.parent.mkdir()
+    slide.write_bytes(b"")
+    slide.parent.chmod(0o555)
+    try:
+        folder = project.project_dir(slide, create=True)
+        assert folder.parent == _home and folder.is_dir()
+        assert [p.name for p in slide.parent.iterdir()] == ["a.tif"]
+    finally:
+        slide.parent.chmod(0o755)
+
+
 def test_set_aside_spots_keeps_an_unreadable_table(tmp_path: Path) -> None:
     slide = tmp_path / "a.tif"
     slide.write_bytes(b"")

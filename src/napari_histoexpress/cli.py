@@ -292,16 +292,20 @@ def _train_config(args: argparse.Namespace) -> Any:
     if sigma:
         stain.update(augment_sigma=sigma, augment_bias=sigma)
     stain["normalize"] = getattr(args, "stain_normalize", None) or "none"
-    return TrainConfig(
-        model=args.model,
+    model_config.update(getattr(args, "model_config", None) or {})
+    return TrainConfig.for_model(
+        args.model,
         n_genes=n_genes,
         gene_file=gene_file,
         epochs=args.epochs,
         lr=args.lr,
         lr_schedule=args.lr_schedule,
+        lr_step_epochs=args.lr_step_epochs,
+        lr_gamma=args.lr_gamma,
         weight_decay=args.weight_decay,
         encoder_lr_scale=args.encoder_lr_scale,
         batch_size=args.batch_size,
+        feature_cache=args.feature_cache,
         crops_per_epoch=args.crops_per_epoch,
         mpp=args.mpp,
         crop_um=args.crop_um,
@@ -363,7 +367,7 @@ class _ModelChoices:
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from .training.config import TrainConfig
+    from .training.config import LR_SCHEDULES, TrainConfig
 
     d = TrainConfig()
     model = p.add_argument(
@@ -381,18 +385,33 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         help="N: the N genes with the highest mean count (default 250); or a gene file "
         "(one symbol a line, or .npy)",
     )
+    own = "default: the model's own (README, 'Training defaults per model'; PixNet's: {})"
     p.add_argument(
-        "--epochs", type=_positive_int, default=d.epochs, help="passes over the training crops"
+        "--epochs",
+        type=_positive_int,
+        help=f"passes over the training data ({own.format(d.epochs)})",
     )
-    p.add_argument("--lr", type=_positive_float, default=d.lr, help="Adam learning rate")
+    p.add_argument("--lr", type=_positive_float, help=f"Adam learning rate ({own.format(d.lr)})")
     p.add_argument(
         "--lr-schedule",
-        default=d.lr_schedule,
-        choices=["constant", "cosine"],
-        help="constant (paper) or cosine with warm-up",
+        choices=list(LR_SCHEDULES),
+        help="constant (PixNet's paper), cosine with warm-up, or step (StepLR: the lr times "
+        f"--lr-gamma every --lr-step-epochs; HAGE's paper) ({own.format(d.lr_schedule)})",
     )
     p.add_argument(
-        "--weight-decay", type=_non_negative_float, default=d.weight_decay, help="Adam weight decay"
+        "--lr-step-epochs",
+        type=_positive_int,
+        help=f"--lr-schedule step: epochs between decays ({own.format(d.lr_step_epochs)})",
+    )
+    p.add_argument(
+        "--lr-gamma",
+        type=_positive_float,
+        help=f"--lr-schedule step: the decay factor ({own.format(d.lr_gamma)})",
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=_non_negative_float,
+        help=f"Adam weight decay ({own.format(d.weight_decay)})",
     )
     p.add_argument(
         "--encoder-lr-scale",
@@ -402,7 +421,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         "backbone; 0 freezes it, its BatchNorm statistics included)",
     )
     p.add_argument(
-        "--batch-size", type=_positive_int, default=d.batch_size, help="crops per training step"
+        "--batch-size",
+        type=_positive_int,
+        help=f"crops (or spots) per training step ({own.format(d.batch_size)})",
     )
     p.add_argument(
         "--crops-per-epoch",
@@ -485,6 +506,25 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     _add_device_option(p)
     _add_precision_option(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (crops, init, augmentation)")
+    p.add_argument(
+        "--model-config",
+        type=_json_object,
+        metavar="JSON",
+        help="more model settings as a JSON object, merged over the flags above, e.g. "
+        "'{\"use_ge\": false}' (the settings of each model: README, 'Models')",
+    )
+    _add_feature_cache_option(p)
+
+
+def _add_feature_cache_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--feature-cache",
+        default="auto",
+        metavar="DIR",
+        help="where models on frozen-encoder features (ridge, HAGE) keep their spot "
+        "features between runs and folds: auto (the user cache folder, "
+        "$HISTOEXPRESS_HOME/features), none, or a folder",
+    )
 
 
 def _add_device_option(p: argparse.ArgumentParser) -> None:
@@ -558,7 +598,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _check_device(args)
     if args.json:
         _check_output(args.json, folder=False)
-    report = evaluate_run(args.run, load_sections(args.data), device=args.device)
+    report = evaluate_run(
+        args.run, load_sections(args.data), device=args.device, feature_cache=args.feature_cache
+    )
     for name, res in report["sections"].items():
         print(
             f"{name}: pcc_mean {res['pcc_mean']:.3f}  pcc_heg50 {res['pcc_heg50']:.3f}  "
@@ -907,6 +949,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-record", action="store_true", help="do not record the metrics in the run folder"
     )
+    _add_feature_cache_option(p)
     _add_device_option(p)
     p.set_defaults(func=_cmd_evaluate)
 

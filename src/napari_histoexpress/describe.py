@@ -215,7 +215,9 @@ def describe_map_store(path: str | os.PathLike[str]) -> list[str]:
     return lines
 
 
-def _settings(config: dict[str, Any], epoch_trained: bool) -> str:
+def _settings(config: dict[str, Any], epoch_trained: bool, crops: bool = True) -> str:
+    """The run's training settings; ``crops=False`` (spot models: their input line gives
+    the patch) leaves out the dense models' crop settings."""
     keys: list[tuple[str, str, str]] = [
         ("epochs", "epochs", "{}"),
         ("lr", "lr", "{:g}"),
@@ -228,6 +230,8 @@ def _settings(config: dict[str, Any], epoch_trained: bool) -> str:
     ]
     if not epoch_trained:  # a closed-form fit (no history): no epochs, lr, ...
         keys = [k for k in keys if k[0] in ("mpp", "crop_um", "seed")]
+    if not crops:
+        keys = [k for k in keys if k[0] not in ("crops_per_epoch", "mpp", "crop_um")]
     parts = []
     for key, label, fmt in keys:
         if config.get(key) is not None:
@@ -258,7 +262,8 @@ def describe_run(path: str | os.PathLike[str]) -> list[str]:
         f"  {len(genes):,} genes: {_genes(genes)}",
     ]
     history = extra.get("history") or []
-    settings = _settings(config, epoch_trained=bool(history))
+    spot = meta.get("kind") == "spot"
+    settings = _settings(config, epoch_trained=bool(history), crops=not spot)
     if settings:
         lines.append(f"  training: {settings}")
     trained_on = [str(s) for s in extra.get("sections", []) or []]

@@ -66,7 +66,12 @@ def projects_home() -> Path:
 
 
 def _writable(folder: Path) -> bool:
+    """Whether the project may go into ``folder``: it can be written, and its permissions
+    let *someone* write (a folder marked read-only for everybody, e.g. a shared data set,
+    is respected even by root, whom ``os.access`` always lets write)."""
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    if not folder.stat().st_mode & 0o222:
         return False
     try:  # os.access can lie on network and read-only mounts: try for real
         fd, name = tempfile.mkstemp(prefix=".histoexpress-probe-", dir=folder)

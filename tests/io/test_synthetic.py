@@ -291,6 +291,7 @@ def test_sample_paths_falls_back_to_a_cache(tmp_path: Path, monkeypatch) -> None
 
     monkeypatch.setattr(syn, "shipped_sample_folder", lambda: None)
     monkeypatch.setattr(syn, "write_synthetic_sample", small_write)
+    monkeypatch.delenv("HISTOEXPRESS_HOME", raising=False)  # the XDG fallback itself
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     first = syn.sample_paths()
     assert all(p.is_file() for p in first.values())

@@ -389,15 +389,22 @@ def test_ridge_cache_true_uses_the_default_folder(tmp_path: Path, monkeypatch) -
     np.testing.assert_array_equal(feats, model.extract_features(_section()))
 
 
-def test_ridge_stain_normalised_features_match_the_training_task() -> None:
-    from napari_histoexpress.training.tasks.ridge import _normalised_features
+def test_ridge_stain_normalised_features_match_the_training_task(tmp_path: Path) -> None:
+    """The training tasks' spot features (``training.frozen_features``, cached or not) of
+    stain-normalised patches are the patches normalised one by one and encoded."""
+    from napari_histoexpress.training.frozen_features import section_features
 
     norm = StainNormalizer("reinhard", target_means=(70.0, 10.0, -5.0), target_stds=(10, 5, 5))
     model = _ridge()
     sec = _section()
-    np.testing.assert_array_equal(
-        model.extract_features(sec, normalizer=norm), _normalised_features(model, sec, norm)
-    )
+    by_hand = model.encode_patches(np.stack([norm.apply_numpy(p) for p in model.spot_patches(sec)]))
+    enc = model.loaded_encoder()
+    for cache in ("none", str(tmp_path / "cache"), str(tmp_path / "cache")):  # miss, then hit
+        (feats,) = section_features(
+            [sec], enc, feature_cache=cache, normalizers=[norm], progress=False
+        )
+        np.testing.assert_allclose(feats, by_hand, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(model.extract_features(sec, normalizer=norm), feats)
 
 
 def test_unwritable_cache_warns_once_and_still_returns(tmp_path: Path) -> None:

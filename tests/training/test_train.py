@@ -198,7 +198,7 @@ def test_cosine_schedule_warms_up_and_decays() -> None:
     assert np.all(np.diff(lrs[9:]) <= 0)
     assert learning_rate(1e-3, 50, 100, "constant", 0.1) == 1e-3
     with pytest.raises(ValueError, match="lr_schedule"):
-        TrainConfig(lr_schedule="step")
+        TrainConfig(lr_schedule="linear")
 
 
 def test_cv_reuses_a_finished_fold_only_with_the_same_settings(tmp_path: Path) -> None:

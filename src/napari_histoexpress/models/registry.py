@@ -43,6 +43,7 @@ M = TypeVar("M", bound="type[HistoModel]")
 _BUILTIN_MODULES: dict[str, str] = {
     "pixnet": "napari_histoexpress.models.pixnet",
     "ridge": "napari_histoexpress.models.ridge",
+    "hage": "napari_histoexpress.models.hage",
 }
 _REGISTRY: dict[str, type[HistoModel]] = {}
 _KINDS = ("dense", "spot")

@@ -11,7 +11,20 @@ from typing import Any
 DEFAULT_MODEL = "pixnet"
 
 
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "step")
+
+#: settings a training task may give defaults for (:attr:`TrainingTask.train_defaults
+#: <napari_histoexpress.training.loop.TrainingTask.train_defaults>`): a run of that model
+#: uses the task's value unless the run sets it (:meth:`TrainConfig.for_model`)
+TASK_DEFAULTABLE = (
+    "epochs",
+    "lr",
+    "lr_schedule",
+    "lr_step_epochs",
+    "lr_gamma",
+    "weight_decay",
+    "batch_size",
+)
 
 
 def default_stain() -> dict[str, Any]:
@@ -20,10 +33,24 @@ def default_stain() -> dict[str, Any]:
     return {"augment_sigma": 0.0, "augment_bias": 0.0, "normalize": "none", "reference": None}
 
 
-def learning_rate(base: float, step: int, total: int, schedule: str, warmup: float) -> float:
-    """The lr at ``step`` (0-based) of ``total`` for ``schedule`` (see :class:`TrainConfig`)."""
+def learning_rate(
+    base: float,
+    step: int,
+    total: int,
+    schedule: str,
+    warmup: float,
+    *,
+    epochs: int = 1,
+    step_epochs: int = 10,
+    gamma: float = 0.5,
+) -> float:
+    """The lr at ``step`` (0-based) of ``total`` for ``schedule`` (see :class:`TrainConfig`;
+    ``"step"`` needs the run's ``epochs`` to know the epoch of ``step``)."""
     import math
 
+    if schedule == "step":  # torch's StepLR(step_epochs, gamma), per epoch, no warm-up
+        epoch = step * max(1, epochs) // max(1, total)
+        return base * gamma ** (epoch // max(1, step_epochs))
     if schedule == "constant" or total <= 1:
         return base
     n_warm = max(1, round(warmup * total))
@@ -48,7 +75,22 @@ class TrainConfig:
 
     ``lr_schedule``: ``"constant"`` (the paper's Adam at a fixed lr) or ``"cosine"`` (linear
     warm-up over ``warmup_fraction`` of the steps, then cosine decay to zero), set per step
-    from the global step so a resumed run continues the same curve.
+    from the global step so a resumed run continues the same curve; or ``"step"``: torch's
+    ``StepLR``, the lr times ``lr_gamma`` every ``lr_step_epochs`` epochs (HAGE's
+    StepLR(10, 0.5)).
+
+    Per-model defaults: a model's training task may set its own defaults for
+    :data:`TASK_DEFAULTABLE` settings (``epochs``, ``lr``, ``batch_size``, ...; HAGE's paper
+    settings, for instance); :meth:`for_model` (what the CLI uses) applies them to every
+    setting the caller does not give. ``TrainConfig(...)`` itself does not (the defaults
+    below are PixNet's).
+
+    ``feature_cache``: where spot models that train on frozen-encoder features (the ridge
+    baseline, HAGE) keep them between runs and folds
+    (:mod:`napari_histoexpress.models.feature_cache`): ``"auto"`` (default) the user cache
+    folder, ``"none"`` no disk cache (encoded once per run, in memory), or a folder. It
+    never changes a result, so neither the resume fingerprint nor cross-validation's fold
+    reuse compare it.
 
     ``encoder_lr_scale``: the encoder's learning rate is ``lr × encoder_lr_scale`` (tasks
     with a pretrained encoder, i.e. PixNet; the decoder and head keep ``lr``), through an
@@ -84,6 +126,8 @@ class TrainConfig:
     lr: float = 5e-4
     lr_schedule: str = "constant"
     warmup_fraction: float = 0.05
+    lr_step_epochs: int = 10
+    lr_gamma: float = 0.5
     weight_decay: float = 1e-4
     encoder_lr_scale: float = 1.0
     lam: float = 0.5
@@ -99,6 +143,7 @@ class TrainConfig:
     precision: str = "auto"
     seed: int = 0
     num_workers: int = 0
+    feature_cache: str = "auto"
     model_config: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -116,6 +161,12 @@ class TrainConfig:
             if self.stain is not None and not isinstance(self.stain, dict):
                 raise ValueError(f"stain must be a dict of stain settings, got {self.stain!r}")
             self.stain = StainConfig.from_dict(self.stain).to_dict()
+        if int(self.lr_step_epochs) < 1 or not 0 < float(self.lr_gamma) <= 1:
+            raise ValueError(
+                f"lr_step_epochs must be >= 1 and lr_gamma in (0, 1], got "
+                f"{self.lr_step_epochs!r}, {self.lr_gamma!r}"
+            )
+        self.lr_step_epochs, self.lr_gamma = int(self.lr_step_epochs), float(self.lr_gamma)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         from ..devices import PRECISIONS
@@ -125,6 +176,21 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def for_model(cls, model: str = DEFAULT_MODEL, **given: Any) -> TrainConfig:
+        """A config for ``model`` whose :data:`TASK_DEFAULTABLE` settings not in ``given``
+        (or given as ``None``) are the model's training-task defaults
+        (``TrainingTask.train_defaults``), and the class defaults otherwise. Imports the
+        task (torch). ``KeyError`` when ``model`` has no training task."""
+        from .tasks import task_class
+
+        settings = {k: v for k, v in given.items() if v is not None}
+        for key, value in task_class(model).train_defaults.items():
+            if key not in TASK_DEFAULTABLE:
+                raise ValueError(f"{model}: a task cannot set a default for {key!r}")
+            settings.setdefault(key, value)
+        return cls(model=model, **settings)
 
     def stain_config(self) -> Any:
         """:attr:`stain` as a :class:`~napari_histoexpress.stain.StainConfig` (imports it;

@@ -44,7 +44,7 @@ def _write_json(obj: Any, path: Path) -> None:
 
 
 #: run settings that do not change the result
-_NOT_SETTINGS = frozenset({"device", "num_workers"})
+_NOT_SETTINGS = frozenset({"device", "num_workers", "feature_cache"})
 
 
 def _same_run(fold_dir: Path, config: TrainConfig, genes: Sequence[str]) -> bool:
@@ -173,7 +173,11 @@ def cross_validate(
                 log=log,
             )
             res = evaluate_run(
-                fold_dir, [sections[i] for i in test_idx], device=device, progress=progress
+                fold_dir,
+                [sections[i] for i in test_idx],
+                device=device,
+                progress=progress,
+                feature_cache=config.feature_cache,
             )
             _write_json(res, metrics_path)
         for sec in res["sections"].values():

@@ -101,9 +101,12 @@ def predict_section_spots(
     batch_size: int = 16,
     device: str = "auto",
     progress: bool = False,
+    feature_cache: str = "none",
 ) -> np.ndarray:
     """``(n_spots, n_genes)`` predictions (normalised log1p scale) for every spot, by the
-    model's kind (see the module docstring)."""
+    model's kind (see the module docstring). ``feature_cache``: for spot models on a frozen
+    encoder (``loaded_encoder()``), where their spot features are cached (``"none"``,
+    ``"auto"`` or a folder, as a run's ``feature_cache``)."""
     from ..devices import resolve_device
 
     dev = resolve_device(device)
@@ -111,6 +114,9 @@ def predict_section_spots(
     if kind == "dense":
         return _dense_spots(model, meta, section, batch_size, dev, progress)
     if kind == "spot":
+        cacheable = callable(getattr(model, "loaded_encoder", None))
+        if feature_cache != "none" and cacheable and model.input_spec().context == "none":
+            return _cached_feature_spots(model, meta, section, dev, feature_cache)
         return _spot_model_spots(model, meta, section, batch_size, dev, progress)
     raise ValueError(f"no spot evaluation for model {meta.get('model')!r} (kind {kind!r})")
 
@@ -222,14 +228,40 @@ def _spot_model_spots(
     return out
 
 
+def _cached_feature_spots(
+    model: Any, meta: dict[str, Any], section: Section, dev: torch.device, feature_cache: str
+) -> np.ndarray:
+    """A frozen-encoder spot model's predictions from its spot features, read from (or
+    written to) the feature cache: ``encode_spots(features=...)``, then the gene head."""
+    from ..models.base import SpotInputs
+    from .frozen_features import section_features
+
+    spec = model.input_spec()
+    _place(model, dev)
+    normalizer = section_stain(meta, section, mpp=float(spec.mpp), size_px=int(spec.patch_px))
+    (raw,) = section_features(
+        [section.pair()],
+        model.loaded_encoder(),
+        feature_cache=feature_cache,
+        normalizers=[normalizer],
+        progress=False,
+    )
+    W, b = model.gene_head()
+    with torch.inference_mode():
+        feats = model.encode_spots(SpotInputs(features=torch.from_numpy(raw)))
+    return (feats.detach().double().cpu().numpy() @ W + b).astype(np.float32)
+
+
 def evaluate_run(
     run_dir: str | os.PathLike[str],
     sections: Sequence[Section],
     *,
     device: str = "auto",
     progress: bool = True,
+    feature_cache: str = "none",
 ) -> dict[str, Any]:
-    """Per-section metrics and their mean over sections: ``{'sections': {...}, 'mean': {...}}``."""
+    """Per-section metrics and their mean over sections: ``{'sections': {...}, 'mean': {...}}``
+    (``feature_cache``: as for :func:`predict_section_spots`)."""
     from ..expression import expression_matrix
     from ..metrics import aggregate_folds, evaluate_predictions
     from ..models.checkpoint import load_checkpoint
@@ -241,7 +273,9 @@ def evaluate_run(
     target_sum = float(meta.get("config", {}).get("target_sum", 1e4))
     results: dict[str, Any] = {}
     for section in sections:
-        pred = predict_section_spots(model, meta, section, device=device, progress=progress)
+        pred = predict_section_spots(
+            model, meta, section, device=device, progress=progress, feature_cache=feature_cache
+        )
         true = expression_matrix(section.adata, genes, target_sum)
         results[section.name] = evaluate_predictions(pred, true, genes, section=section.name)
     return {

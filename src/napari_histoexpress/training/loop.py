@@ -79,6 +79,8 @@ __all__ = ["RESUME_DIR", "ClosedFormTask", "GradientTask", "TrainingTask", "reco
 
 #: sub-folder of a run holding the state of its last finished epoch
 RESUME_DIR = "resume"
+#: run settings that never change a result (left out of the resume fingerprint)
+_NOT_FINGERPRINTED = frozenset({"feature_cache"})
 
 
 class TrainingTask(abc.ABC):
@@ -104,6 +106,10 @@ class TrainingTask(abc.ABC):
     """
 
     closed_form: ClassVar[bool] = False
+    #: the model's own defaults for :data:`~.config.TASK_DEFAULTABLE` settings (epochs,
+    #: lr, batch size, ...), applied by :meth:`TrainConfig.for_model
+    #: <.config.TrainConfig.for_model>` (the CLI) to what a run does not set
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self, config: TrainConfig, *, device: torch.device, log: Callable[[str], None] = print
@@ -391,7 +397,7 @@ def _gradient_epochs(
 
     resume_dir = out / RESUME_DIR
     fingerprint = {
-        "config": config.to_dict(),
+        "config": {k: v for k, v in config.to_dict().items() if k not in _NOT_FINGERPRINTED},
         "genes": genes,
         "sections": [str(s.path) for s in sections],
     }
@@ -419,6 +425,9 @@ def _gradient_epochs(
                 total_steps,
                 config.lr_schedule,
                 config.warmup_fraction,
+                epochs=config.epochs,
+                step_epochs=config.lr_step_epochs,
+                gamma=config.lr_gamma,
             )
             for group in opt.param_groups:  # a group's optional lr_scale (default 1)
                 group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -18,8 +18,10 @@ every spot's uint8 patch is normalised before the frozen encoder sees it; the fi
 settings are recorded by the loop (:meth:`RidgeTask.fitted_stain`). HED augmentation is
 ignored (logged): a closed-form fit on frozen features of each spot's one patch has no
 epochs over which random stain variations could average. ``encoder_lr_scale`` is ignored
-too (the encoder is frozen). With the defaults the fit is :meth:`RidgeBaseline.fit
-<napari_histoexpress.models.ridge.RidgeBaseline.fit>` itself.
+too (the encoder is frozen). The spot features go through the feature cache
+(``config.feature_cache``, default the user cache folder; :mod:`..frozen_features`), so
+cross-validation folds and reruns encode each section once; with the defaults the numbers
+are those of :meth:`RidgeBaseline.fit <napari_histoexpress.models.ridge.RidgeBaseline.fit>`.
 """
 
 from __future__ import annotations
@@ -32,8 +34,6 @@ from ..loop import ClosedFormTask
 from ..sections import Section
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from ...models.ridge import RidgeBaseline
     from ...stain import StainConfig, StainNormalizer
 
@@ -92,20 +92,22 @@ class RidgeTask(ClosedFormTask):
         return settings
 
     def fit(self, model: RidgeBaseline) -> None:
-        """Encode every spot (stain-normalised patches when asked), choose alpha by grouped
-        CV and fit on all sections."""
-        if self.normalizers is None:
-            model.fit(self.pairs, self.genes)
-        else:
-            from ...expression import expression_matrix
+        """Encode every spot once (stain-normalised patches when asked; through the feature
+        cache of ``config.feature_cache``), choose alpha by grouped CV and fit on all
+        sections."""
+        from ...expression import expression_matrix
+        from ..frozen_features import section_features
 
-            feats = [
-                _normalised_features(model, pair, norm)
-                for pair, norm in zip(self.pairs, self.normalizers, strict=True)
-            ]
-            target_sum = model.config.target_sum
-            targets = [expression_matrix(a, self.genes, target_sum) for a, _ in self.pairs]
-            model.fit_features(feats, targets, self.genes)
+        feats = section_features(
+            self.pairs,
+            model.loaded_encoder(),
+            feature_cache=self.config.feature_cache,
+            normalizers=self.normalizers,
+            batch_size=model.config.batch_size,
+        )
+        target_sum = model.config.target_sum
+        targets = [expression_matrix(a, self.genes, target_sum) for a, _ in self.pairs]
+        model.fit_features(feats, targets, self.genes)
         self.log(f"{self.config.model}: alpha {model.alpha:g} ({model.cv_scheme})")
 
     def fitted_stain(self) -> StainConfig | None:
@@ -118,28 +120,6 @@ class RidgeTask(ClosedFormTask):
     def extra(self) -> dict[str, Any]:
         """The fit's choices: ``alpha``, ``cv_scores``, ``cv_scheme``."""
         return self.model.fit_record()
-
-
-def _normalised_features(
-    model: RidgeBaseline, pair: tuple[Any, Any], normalizer: StainNormalizer
-) -> np.ndarray:
-    """``(n_spots, d)`` raw backbone features of the section's stain-normalised patches, in
-    batches of the model's ``batch_size`` (as :meth:`RidgeBaseline.extract_features`)."""
-    import numpy as np
-
-    bs = model.config.batch_size
-    out: list[np.ndarray] = []
-    batch: list[np.ndarray] = []
-    for patch in model.spot_patches(pair):
-        batch.append(normalizer.apply_numpy(patch))
-        if len(batch) == bs:
-            out.append(model.encode_patches(np.stack(batch)))
-            batch = []
-    if batch:
-        out.append(model.encode_patches(np.stack(batch)))
-    if not out:
-        raise ValueError("section has no spots")
-    return np.concatenate(out)
 
 
 TASK = RidgeTask
