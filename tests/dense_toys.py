@@ -1,6 +1,7 @@
 """Small dense models for tests (importable from any test: ``tests/`` is on pytest's
 ``pythonpath``): :class:`ToyDense`, the DenseModel boilerplate, and :class:`TinyDense`, a
-random stride-2 conv net with a 13 px receptive field (so tiling seams would show)."""
+random stride-2 conv net with a 13 px receptive field (so tiling seams would show); and
+:data:`TINY_HAGE`, the settings of a tiny HAGE."""
 
 from __future__ import annotations
 
@@ -9,6 +10,21 @@ import torch
 from torch import nn
 
 from napari_histoexpress.models.base import DenseModel, InputSpec
+
+#: a tiny HAGE config for tests: random-init ResNet18 levels 1-2 on 32 px patches, d = 32
+TINY_HAGE = {
+    "backbone": "resnet18",
+    "pretrained": None,
+    "out_indices": [1, 2],
+    "patch_um": 64.0,
+    "input_px": 32,
+    "dim": 32,
+    "heads": 2,
+    "head_dim": 16,
+    "k_expression": 4,
+    "min_cluster_members": 2,
+    "min_clusters": 2,
+}
 
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)

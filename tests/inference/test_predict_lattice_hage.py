@@ -11,23 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
+from dense_toys import TINY_HAGE
 from napari_histoexpress.inference.map_store import DenseMapStore
 from napari_histoexpress.inference.predict_run import predict_with_run
 from napari_histoexpress.io.slides import open_slide, read_region_at_mpp
 
-TINY_HAGE = {
-    "backbone": "resnet18",
-    "pretrained": None,
-    "out_indices": [1, 2],
-    "patch_um": 64.0,
-    "input_px": 32,
-    "dim": 32,
-    "heads": 2,
-    "head_dim": 16,
-    "k_expression": 4,
-    "min_cluster_members": 2,
-    "min_clusters": 2,
-}
 SLIDE_MPP = 0.5
 PITCH_UM = 32.0  # default: half the 64 µm patch
 

@@ -10,22 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dense_toys import TINY_HAGE
 from napari_histoexpress.training.config import TrainConfig, learning_rate
-
-# a tiny HAGE: random-init ResNet18 levels 1-2 on 32 px patches, d = 32
-TINY_HAGE = {
-    "backbone": "resnet18",
-    "pretrained": None,
-    "out_indices": [1, 2],
-    "patch_um": 64.0,
-    "input_px": 32,
-    "dim": 32,
-    "heads": 2,
-    "head_dim": 16,
-    "k_expression": 4,
-    "min_cluster_members": 2,
-    "min_clusters": 2,
-}
 
 
 @pytest.fixture(scope="module")

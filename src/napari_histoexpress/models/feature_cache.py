@@ -151,6 +151,26 @@ class FrozenEncoder:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         set_(self, "backbone_kwargs", dict(self.backbone_kwargs))
 
+    @classmethod
+    def from_config(cls, config: Any, *, seed: int) -> FrozenEncoder:
+        """The encoder a model config describes (any object with ``backbone``,
+        ``pretrained``, ``patch_um``, ``input_px``, ``out_indices``, ``mean``, ``std``,
+        ``zero_init_last`` and ``backbone_kwargs`` attributes: the ridge baseline's and
+        HAGE's configs), mean-pooled, with the random-init ``seed``."""
+        return cls(
+            backbone=config.backbone,
+            pretrained=config.pretrained,
+            patch_um=config.patch_um,
+            input_px=config.input_px,
+            out_indices=config.out_indices,
+            mean=config.mean,
+            std=config.std,
+            pooling="mean",
+            zero_init_last=config.zero_init_last,
+            backbone_kwargs=dict(config.backbone_kwargs),
+            seed=seed,
+        )
+
     @property
     def input_mpp(self) -> float:
         """The working µm per pixel: ``patch_um / input_px``."""

@@ -403,20 +403,7 @@ class RidgeBaseline(SpotModel):
         (:class:`~napari_histoexpress.models.feature_cache.FrozenEncoder`)."""
         from ..models.feature_cache import FrozenEncoder
 
-        cfg = self.config
-        return FrozenEncoder(
-            backbone=cfg.backbone,
-            pretrained=cfg.pretrained,
-            patch_um=cfg.patch_um,
-            input_px=cfg.input_px,
-            out_indices=cfg.out_indices,
-            mean=cfg.mean,
-            std=cfg.std,
-            pooling="mean",
-            zero_init_last=cfg.zero_init_last,
-            backbone_kwargs=dict(cfg.backbone_kwargs),
-            seed=cfg.seed,
-        )
+        return FrozenEncoder.from_config(self.config, seed=self.config.seed)
 
     def loaded_encoder(self) -> LoadedEncoder:
         """:meth:`frozen_encoder` bound to this model's network, device and precision (its
