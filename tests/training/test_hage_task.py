@@ -138,3 +138,33 @@ def test_cv_with_ablations_reuses_folds(sample_section, tmp_path: Path) -> None:
     ablated = cross_validate([sample_section, other], tmp_path / "cv", no_ge, progress=False,
                              log=lambda s: None)  # fmt: skip
     assert ablated["n_folds_resumed"] == 0  # another model: retrained
+
+
+def test_bf16_autocast_training_runs(sample_section, tmp_path: Path, monkeypatch) -> None:
+    """``precision='bf16'`` (what ``auto`` picks on a CUDA GPU), on CPU: the forward pass
+    runs in bfloat16, the losses in float32, and the run trains and predicts."""
+    import torch
+
+    from napari_histoexpress.models.checkpoint import load_checkpoint
+    from napari_histoexpress.training.tasks.hage import HageTask
+    from napari_histoexpress.training.train import train
+
+    seen: list[torch.dtype] = []
+    original = HageTask.step
+
+    def step(self, model, batch):
+        out = original(self, model, batch)
+        seen.append(model.image_proj(self.X[batch][:1]).dtype)  # outside autocast: fp32
+        with self.autocast():
+            seen.append(model.image_proj(self.X[batch][:1]).dtype)
+        assert all(v.dtype == torch.float32 for v in out.values())
+        return out
+
+    monkeypatch.setattr(HageTask, "step", step)
+    run = tmp_path / "bf16"
+    cfg = _config(tmp_path, epochs=1, precision="bf16")
+    train([sample_section], run, cfg, progress=False, log=lambda s: None)
+    assert seen[:2] == [torch.float32, torch.bfloat16]
+    model, meta = load_checkpoint(run)
+    assert meta["config"]["precision"] == "bf16"
+    assert all(torch.isfinite(p).all() for p in model.parameters())
