@@ -1,4 +1,6 @@
-"""Training losses of PixNet (paper section 2.4): ``L = MSE + λ · (1 − PCC)``, λ = 0.5.
+"""Training losses of PixNet (paper section 2.4): ``L = MSE + λ · (1 − PCC)``, λ = 0.5;
+the batch PCC loss HAGE uses too; DKAN's supervised + distillation loss
+(:func:`distillation_loss`).
 
 PCC is the batch-wise Pearson correlation per gene (across the spots of the batch), averaged
 over genes. Constant columns (a gene that does not vary in the batch, or a constant
@@ -8,10 +10,12 @@ their correlation 0 (loss 1 for that gene) with finite gradients instead of NaN.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["batch_pearson", "pcc_loss", "pixnet_loss"]
+__all__ = ["batch_pearson", "distillation_loss", "pcc_loss", "pixnet_loss"]
 
 
 def batch_pearson(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -39,3 +43,19 @@ def pixnet_loss(
 ) -> torch.Tensor:
     """``MSE + lam · pcc_loss`` (paper Eq. 6, λ = 0.5)."""
     return F.mse_loss(pred, target) + lam * pcc_loss(pred, target, eps)
+
+
+def distillation_loss(
+    final: torch.Tensor,
+    heads: Sequence[torch.Tensor],
+    target: torch.Tensor,
+    lam: float = 0.3,
+) -> torch.Tensor:
+    """DKAN's supervised loss (Eqs. 2–3): ``Σ_d [λ·MSE(Ŷ_d, Ŷ) + (1 − λ)·MSE(Ŷ_d, Y)] +
+    MSE(Ŷ, Y)`` over the auxiliary heads ``Ŷ_d`` (img, patch, slide, region) and the final
+    prediction ``Ŷ``, which is not detached (as DKAN's released code; λ = 0.3 there).
+    ``Y = 1, Ŷ = 0`` and four heads at 0.5 give 2.0."""
+    total = F.mse_loss(final, target)
+    for head in heads:
+        total = total + lam * F.mse_loss(head, final) + (1.0 - lam) * F.mse_loss(head, target)
+    return total
