@@ -74,6 +74,7 @@ __all__ = [
     "cached_spot_features",
     "default_cache_dir",
     "encode_tensor",
+    "encoder_settings",
     "feature_file",
     "lattice_features",
     "slide_fingerprint",
@@ -103,6 +104,25 @@ def default_cache_dir() -> Path:
 # ---------------------------------------------------------------------------- the encoder
 
 
+def encoder_settings(config: Any) -> dict[str, Any]:
+    """The frozen-encoder fields of ``config`` (a :class:`FrozenEncoder`, or a model config
+    with the same ``backbone``/``pretrained``/``out_indices``/``mean``/``std`` fields: the
+    ridge baseline's, HAGE's) normalised: ``pretrained`` resolved
+    (:func:`~.pretrained.resolve_pretrained`), ``out_indices`` a tuple of ints, ``mean`` and
+    ``std`` tuples of three floats (``ValueError`` otherwise), ``None`` kept."""
+    from .pretrained import resolve_pretrained
+
+    out: dict[str, Any] = {"pretrained": resolve_pretrained(config.backbone, config.pretrained)}
+    idx = config.out_indices
+    out["out_indices"] = None if idx is None else tuple(int(i) for i in idx)
+    for name in ("mean", "std"):
+        value = getattr(config, name)
+        if value is not None and len(value) != 3:
+            raise ValueError(f"{name} must have 3 values (RGB), got {value!r}")
+        out[name] = None if value is None else tuple(float(v) for v in value)
+    return out
+
+
 @dataclass(frozen=True)
 class FrozenEncoder:
     """What a frozen patch encoder is (everything that changes its features but weights).
@@ -129,24 +149,15 @@ class FrozenEncoder:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from .pretrained import resolve_pretrained
-
         set_ = object.__setattr__
-        set_(self, "pretrained", resolve_pretrained(self.backbone, self.pretrained))
+        for name, value in encoder_settings(self).items():
+            set_(self, name, value)
         set_(self, "patch_um", float(self.patch_um))
         set_(self, "input_px", int(self.input_px))
         if not (math.isfinite(self.patch_um) and self.patch_um > 0) or self.input_px <= 0:
             raise ValueError(
                 f"patch_um and input_px must be positive, got {self.patch_um}, {self.input_px}"
             )
-        if self.out_indices is not None:
-            set_(self, "out_indices", tuple(int(i) for i in self.out_indices))
-        for name in ("mean", "std"):
-            value = getattr(self, name)
-            if value is not None:
-                if len(value) != 3:
-                    raise ValueError(f"{name} must have 3 values (RGB), got {value!r}")
-                set_(self, name, tuple(float(v) for v in value))
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         set_(self, "backbone_kwargs", dict(self.backbone_kwargs))

@@ -153,17 +153,10 @@ class HageConfig:
     target_sum: float = 1e4
 
     def __post_init__(self) -> None:
-        from .pretrained import resolve_pretrained
+        from .feature_cache import encoder_settings
 
-        self.pretrained = resolve_pretrained(self.backbone, self.pretrained)
-        if self.out_indices is not None:
-            self.out_indices = tuple(int(i) for i in self.out_indices)
-        for name in ("mean", "std"):
-            value = getattr(self, name)
-            if value is not None:
-                if len(value) != 3:
-                    raise ValueError(f"{name} must have 3 values (RGB), got {value!r}")
-                setattr(self, name, tuple(float(v) for v in value))
+        for name, value in encoder_settings(self).items():
+            setattr(self, name, value)
         if self.gene_missing not in MISSING_POLICIES:
             raise ValueError(
                 f"gene_missing must be one of {MISSING_POLICIES}, got {self.gene_missing!r}"

@@ -120,18 +120,11 @@ class RidgeConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from .pretrained import resolve_pretrained
+        from .feature_cache import encoder_settings
 
-        self.pretrained = resolve_pretrained(self.backbone, self.pretrained)
+        for name, value in encoder_settings(self).items():
+            setattr(self, name, value)
         self.alphas = tuple(float(a) for a in self.alphas)
-        if self.out_indices is not None:
-            self.out_indices = tuple(int(i) for i in self.out_indices)
-        for name in ("mean", "std"):
-            value = getattr(self, name)
-            if value is not None:
-                if len(value) != 3:
-                    raise ValueError(f"{name} must have 3 values (RGB), got {value!r}")
-                setattr(self, name, tuple(float(v) for v in value))
         if self.cv_metric not in ("pcc", "mse"):
             raise ValueError(f"cv_metric must be 'pcc' or 'mse', got {self.cv_metric!r}")
         if self.patch_um <= 0 or self.input_px <= 0 or self.n_components <= 0:
@@ -263,12 +256,7 @@ class RidgeBaseline(SpotModel):
 
     def _input_stats(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
         """RGB mean/std of the encoder's input: the config's, else the backbone's."""
-        from ..models.backbones import backbone_transform_stats
-
-        mean, std = backbone_transform_stats(self.config.backbone)
-        mean, std = self.config.mean or mean, self.config.std or std
-        m, s = tuple(float(v) for v in mean), tuple(float(v) for v in std)
-        return (m[0], m[1], m[2]), (s[0], s[1], s[2])
+        return self.frozen_encoder().input_stats()
 
     def input_spec(self) -> InputSpec:
         """Patches of ``input_px`` px at ``patch_um / input_px`` µm/px, RGB in [0, 1]

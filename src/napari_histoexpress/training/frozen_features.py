@@ -8,7 +8,6 @@ anything else a folder. Cached and uncached features are the same numbers.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -17,16 +16,7 @@ import numpy as np
 if TYPE_CHECKING:
     from ..stain import StainNormalizer
 
-__all__ = ["cache_folder", "section_features"]
-
-
-def cache_folder(feature_cache: str) -> bool | str | os.PathLike[str] | None:
-    """The ``cache`` argument of the feature-cache functions for a run's ``feature_cache``
-    setting: ``None`` for ``"none"``, ``True`` (the default folder) for ``"auto"``, else
-    the folder."""
-    if feature_cache == "none":
-        return None
-    return True if feature_cache == "auto" else feature_cache
+__all__ = ["section_features"]
 
 
 def section_features(
