@@ -38,10 +38,13 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .feature_cache import FrozenEncoder
 
 __all__ = [
     "DenseModel",
@@ -310,6 +313,14 @@ class SpotModel(HistoModel):
 
         Models with slide context (:attr:`needs_slide_context`) return their ``(N, D)``
         per-patch features here, and :meth:`slide_context` turns them into ``(N, C)``."""
+
+    def frozen_encoder(self) -> FrozenEncoder | None:
+        """The frozen patch encoder whose pooled features :meth:`encode_spots` also accepts
+        as ``SpotInputs.features`` (models trained on cached frozen features: the ridge
+        baseline, HAGE), or ``None`` (default). When it is not ``None`` the model also has
+        ``loaded_encoder()`` (that encoder bound to the model's network and device), and
+        evaluation reads the spots' features from the feature cache."""
+        return None
 
     # ------------------------------------------------------------------ slide context
     @property

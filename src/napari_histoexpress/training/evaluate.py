@@ -105,8 +105,8 @@ def predict_section_spots(
 ) -> np.ndarray:
     """``(n_spots, n_genes)`` predictions (normalised log1p scale) for every spot, by the
     model's kind (see the module docstring). ``feature_cache``: for spot models on a frozen
-    encoder (``loaded_encoder()``), where their spot features are cached (``"none"``,
-    ``"auto"`` or a folder, as a run's ``feature_cache``)."""
+    encoder (``SpotModel.frozen_encoder()`` not ``None``), where their spot features are
+    cached (``"none"``, ``"auto"`` or a folder, as a run's ``feature_cache``)."""
     from ..devices import resolve_device
 
     dev = resolve_device(device)
@@ -114,8 +114,8 @@ def predict_section_spots(
     if kind == "dense":
         return _dense_spots(model, meta, section, batch_size, dev, progress)
     if kind == "spot":
-        cacheable = callable(getattr(model, "loaded_encoder", None))
-        if feature_cache != "none" and cacheable and model.input_spec().context == "none":
+        cacheable = model.frozen_encoder() is not None and model.input_spec().context == "none"
+        if feature_cache != "none" and cacheable:
             return _cached_feature_spots(model, meta, section, dev, feature_cache)
         return _spot_model_spots(model, meta, section, batch_size, dev, progress)
     raise ValueError(f"no spot evaluation for model {meta.get('model')!r} (kind {kind!r})")
