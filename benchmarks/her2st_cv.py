@@ -50,6 +50,10 @@ DEFAULT_RUNS = (
         "hage-b64-no-ha",
         ["--model", "hage", *LITE0, *B64, "--model-config", '{"lambda_global": 0}'],
     ),
+    Run("dkan", ["--model", "dkan"]),
+    Run("dkan-no-text", ["--model", "dkan", "--model-config", '{"use_text": false}']),
+    Run("dkan-no-contrastive", ["--model", "dkan", "--model-config", '{"use_contrastive": false}']),
+    Run("dkan-fixed-weights", ["--model", "dkan", "--model-config", '{"adaptive_weights": false}']),
 )
 
 

@@ -1,7 +1,7 @@
 """Take the README's screenshots in a real napari viewer (run under a virtual X server).
 
     xvfb-run -a python scripts/screenshots.py [--data ../shared/data] [--out docs/images]
-        [--cv-dir DIR] [--skip-widgets] [--only-hage]
+        [--cv-dir DIR] [--skip-widgets] [--only hage|dkan]...
 
 Writes ``her2st_C2_spots.png`` (a her2st section with its measured spots coloured by ERBB2)
 and ``sample_data.png`` (the synthetic sample), canvas only, and the whole window with the
@@ -13,11 +13,11 @@ dock widgets at work (real predictions, driven through the widgets as a user wou
   ``widget_export.png`` (an export to ``.h5ad`` done);
 - with ``--cv-dir DIR`` (the output folder of ``benchmarks/her2st_cv.py``: ``C2.h5ad``,
   ``C2.zarr`` predicted by the fold-C2 PixNet that never saw C2): ``widget_genes_her2st.png``
-  and ``widget_spots_her2st.png``; and, when it holds the HAGE run of fold C2
-  (``hage/fold-C2``), ``widget_hage_genes.png`` and ``widget_hage_spots.png``: that run
-  predicts the whole held-out C2 through the Predict widget (a spot model, on a patch
-  lattice), ERBB2 is shown as a heatmap, spots of two sizes aggregate it, and Export writes
-  them to ``.h5ad``.
+  and ``widget_spots_her2st.png``; and, for each spot-model run of fold C2 it holds
+  (``hage/fold-C2``, ``dkan/fold-C2``), ``widget_LABEL_genes.png`` and
+  ``widget_LABEL_spots.png``: that run predicts the whole held-out C2 through the Predict
+  widget (a spot model, on a patch lattice), ERBB2 is shown as a heatmap, spots of two
+  sizes aggregate it, and Export writes them to ``.h5ad``.
 
 The window is shown without being mapped on screen, because screenshots of a hidden viewer
 come out black under Xvfb. The sample is copied to a temporary folder (its prediction and
@@ -384,14 +384,20 @@ def her2st_widget_screenshots(cv_dir: Path, out: Path) -> list[Path]:
     return paths
 
 
-def hage_widget_screenshots(cv_dir: Path, out: Path) -> list[Path]:
-    """The HAGE run of fold C2 (``cv_dir/hage/fold-C2``, trained on C3–C6) predicts the
-    whole of C2 through the Predict widget; Genes shows ERBB2 with the measured spots;
-    Spots aggregates 55 µm and 100 µm circles from the map; Export writes them to ``.h5ad``
-    (into the temporary project folder: ``HISTOEXPRESS_HOME`` is a temporary folder)."""
+SPOT_RUNS = ("hage", "dkan")
+
+
+def spot_run_screenshots(cv_dir: Path, out: Path, label: str = "hage") -> list[Path]:
+    """The spot-model run ``label`` of fold C2 (``cv_dir/LABEL/fold-C2``, trained on C3–C6:
+    HAGE, DKAN) predicts the whole of C2 through the Predict widget (DKAN: both passes);
+    Genes shows ERBB2 with the measured spots; Spots aggregates 55 µm and 100 µm circles
+    from the map; Export writes them to ``.h5ad`` (into the temporary project folder:
+    ``HISTOEXPRESS_HOME`` is a temporary folder). Writes ``widget_LABEL_genes.png`` and
+    ``widget_LABEL_spots.png``."""
     from napari_histoexpress.widgets import _common
 
-    h5ad, run = cv_dir / "C2.h5ad", cv_dir / "hage" / "fold-C2"
+    name = label.upper()
+    h5ad, run = cv_dir / "C2.h5ad", cv_dir / label / "fold-C2"
     for need in (h5ad, run / "config.json"):
         if not need.exists():
             raise FileNotFoundError(f"{need}: not found (run benchmarks/her2st_cv.py first)")
@@ -407,9 +413,9 @@ def hage_widget_screenshots(cv_dir: Path, out: Path) -> list[Path]:
         predict.device_combo.setCurrentText("cpu")
         predict.restart_check.setChecked(True)
         predict.predict_button.click()
-        _wait_until(lambda: not predict.busy, "the HAGE prediction")
+        _wait_until(lambda: not predict.busy, f"the {name} prediction")
         if _common.slide_map(slide) is None:
-            raise RuntimeError(f"HAGE prediction failed: {predict.status_label.text()}")
+            raise RuntimeError(f"{name} prediction failed: {predict.status_label.text()}")
         print(f"Predict widget: {predict.status_label.text()}")
 
         world = points.data * np.asarray(points.scale)
@@ -422,7 +428,7 @@ def hage_widget_screenshots(cv_dir: Path, out: Path) -> list[Path]:
         points.opacity = 1.0
         _wait_for_pcc(w["Genes"])
         _frame(viewer, centre, extent)
-        paths.append(_grab_window(viewer, out / "widget_hage_genes.png"))
+        paths.append(_grab_window(viewer, out / f"widget_{label}_genes.png"))
 
         points.visible = False
         _show_dock(docks, "Spots")
@@ -439,7 +445,7 @@ def hage_widget_screenshots(cv_dir: Path, out: Path) -> list[Path]:
         _frame(viewer, (float(y0), float(x0)), 1200.0)
         _outline(viewer, spots.spots_layer())
         spots.spots_layer().opacity = 1.0
-        paths.append(_grab_window(viewer, out / "widget_hage_spots.png"))
+        paths.append(_grab_window(viewer, out / f"widget_{label}_spots.png"))
 
         _show_dock(docks, "Export")
         export = w["Export"]
@@ -465,18 +471,22 @@ def main() -> None:
         "--skip-widgets", action="store_true", help="only the two canvas screenshots"
     )
     parser.add_argument(
-        "--only-hage", action="store_true", help="only the HAGE screenshots (needs --cv-dir)"
+        "--only",
+        action="append",
+        choices=SPOT_RUNS,
+        help="only the screenshots of this spot-model run of --cv-dir (repeatable)",
     )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="histoexpress-shots-") as tmp:
         work = Path(tmp)
         os.environ["HISTOEXPRESS_HOME"] = str(work / "home")
-        if args.only_hage:
+        if args.only:
             if args.cv_dir is None:
-                parser.error("--only-hage needs --cv-dir")
-            for path in hage_widget_screenshots(args.cv_dir, args.out):
-                print(path)
+                parser.error("--only needs --cv-dir")
+            for label in args.only:
+                for path in spot_run_screenshots(args.cv_dir, args.out, label):
+                    print(path)
             return
         print(sample_screenshot(args.out))
         if (args.data / "her2st").exists():
@@ -490,11 +500,12 @@ def main() -> None:
         if args.cv_dir is not None:
             for path in her2st_widget_screenshots(args.cv_dir, args.out):
                 print(path)
-            if (args.cv_dir / "hage" / "fold-C2" / "config.json").exists():
-                for path in hage_widget_screenshots(args.cv_dir, args.out):
-                    print(path)
-            else:
-                print(f"skipped the HAGE screenshots: no {args.cv_dir / 'hage' / 'fold-C2'}")
+            for label in SPOT_RUNS:
+                if (args.cv_dir / label / "fold-C2" / "config.json").exists():
+                    for path in spot_run_screenshots(args.cv_dir, args.out, label):
+                        print(path)
+                else:
+                    print(f"skipped the {label} screenshots: no {args.cv_dir / label / 'fold-C2'}")
         else:
             print("skipped the her2st widget screenshots: no --cv-dir")
 

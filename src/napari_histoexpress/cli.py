@@ -521,7 +521,7 @@ def _add_feature_cache_option(p: argparse.ArgumentParser) -> None:
         "--feature-cache",
         default="auto",
         metavar="DIR",
-        help="where models on frozen-encoder features (ridge, HAGE) keep their spot "
+        help="where spot models on frozen-encoder features keep their spot and lattice "
         "features between runs and folds: auto (the user cache folder, "
         "$HISTOEXPRESS_HOME/features), none, or a folder",
     )

@@ -9,7 +9,9 @@ model gets these checks by registering (and giving ``contract_config()``, plus
 * dense: ``features`` on ``(2, 3, n, n)`` with ``n = 2 · input_multiple`` is exactly
   ``(2, C, n/s, n/s)``, and ``features @ W + b`` equals the model's own gene map where it has
   one (``gene_maps``); spot: ``encode_spots`` gives ``(N, C)`` and ``features @ W + b`` equals
-  ``predict_features`` where the model has one;
+  ``predict_features`` where the model has one; a spot model with slide context
+  (``needs_slide_context``) gives ``(N, D)`` pass-1 features there and ``slide_context`` of
+  them on a lattice gives ``(N, C)``, equal to ``spot_context`` of the same nodes;
 * torch models: forward + backward runs and every gradient is finite;
 * ``save_checkpoint`` → ``load_checkpoint`` (safetensors + JSON) gives identical outputs, the
   same genes, input spec and ``config_dict``;
@@ -30,6 +32,7 @@ from napari_histoexpress.models.base import (
     DenseModel,
     HistoModel,
     InputSpec,
+    LatticeNodes,
     SpotInputs,
     SpotModel,
 )
@@ -67,6 +70,29 @@ def _spot_inputs(model: SpotModel) -> SpotInputs:
     return SpotInputs(images=images, positions_um=positions)
 
 
+def _nodes(features: torch.Tensor) -> LatticeNodes:
+    """The contract's spots as lattice nodes: a 2 × 3 lattice, node 4 off the tissue."""
+    n = features.shape[0]
+    rc = torch.tensor([[i // 3, i % 3] for i in range(n)], dtype=torch.int64)
+    return LatticeNodes(
+        features=features,
+        positions_um=rc.double() * 100.0,
+        grid_rc=rc,
+        lattice_shape=(2, 3),
+        pitch_um=100.0,
+        tissue=torch.arange(n) != 4,
+    )
+
+
+def _spot_features(model: SpotModel, inputs: SpotInputs) -> torch.Tensor:
+    """``encode_spots``, then (slide context) ``slide_context`` on :func:`_nodes`."""
+    y = model.encode_spots(inputs)
+    if model.needs_slide_context:
+        assert tuple(y.shape) == (len(inputs), model.node_feature_dim)
+        y = model.slide_context(_nodes(y))
+    return y
+
+
 def _outputs(model: HistoModel) -> np.ndarray:
     """What the model computes on the contract's fixed input, as float64 numpy."""
     with torch.no_grad():
@@ -74,7 +100,7 @@ def _outputs(model: HistoModel) -> np.ndarray:
             y = model.features(_dense_input(model))
         else:
             assert isinstance(model, SpotModel)
-            y = model.encode_spots(_spot_inputs(model))
+            y = _spot_features(model, _spot_inputs(model))
     return y.detach().double().cpu().numpy()
 
 
@@ -114,7 +140,11 @@ def test_features_shape_and_head(model: HistoModel) -> None:
         assert isinstance(model, SpotModel)
         inputs = _spot_inputs(model)
         with torch.no_grad():
-            feats = model.encode_spots(inputs)
+            feats = _spot_features(model, inputs)
+            if model.needs_slide_context:
+                nodes = _nodes(model.encode_spots(inputs))
+                again = model.spot_context(nodes.features, nodes.grid_rc, nodes)
+                np.testing.assert_allclose(again.numpy(), feats.numpy(), rtol=1e-6, atol=1e-6)
         assert tuple(feats.shape) == (len(inputs), model.feature_dim)
         genes = feats.double().numpy() @ W + b
         assert np.isfinite(genes).all()
@@ -145,7 +175,7 @@ def test_forward_backward(model: HistoModel) -> None:
             loss = loss + gene_maps(feats).float().pow(2).mean()
     else:
         assert isinstance(net, SpotModel)
-        loss = net.encode_spots(_spot_inputs(net)).float().pow(2).mean()
+        loss = _spot_features(net, _spot_inputs(net)).float().pow(2).mean()
     loss.backward()
     grads = [p.grad for p in net.parameters() if p.requires_grad]
     assert any(g is not None for g in grads), "no parameter received a gradient"

@@ -32,7 +32,8 @@ REFERENCE_CONFIG = dict(
 # c34bcfb) on the 2-core CI machine with ONE torch thread (the thread count changes float
 # sums in the 7th digit): the per-epoch mean losses and the sum / sum of |.| of every tensor
 # of the final weights.safetensors. The new loop gave the same bits (same SHA-256 of the
-# weights). Compared at 1e-4 relative so another CPU's rounding (instruction set) passes,
+# weights). Compared at 1e-4 relative (losses 5e-4: another 2-core Xeon gave 1.4e-4 on
+# epoch 2's) so another CPU's rounding (instruction set) passes,
 # while any change in what the loop computes (an extra random draw, another lr, another
 # order of steps) moves these numbers by far more.
 REFERENCE_LOSSES = [1.4539477229118347, 1.3011752367019653]
@@ -71,7 +72,7 @@ def _run_numbers(run: Path) -> tuple[list[float], float, float, dict]:
 def _assert_reference(run: Path) -> None:
     losses, total, absolute, meta = _run_numbers(run)
     assert meta["genes"] == REFERENCE_GENES
-    assert losses == pytest.approx(REFERENCE_LOSSES, rel=1e-4)
+    assert losses == pytest.approx(REFERENCE_LOSSES, rel=5e-4)
     assert total == pytest.approx(REFERENCE_WEIGHT_SUM, rel=1e-4)
     assert absolute == pytest.approx(REFERENCE_WEIGHT_ABS_SUM, rel=1e-4)
 

@@ -837,6 +837,14 @@ class DenseMapStore:
             return None
         return np.asarray(_array(self._group, "tissue", self.path)[...])
 
+    @property
+    def tissue_downsample(self) -> float | None:
+        """Slide level-0 px per :attr:`tissue` mask px (``None`` without a mask)."""
+        if "tissue" not in self._group:
+            return None
+        value: Any = _array(self._group, "tissue", self.path).attrs["downsample"]
+        return float(value)
+
     # ------------------------------------------------------------------ maps
     @property
     def n_levels(self) -> int:

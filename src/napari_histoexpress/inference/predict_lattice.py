@@ -87,12 +87,15 @@ from .predict_slide import (
     mark_background_boxes,
     slide_stain,
 )
+from .tissue import tissue_at
 
 __all__ = [
     "DEFAULT_CHUNK_NODES",
     "LatticeChunk",
+    "LatticeGrid",
     "LatticePlan",
     "default_pitch_um",
+    "lattice_grid",
     "open_lattice_store",
     "plan_lattice",
     "predict_lattice",
@@ -181,6 +184,52 @@ class LatticePlan:
         return np.asarray(self.node_centres_level0(rows, cols) * slide_mpp - slide_mpp / 2.0)
 
 
+@dataclass(frozen=True)
+class LatticeGrid:
+    """Where a slide's lattice nodes are (:func:`lattice_grid`): ``pitch_px`` working px
+    between nodes, ``factor`` level-0 px per working px, the slide's ``working_shape`` and
+    the lattice's ``map_shape`` ``(rows, cols)``; node ``(r, c)`` is centred on level-0
+    ``((c + 0.5)·pitch_px·factor, (r + 0.5)·pitch_px·factor)``."""
+
+    pitch_px: int
+    factor: float
+    working_shape: tuple[int, int]
+    map_shape: tuple[int, int]
+    working_mpp: float
+
+    @property
+    def pitch_um(self) -> float:
+        return self.pitch_px * self.working_mpp
+
+    def centres_level0(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """``(N, 2)`` ``(x, y)`` level-0 px centres of nodes ``(rows, cols)``."""
+        s = self.pitch_px * self.factor
+        return np.stack([(np.asarray(cols) + 0.5) * s, (np.asarray(rows) + 0.5) * s], axis=1)
+
+    def node_of(self, xy_level0: np.ndarray) -> np.ndarray:
+        """``(N, 2)`` int64 ``(row, col)`` of the node whose cell holds each level-0 point
+        (clipped to the lattice)."""
+        xy = np.asarray(xy_level0, dtype=np.float64).reshape(-1, 2)
+        s = self.pitch_px * self.factor
+        rc = np.floor(xy[:, ::-1] / s).astype(np.int64)
+        return np.clip(rc, 0, np.asarray(self.map_shape) - 1)
+
+
+def lattice_grid(
+    slide_shape: tuple[int, int], slide_mpp: float, working_mpp: float, pitch_um: float
+) -> LatticeGrid:
+    """The lattice of a slide of level-0 ``slide_shape`` at ``slide_mpp`` µm/px for a model
+    working at ``working_mpp`` with nodes ``pitch_um`` apart (rounded to whole working px,
+    at least one): what :func:`plan_lattice` lays, and training of models with slide
+    context reproduces."""
+    pitch_px = max(1, round(float(pitch_um) / float(working_mpp)))
+    f = float(working_mpp) / float(slide_mpp)
+    h0, w0 = slide_shape
+    h_work, w_work = max(1, round(h0 / f)), max(1, round(w0 / f))
+    map_shape = (math.ceil(h_work / pitch_px), math.ceil(w_work / pitch_px))
+    return LatticeGrid(pitch_px, f, (h_work, w_work), map_shape, float(working_mpp))
+
+
 def default_pitch_um(spec: InputSpec) -> float:
     """Half the model's patch side in µm (``ValueError`` when the spec has none)."""
     if spec.patch_um is None:
@@ -225,17 +274,25 @@ def plan_lattice(
             f"the slide's µm/px is unknown (its file does not record it) and the model runs "
             f"at {spec.mpp:g} µm/px: set the slide's µm/px (e.g. 0.5 for a 20x scan)",
         )
-    pitch = default_pitch_um(spec) if pitch_um is None else float(pitch_um)
+    own = model.lattice_pitch_um
+    if pitch_um is None:
+        pitch = default_pitch_um(spec) if own is None else float(own)
+    else:
+        pitch = float(pitch_um)
     if not (math.isfinite(pitch) and pitch > 0):
         raise ValueError(f"the lattice pitch must be positive, got {pitch_um!r} µm")
     if int(chunk_nodes) < 1:
         raise ValueError(f"chunk_nodes must be positive, got {chunk_nodes!r}")
     work_mpp = float(spec.mpp)
-    pitch_px = max(1, round(pitch / work_mpp))
-    f = work_mpp / float(slide.mpp)
-    h0, w0 = slide.shape
-    h_work, w_work = max(1, round(h0 / f)), max(1, round(w0 / f))
-    map_shape = (math.ceil(h_work / pitch_px), math.ceil(w_work / pitch_px))
+    lattice = lattice_grid(slide.shape, float(slide.mpp), work_mpp, pitch)
+    if own is not None and lattice.pitch_px != max(1, round(float(own) / work_mpp)):
+        raise ValueError(
+            f"{type(model).__name__} was trained on a lattice of {float(own):g} µm pitch "
+            f"(its neighbours are lattice nodes); predict with that pitch, not {pitch:g} µm"
+        )
+    pitch_px, f = lattice.pitch_px, lattice.factor
+    h_work, w_work = lattice.working_shape
+    map_shape = lattice.map_shape
     n = int(chunk_nodes)
     grid = (math.ceil(map_shape[0] / n), math.ceil(map_shape[1] / n))
     tiles = [
@@ -670,12 +727,18 @@ def _second_pass(
         feats.append(block.reshape(-1, block.shape[-1]))
         rcs.append(np.stack([rr.ravel(), cc.ravel()], axis=1))
     rc = np.concatenate(rcs).astype(np.int64)
+    mask, downsample = store.tissue, store.tissue_downsample
+    on_tissue = None
+    if mask is not None and downsample is not None:
+        centres = plan.node_centres_level0(rc[:, 0], rc[:, 1])
+        on_tissue = torch.from_numpy(tissue_at(mask, downsample, centres))
     nodes = LatticeNodes(
         features=torch.from_numpy(np.concatenate(feats)).to(device),
         positions_um=torch.from_numpy(plan.node_positions_um(rc[:, 0], rc[:, 1], slide_mpp)),
         grid_rc=torch.from_numpy(rc),
         lattice_shape=plan.map_shape,
         pitch_um=plan.pitch_um,
+        tissue=on_tissue,
     )
     with torch.inference_mode():
         out = model.slide_context(nodes)

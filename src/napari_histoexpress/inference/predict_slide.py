@@ -114,6 +114,7 @@ __all__ = [
     "resolve_device",
     "run_tiles",
     "slide_stain",
+    "slide_tissue",
 ]
 
 log = logging.getLogger(__name__)
@@ -503,8 +504,7 @@ def mark_background_boxes(
     thumbnail's resolution). Returns the number of background chunks in the store."""
     done = store.done_mask
     if not done.all():
-        thumb, downsample = _thumbnail(slide, tile_level0_px)
-        mask = tissue_mask(thumb)
+        mask, downsample = slide_tissue(slide, tile_level0_px)
         store.set_tissue(mask, downsample=downsample)
         scale = (level0_per_map_px / downsample,) * 2  # map px -> thumbnail px
         background = np.zeros(store.tile_grid, dtype=bool)
@@ -731,6 +731,15 @@ def _store_stain(store: DenseMapStore, slide: Slide, plan: StainPlan) -> StainNo
     if recorded is None:
         return slide_stain(slide, plan)
     return StainNormalizer.from_dict(recorded)
+
+
+def slide_tissue(slide: Slide, tile_level0_px: float) -> tuple[np.ndarray, float]:
+    """The tissue mask of the slide's thumbnail (:func:`~.tissue.tissue_mask` of
+    :func:`_thumbnail` for chunks of ``tile_level0_px``) and its downsample: what
+    :func:`mark_background_boxes` decides background chunks with (and what training of a
+    model with slide context uses to pick the tissue nodes of a section's lattice)."""
+    thumb, downsample = _thumbnail(slide, tile_level0_px)
+    return tissue_mask(thumb), downsample
 
 
 def _thumbnail(slide: Slide, tile_level0_px: float) -> tuple[np.ndarray, float]:

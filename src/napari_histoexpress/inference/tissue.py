@@ -105,6 +105,19 @@ def tissue_in_box(
     return bool(mask[y0:y1, x0:x1].any())
 
 
+def tissue_at(mask: np.ndarray, downsample: float, centres_level0: np.ndarray) -> np.ndarray:
+    """``(n,)`` bool: whether ``mask`` (level-0 px per mask px = ``downsample``) is tissue at
+    each of ``centres_level0`` ``(n, 2)`` ``(x, y)`` level-0 px (continuous coordinates: the
+    mask pixel holding the point; points outside the mask are not tissue)."""
+    xy = np.asarray(centres_level0, dtype=np.float64).reshape(-1, 2)
+    col = np.floor(xy[:, 0] / float(downsample)).astype(np.int64)
+    row = np.floor(xy[:, 1] / float(downsample)).astype(np.int64)
+    inside = (row >= 0) & (col >= 0) & (row < mask.shape[0]) & (col < mask.shape[1])
+    out = np.zeros(len(xy), dtype=bool)
+    out[inside] = np.asarray(mask, dtype=bool)[row[inside], col[inside]]
+    return out
+
+
 _OD_LUT = (-np.log10(np.clip(np.arange(256, dtype=np.float64), 1.0, 255.0) / 255.0)).astype(
     np.float32
 )

@@ -157,6 +157,9 @@ class LatticeNodes:
         grid_rc: ``(N, 2)`` int64 ``(row, col)`` of each node on the lattice.
         lattice_shape: ``(rows, cols)`` of the whole lattice.
         pitch_um: distance between neighbouring nodes in µm.
+        tissue: ``(N,)`` bool, the nodes on tissue by the package's tissue detection (the
+            predictor passes every node of the chunks that hold tissue, some of them on
+            glass), or ``None`` when unknown (all count as tissue).
     """
 
     features: torch.Tensor
@@ -164,6 +167,7 @@ class LatticeNodes:
     grid_rc: torch.Tensor
     lattice_shape: tuple[int, int]
     pitch_um: float
+    tissue: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -342,3 +346,20 @@ class SpotModel(HistoModel):
         of the slide (with their positions) → ``(N, C)`` features the gene head reads.
         Called only when :attr:`needs_slide_context`; the default is the identity."""
         return nodes.features
+
+    def spot_context(
+        self, features: torch.Tensor, grid_rc: torch.Tensor, nodes: LatticeNodes
+    ) -> torch.Tensor:
+        """Measured spots off the lattice (evaluation of a model with slide context): the
+        spots' ``(M, D)`` pass-1 features and the lattice cells ``(M, 2)`` holding them,
+        with the section's ``nodes`` → ``(M, C)`` features the gene head reads. Default:
+        :meth:`slide_context` of the nodes alone is all a model without it has, so it
+        raises ``NotImplementedError``."""
+        raise NotImplementedError(f"{type(self).__name__} has no spot_context")
+
+    @property
+    def lattice_pitch_um(self) -> float | None:
+        """The lattice pitch the model was trained on (models with slide context: their
+        neighbours are lattice nodes), or ``None`` (default: any pitch works; the predictor
+        uses half the patch side)."""
+        return None

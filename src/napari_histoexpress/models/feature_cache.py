@@ -45,6 +45,7 @@ of the patch extraction itself (``read_region_at_mpp``) must bump :data:`FORMAT`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -72,8 +73,10 @@ __all__ = [
     "LoadedEncoder",
     "cached_lattice_features",
     "cached_spot_features",
+    "check_pooling",
     "default_cache_dir",
     "encode_tensor",
+    "encoder_channels",
     "encoder_settings",
     "feature_file",
     "lattice_features",
@@ -85,8 +88,23 @@ __all__ = [
 #: version of the cache layout and of what goes into a file; part of every key
 FORMAT = 1
 #: how a level's feature map becomes a vector: ``"mean"`` = global average pooling per
-#: level, the levels' vectors concatenated (what the ridge baseline has always done)
-POOLINGS = ("mean",)
+#: level, the levels' vectors concatenated (what the ridge baseline has always done);
+#: ``"mean+tokensT"`` (``T`` a whole number, e.g. ``"mean+tokens3"``) = the same vector
+#: followed by the **last** level's map average-pooled to a ``T × T`` grid, flattened token
+#: by token (``T²`` tokens of the last level's channels, row-major): DKAN's patch tokens
+POOLINGS = ("mean", "mean+tokensT")
+_TOKENS = re.compile(r"^mean\+tokens([1-9][0-9]?)$")
+
+
+def check_pooling(pooling: str) -> int:
+    """``0`` for ``"mean"``, ``T`` for ``"mean+tokensT"``; ``ValueError`` otherwise."""
+    if pooling == "mean":
+        return 0
+    match = _TOKENS.match(str(pooling))
+    if match is None:
+        raise ValueError(f"pooling must be one of {POOLINGS} (T = 1 … 99), got {pooling!r}")
+    return int(match.group(1))
+
 
 _warned: set[str] = set()
 
@@ -102,6 +120,31 @@ def default_cache_dir() -> Path:
 
 
 # ---------------------------------------------------------------------------- the encoder
+
+
+@functools.lru_cache(maxsize=16)
+def _channels(
+    backbone: str, out_indices: tuple[int, ...] | None, kwargs_json: str
+) -> tuple[int, ...]:
+    from .backbones import create_backbone
+
+    with torch.random.fork_rng(devices=[]):  # a probe: the caller's random state untouched
+        net = create_backbone(
+            backbone, pretrained=None, out_indices=out_indices, model_kwargs=json.loads(kwargs_json)
+        )
+    info: Any = net.feature_info
+    return tuple(int(c) for c in info.channels())
+
+
+def encoder_channels(
+    backbone: str,
+    out_indices: Sequence[int] | None = None,
+    backbone_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[int, ...]:
+    """Channels of each level a frozen encoder pools (the network is built once per process,
+    without weights, to read them)."""
+    idx = None if out_indices is None else tuple(int(i) for i in out_indices)
+    return _channels(backbone, idx, json.dumps(dict(backbone_kwargs or {}), sort_keys=True))
 
 
 def encoder_settings(config: Any) -> dict[str, Any]:
@@ -158,16 +201,16 @@ class FrozenEncoder:
             raise ValueError(
                 f"patch_um and input_px must be positive, got {self.patch_um}, {self.input_px}"
             )
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        check_pooling(self.pooling)
         set_(self, "backbone_kwargs", dict(self.backbone_kwargs))
 
     @classmethod
-    def from_config(cls, config: Any, *, seed: int) -> FrozenEncoder:
+    def from_config(cls, config: Any, *, seed: int, pooling: str = "mean") -> FrozenEncoder:
         """The encoder a model config describes (any object with ``backbone``,
         ``pretrained``, ``patch_um``, ``input_px``, ``out_indices``, ``mean``, ``std``,
-        ``zero_init_last`` and ``backbone_kwargs`` attributes: the ridge baseline's and
-        HAGE's configs), mean-pooled, with the random-init ``seed``."""
+        ``zero_init_last`` and ``backbone_kwargs`` attributes: the ridge baseline's, HAGE's
+        and DKAN's configs), pooled as ``pooling`` (default mean), with the random-init
+        ``seed``."""
         return cls(
             backbone=config.backbone,
             pretrained=config.pretrained,
@@ -176,7 +219,7 @@ class FrozenEncoder:
             out_indices=config.out_indices,
             mean=config.mean,
             std=config.std,
-            pooling="mean",
+            pooling=pooling,
             zero_init_last=config.zero_init_last,
             backbone_kwargs=dict(config.backbone_kwargs),
             seed=seed,
@@ -264,15 +307,17 @@ def encode_tensor(
     (:data:`POOLINGS`) in float32 and concatenated."""
     from ..devices import autocast
 
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    tokens = check_pooling(pooling)
     m = torch.tensor(tuple(mean), dtype=torch.float32, device=device).view(1, 3, 1, 1)
     s = torch.tensor(tuple(std), dtype=torch.float32, device=device).view(1, 3, 1, 1)
     x = x.to(device)
     with autocast(device, precision):
         maps = module((x - m) / s)
-    pooled = torch.cat([f.float().mean(dim=(2, 3)) for f in maps], dim=1)
-    return pooled.cpu().numpy().astype(np.float32)
+    parts = [f.float().mean(dim=(2, 3)) for f in maps]
+    if tokens:
+        grid = torch.nn.functional.adaptive_avg_pool2d(maps[-1].float(), tokens)
+        parts.append(grid.flatten(2).transpose(1, 2).flatten(1))  # (n, T²·C), token-major
+    return torch.cat(parts, dim=1).cpu().numpy().astype(np.float32)
 
 
 class LoadedEncoder:

@@ -59,40 +59,19 @@ The model interface (:class:`~.base.SpotModel`)
 
 from __future__ import annotations
 
-import functools
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .base import InputSpec, SpotInputs, SpotModel, check_gene_head
+from .base import SpotInputs, check_gene_head
+from .frozen_spot import FrozenPatchModel, FrozenPatchSettings
 from .registry import register_model
 
-if TYPE_CHECKING:
-    from .feature_cache import FrozenEncoder, LoadedEncoder
-
 __all__ = ["HAGE", "GeneEmbeddingAttention", "HageConfig", "image_feature_dim"]
-
-MISSING_POLICIES = ("error", "learned", "zero")
-
-
-@functools.lru_cache(maxsize=16)
-def _feature_channels(backbone: str, out_indices: tuple[int, ...] | None, kwargs_json: str) -> int:
-    from .backbones import create_backbone
-
-    with torch.random.fork_rng(devices=[]):  # a probe: the caller's random state untouched
-        net = create_backbone(
-            backbone,
-            pretrained=None,
-            out_indices=out_indices,
-            model_kwargs=json.loads(kwargs_json),
-        )
-    info: Any = net.feature_info
-    return int(sum(info.channels()))
 
 
 def image_feature_dim(
@@ -102,12 +81,13 @@ def image_feature_dim(
 ) -> int:
     """``D``: width of the frozen encoder's pooled, concatenated levels (built once per
     process, without weights, to read its channels)."""
-    idx = None if out_indices is None else tuple(int(i) for i in out_indices)
-    return _feature_channels(backbone, idx, json.dumps(dict(backbone_kwargs or {}), sort_keys=True))
+    from .feature_cache import encoder_channels
+
+    return sum(encoder_channels(backbone, out_indices, backbone_kwargs))
 
 
 @dataclass
-class HageConfig:
+class HageConfig(FrozenPatchSettings):
     """Settings of :class:`HAGE` (the module docstring explains each choice).
 
     ``n_genes``, ``image_dim`` and ``gene_dim`` size the model: training sets ``n_genes``;
@@ -115,25 +95,6 @@ class HageConfig:
     encoder's width) are resolved when the config is made, so a run records them.
     """
 
-    # frozen image encoder (the ridge baseline's, see the module docstring)
-    backbone: str = "tf_efficientnet_lite0"
-    pretrained: str | None = "auto"
-    out_indices: tuple[int, ...] | None = None
-    zero_init_last: bool = False
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    patch_um: float = 448 * 0.74
-    input_px: int = 224
-    encoder_seed: int = 0
-    standardize: bool = True
-    # genes
-    n_genes: int = 1
-    gene_encoder: str = "minilm"
-    gene_missing: str = "error"
-    # sizes
-    image_dim: int | None = None
-    gene_dim: int | None = None
     dim: int = 1024
     heads: int = 8
     mlp_ratio: float = 4.0
@@ -153,14 +114,7 @@ class HageConfig:
     target_sum: float = 1e4
 
     def __post_init__(self) -> None:
-        from .feature_cache import encoder_settings
-
-        for name, value in encoder_settings(self).items():
-            setattr(self, name, value)
-        if self.gene_missing not in MISSING_POLICIES:
-            raise ValueError(
-                f"gene_missing must be one of {MISSING_POLICIES}, got {self.gene_missing!r}"
-            )
+        super().__post_init__()
         for name in ("n_genes", "dim", "heads", "head_dim", "input_px", "k_expression"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"HAGE {name} must be at least 1, got {getattr(self, name)!r}")
@@ -168,26 +122,9 @@ class HageConfig:
             raise ValueError(f"HAGE dim ({self.dim}) must be a multiple of heads ({self.heads})")
         if self.temperature <= 0 or self.patch_um <= 0:
             raise ValueError("HAGE temperature and patch_um must be positive")
-        if self.image_dim is None:
-            self.image_dim = image_feature_dim(
-                self.backbone, self.out_indices, self.backbone_kwargs
-            )
-        if self.gene_dim is None:
-            from .gene_knowledge.gene_embeddings import create_gene_encoder
-
-            self.gene_dim = int(create_gene_encoder(self.gene_encoder, cache=False).dim)
-
-    @property
-    def input_mpp(self) -> float:
-        """µm per pixel of the encoder's input: ``patch_um / input_px``."""
-        return self.patch_um / self.input_px
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for key in ("out_indices", "mean", "std"):
-            if d[key] is not None:
-                d[key] = list(d[key])
-        return d
+        return self._tuples_as_lists(asdict(self))
 
 
 class GeneEmbeddingAttention(nn.Module):
@@ -244,8 +181,11 @@ def _mlp3(n_in: int, dim: int, n_out: int) -> nn.Sequential:
 
 
 @register_model("hage")
-class HAGE(nn.Module, SpotModel):
+class HAGE(FrozenPatchModel):
     """HAGE — gene embeddings cross-attended into frozen image features (MICCAI 2025)."""
+
+    config_class = HageConfig
+    display_name = "HAGE"
 
     feature_mean: torch.Tensor
     feature_std: torch.Tensor
@@ -257,9 +197,8 @@ class HAGE(nn.Module, SpotModel):
         self.config = cfg = config or HageConfig()
         assert cfg.image_dim is not None and cfg.gene_dim is not None
         self.genes: list[str] = []
-        self._device = torch.device("cpu")
         self._precision = "fp32"
-        self.encoder = self._build_encoder()
+        self.encoder = self.frozen_encoder().build()
         D, dg, d, G = int(cfg.image_dim), int(cfg.gene_dim), cfg.dim, cfg.n_genes
         self.register_buffer("feature_mean", torch.zeros(D))
         self.register_buffer("feature_std", torch.ones(D))
@@ -277,31 +216,6 @@ class HAGE(nn.Module, SpotModel):
         self.expression_encoder = _mlp3(G, d, d)  # EE (training only)
 
     # ------------------------------------------------------------------ construction
-    def _build_encoder(self) -> nn.Module:
-        return self.frozen_encoder().build()
-
-    @classmethod
-    def _config(cls, config: Mapping[str, Any] | None) -> HageConfig:
-        config = dict(config or {})
-        known = {f.name for f in fields(HageConfig)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"unknown HAGE config keys {unknown}; known: {sorted(known)}")
-        return HageConfig(**config)
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any] | None = None) -> HAGE:
-        """Build from a plain dict of :class:`HageConfig` fields (unknown keys raise)."""
-        return cls(cls._config(config))
-
-    @classmethod
-    def settings_of(cls, config: Mapping[str, Any]) -> dict[str, Any]:
-        """``HageConfig(**config).to_dict()`` (no network built)."""
-        return cls._config(config).to_dict()
-
-    def config_dict(self) -> dict[str, Any]:
-        return self.config.to_dict()
-
     @classmethod
     def contract_config(cls) -> dict[str, Any]:
         """A tiny HAGE: ResNet18 levels 1–2 on 32 px patches, d = 16, 2 heads, C = 8, three
@@ -320,25 +234,6 @@ class HAGE(nn.Module, SpotModel):
             "dropout": 0.0,
         }
 
-    @classmethod
-    def contract_instance(cls) -> HAGE:
-        model = cls.from_config(cls.contract_config())
-        gen = torch.Generator().manual_seed(0)
-        model.set_gene_vectors(torch.randn(3, 6, generator=gen).numpy())
-        return model
-
-    def set_gene_vectors(self, vectors: np.ndarray, learned: np.ndarray | None = None) -> None:
-        """The gene memory: ``(G, gene_dim)`` vectors (rows of ``learned`` genes become
-        trainable through :attr:`gene_offsets`)."""
-        v = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
-        if tuple(v.shape) != tuple(self.gene_vectors.shape):
-            raise ValueError(
-                f"gene vectors must be {tuple(self.gene_vectors.shape)}, got {tuple(v.shape)}"
-            )
-        self.gene_vectors.copy_(v)
-        mask = np.zeros(len(v), bool) if learned is None else np.asarray(learned, bool)
-        self.gene_learned.copy_(torch.as_tensor(mask))
-
     def set_feature_statistics(self, mean: np.ndarray, std: np.ndarray) -> None:
         """The standardisation of the frozen features (the training spots' statistics)."""
         if not self.config.standardize:
@@ -349,32 +244,8 @@ class HAGE(nn.Module, SpotModel):
 
     # ------------------------------------------------------------------ interface
     @property
-    def working_mpp(self) -> float:  # type: ignore[override]
-        """µm per pixel of the encoder's patches: ``patch_um / input_px``."""
-        return self.config.input_mpp
-
-    @working_mpp.setter
-    def working_mpp(self, value: float | None) -> None:
-        if value is not None and not np.isclose(float(value), self.config.input_mpp, rtol=1e-9):
-            raise ValueError(
-                f"HAGE works at patch_um / input_px = {self.config.input_mpp:g} µm/px, "
-                f"not {float(value):g}"
-            )
-
-    @property
     def feature_dim(self) -> int:
         return int(self.config.head_dim)
-
-    def input_spec(self) -> InputSpec:
-        mean, std = self.frozen_encoder().input_stats()
-        return InputSpec(
-            mpp=self.working_mpp,
-            mean=mean,
-            std=std,
-            normalizes_input=True,
-            patch_px=int(self.config.input_px),
-            stain=None if self.stain is None else dict(self.stain),
-        )
 
     def gene_head(self) -> tuple[np.ndarray, np.ndarray]:
         W = self.head.weight.detach().double().cpu().numpy().T
@@ -415,56 +286,6 @@ class HAGE(nn.Module, SpotModel):
         else:
             raise ValueError("encode_spots needs images or features")
         return self.features_from_embedding(self.image_embedding(raw))
-
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """``(N, 3, p, p)`` RGB in [0, 1] → ``(N, D)`` raw frozen features (float32)."""
-        from .feature_cache import encode_tensor
-
-        p = self.config.input_px
-        if images.ndim != 4 or tuple(images.shape[1:]) != (3, p, p):
-            raise ValueError(f"images must be (N, 3, {p}, {p}), got {tuple(images.shape)}")
-        device = self.head.weight.device
-        mean, std = self.frozen_encoder().input_stats()
-        feats = encode_tensor(
-            self.encoder, images.float(), mean, std, device=device, precision=self._precision
-        )
-        return torch.from_numpy(feats).to(device)
-
-    # ------------------------------------------------------------------ frozen encoder
-    def frozen_encoder(self) -> FrozenEncoder:
-        """The frozen encoder's description (the feature cache's key)."""
-        from .feature_cache import FrozenEncoder
-
-        return FrozenEncoder.from_config(self.config, seed=self.config.encoder_seed)
-
-    def loaded_encoder(self) -> LoadedEncoder:
-        """:meth:`frozen_encoder` bound to this model's encoder on its device."""
-        from .feature_cache import LoadedEncoder
-
-        return LoadedEncoder(
-            self.frozen_encoder(),
-            self.encoder,
-            device=self.head.weight.device,
-            precision=self._precision,
-        )
-
-    def to(self, *args: Any, **kwargs: Any) -> HAGE:  # type: ignore[override]
-        """``nn.Module.to``; also ``to(device, precision)`` as the ridge baseline takes it
-        (the frozen encoder's forward precision)."""
-        if len(args) == 2 and isinstance(args[1], str) and not kwargs:
-            from ..devices import autocast_dtype, resolve_device
-
-            device = resolve_device(args[0])
-            autocast_dtype(device, args[1])  # validates the precision
-            self._precision = args[1]
-            return super().to(device)
-        return super().to(*args, **kwargs)
-
-    def train(self, mode: bool = True) -> HAGE:
-        """``nn.Module.train``, the frozen encoder always in eval mode."""
-        super().train(mode)
-        self.encoder.eval()
-        return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Everything but the frozen encoder (and ``gene_offsets`` when no gene is learned)."""

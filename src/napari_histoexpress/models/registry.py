@@ -44,6 +44,7 @@ _BUILTIN_MODULES: dict[str, str] = {
     "pixnet": "napari_histoexpress.models.pixnet",
     "ridge": "napari_histoexpress.models.ridge",
     "hage": "napari_histoexpress.models.hage",
+    "dkan": "napari_histoexpress.models.dkan",
 }
 _REGISTRY: dict[str, type[HistoModel]] = {}
 _KINDS = ("dense", "spot")

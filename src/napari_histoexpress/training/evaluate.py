@@ -113,6 +113,8 @@ def predict_section_spots(
     kind = getattr(model, "kind", None)
     if kind == "dense":
         return _dense_spots(model, meta, section, batch_size, dev, progress)
+    if kind == "spot" and model.needs_slide_context:
+        return _section_context_spots(model, meta, section, dev, feature_cache, progress)
     if kind == "spot":
         cacheable = model.frozen_encoder() is not None and model.input_spec().context == "none"
         if feature_cache != "none" and cacheable:
@@ -249,6 +251,41 @@ def _cached_feature_spots(
     W, b = model.gene_head()
     with torch.inference_mode():
         feats = model.encode_spots(SpotInputs(features=torch.from_numpy(raw)))
+    return (feats.detach().double().cpu().numpy() @ W + b).astype(np.float32)
+
+
+def _section_context_spots(
+    model: Any,
+    meta: dict[str, Any],
+    section: Section,
+    dev: torch.device,
+    feature_cache: str,
+    progress: bool,
+) -> np.ndarray:
+    """A spot model with slide context: the section's lattice
+    (:func:`~.section_lattice.section_lattice`, features through the cache unless
+    ``feature_cache == "none"``), then :meth:`~..models.base.SpotModel.spot_context` of the
+    spots and the gene head."""
+    from .section_lattice import section_lattice
+
+    spec = model.input_spec()
+    _place(model, dev)
+    normalizer = section_stain(meta, section, mpp=float(spec.mpp), size_px=int(spec.patch_px))
+    lattice = section_lattice(
+        section.pair(),
+        model.loaded_encoder(),
+        pitch_um=float(model.lattice_pitch_um),
+        feature_cache=feature_cache,
+        normalizer=normalizer,
+        progress=progress,
+    )
+    W, b = model.gene_head()
+    with torch.inference_mode():
+        feats = model.spot_context(
+            torch.from_numpy(lattice.spot_features),
+            torch.from_numpy(lattice.spot_rc),
+            lattice.nodes(dev),
+        )
     return (feats.detach().double().cpu().numpy() @ W + b).astype(np.float32)
 
 

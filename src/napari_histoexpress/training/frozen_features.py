@@ -1,22 +1,25 @@
-"""Frozen-encoder features of the training spots, for the tasks of spot models (ridge, HAGE).
+"""Frozen-encoder features of the training spots, for the tasks of spot models (ridge, HAGE,
+DKAN), and the other preparation those tasks share.
 
 :func:`section_features` encodes every spot's patch of each section once, through the
 on-disk feature cache (:mod:`napari_histoexpress.models.feature_cache`) as the run's
 ``feature_cache`` setting says: ``"auto"`` the user cache folder, ``"none"`` no disk cache,
 anything else a folder. Cached and uncached features are the same numbers.
+:func:`embed_genes` gives a model its genes' description vectors, :func:`frozen_stain`
+fits the run's stain normalisation for patches encoded once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from ..stain import StainNormalizer
+    from ..stain import StainConfig, StainNormalizer
 
-__all__ = ["section_features"]
+__all__ = ["embed_genes", "frozen_stain", "section_features"]
 
 
 def section_features(
@@ -42,3 +45,61 @@ def section_features(
             cache_dir = None if feature_cache == "auto" else feature_cache
             out.append(fc.cached_spot_features(pair, encoder, cache_dir=cache_dir, **kw))
     return out
+
+
+def embed_genes(
+    model: Any, genes: Sequence[str], log: Callable[[str], None], *, who: str
+) -> dict[str, Any]:
+    """Embed ``genes`` with the model's ``config.gene_encoder`` (missing genes follow its
+    ``gene_missing``) into ``model.set_gene_vectors``; returns the record a run keeps
+    (encoder, weights hash, policy, missing genes)."""
+    from ..models.gene_knowledge.gene_embeddings import create_gene_encoder
+
+    cfg = model.config
+    emb = create_gene_encoder(cfg.gene_encoder).embed(genes, missing=cfg.gene_missing)
+    if emb.dim != cfg.gene_dim:
+        raise ValueError(
+            f"gene encoder {cfg.gene_encoder!r} gives {emb.dim}-d vectors, "
+            f"the model expects {cfg.gene_dim}"
+        )
+    model.set_gene_vectors(emb.vectors, emb.learned)
+    if emb.missing:
+        log(
+            f"{who}: {len(emb.missing)} genes without a vector ({cfg.gene_missing}): "
+            + ", ".join(list(emb.missing)[:10])
+        )
+    return {
+        "encoder": emb.encoder,
+        "weights_hash": emb.weights_hash,
+        "policy": emb.policy,
+        "missing": dict(emb.missing),
+    }
+
+
+def frozen_stain(
+    stain: StainConfig,
+    model_config: Any,
+    pairs: Sequence[tuple[Any, Any]],
+    sections: Sequence[Any],
+    log: Callable[[str], None],
+    *,
+    who: str,
+) -> tuple[StainConfig, list[StainNormalizer] | None]:
+    """The run's stain settings for a model whose patches are encoded once (HED augmentation
+    ignored, logged) and one normaliser per section (``None`` without normalisation); the
+    reference is fitted on the training sections at the model's ``input_mpp``/``input_px``."""
+    if stain.augments:
+        log(f"{who}: HED stain augmentation ignored (frozen features are encoded once)")
+    if stain.normalize == "none":
+        return stain, None
+    from .stain_fit import fit_run_stain
+
+    stain, normalizers = fit_run_stain(
+        stain,
+        list(pairs),
+        [s.name for s in sections],
+        mpp=model_config.input_mpp,
+        size_px=int(model_config.input_px),
+        log=log,
+    )
+    return stain, list(normalizers)

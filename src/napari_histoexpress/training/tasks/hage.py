@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from ..contrastive_losses import clip_loss, cyclip_loss
-from ..frozen_features import section_features
+from ..frozen_features import embed_genes, frozen_stain, section_features
 from ..hierarchical_clusters import hierarchical_kmeans, subcluster_means
 from ..loop import GradientTask
 from ..losses import pcc_loss
@@ -61,7 +61,7 @@ from ..sections import Section
 
 if TYPE_CHECKING:
     from ...models.hage import HAGE
-    from ...stain import StainConfig, StainNormalizer
+    from ...stain import StainConfig
 
 __all__ = ["TASK", "HageTask"]
 
@@ -105,8 +105,15 @@ class HageTask(GradientTask):
         # not move the random state that training (dropout) draws from
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            self.gene_record = self._embed_genes(model, genes)
-            normalizers = self._stain(model, pairs, sections)
+            self.gene_record = embed_genes(model, genes, self.log, who=config.model)
+            self.stain, normalizers = frozen_stain(
+                self.config.stain_config(),
+                model.config,
+                pairs,
+                sections,
+                self.log,
+                who=config.model,
+            )
             feats = section_features(
                 pairs,
                 model.loaded_encoder(),
@@ -136,49 +143,6 @@ class HageTask(GradientTask):
             f"{clusters.k1}×{clusters.k2} sub-clusters"
         )
         return model
-
-    def _embed_genes(self, model: HAGE, genes: Sequence[str]) -> dict[str, Any]:
-        from ...models.gene_knowledge.gene_embeddings import create_gene_encoder
-
-        cfg = model.config
-        emb = create_gene_encoder(cfg.gene_encoder).embed(genes, missing=cfg.gene_missing)  # type: ignore[arg-type]
-        if emb.dim != cfg.gene_dim:
-            raise ValueError(
-                f"gene encoder {cfg.gene_encoder!r} gives {emb.dim}-d vectors, "
-                f"the model expects {cfg.gene_dim}"
-            )
-        model.set_gene_vectors(emb.vectors, emb.learned)
-        if emb.missing:
-            self.log(
-                f"hage: {len(emb.missing)} genes without a vector ({cfg.gene_missing}): "
-                + ", ".join(list(emb.missing)[:10])
-            )
-        return {
-            "encoder": emb.encoder,
-            "weights_hash": emb.weights_hash,
-            "policy": emb.policy,
-            "missing": dict(emb.missing),
-        }
-
-    def _stain(
-        self, model: HAGE, pairs: list[tuple[Any, Any]], sections: Sequence[Section]
-    ) -> list[StainNormalizer] | None:
-        self.stain = self.config.stain_config()
-        if self.stain.augments:
-            self.log("hage: HED stain augmentation ignored (frozen features are encoded once)")
-        if self.stain.normalize == "none":
-            return None
-        from ..stain_fit import fit_run_stain
-
-        self.stain, normalizers = fit_run_stain(
-            self.stain,
-            pairs,
-            [s.name for s in sections],
-            mpp=model.config.input_mpp,
-            size_px=int(model.config.input_px),
-            log=self.log,
-        )
-        return list(normalizers)
 
     def fitted_stain(self) -> StainConfig | None:
         from ...stain import StainConfig
