@@ -174,3 +174,32 @@ def test_cli_train_evaluate_predict(tmp_path: Path, capsys) -> None:
     store = DenseMapStore.open(out)
     assert store.feature_dim == 4 and store.attrs["provenance"]["prediction"] == "lattice"
     assert bool(store.done_mask.any())
+
+
+def test_bf16_autocast_training_runs(sample_section, features: Path, tmp_path: Path) -> None:
+    """``precision='bf16'`` (what ``auto`` picks on a CUDA GPU), on CPU: the forward pass
+    runs under bfloat16 autocast, the losses in float32, and the run trains and predicts."""
+    import torch
+
+    from napari_histoexpress.models.checkpoint import load_checkpoint
+    from napari_histoexpress.training.tasks.dkan import DkanTask
+    from napari_histoexpress.training.train import train
+
+    seen: list[torch.dtype] = []
+    original = DkanTask.step
+
+    def step(self, model, batch):
+        out = original(self, model, batch)
+        with self.autocast():
+            seen.append(model.section_context(self.sections[batch[0]].nodes).global_tokens.dtype)
+        assert all(v.dtype == torch.float32 for v in out.values())
+        return out
+
+    cfg = _config(features, epochs=1, precision="bf16")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DkanTask, "step", step)
+        train([sample_section], tmp_path / "bf16", cfg, progress=False, log=lambda s: None)
+    assert seen and seen[0] == torch.bfloat16
+    model, meta = load_checkpoint(tmp_path / "bf16")
+    assert meta["config"]["precision"] == "bf16"
+    assert all(torch.isfinite(p).all() for p in model.parameters())
