@@ -49,20 +49,25 @@ Conventions (read these before passing coordinates):
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
 
 __all__ = [
+    "LATTICE_CHUNK_NODES",
     "CircleAggregator",
+    "LatticeGrid",
     "PrefixKnots",
     "brute_force_circle_sum",
     "circle_pixel_weights",
     "disk_rect_area",
     "fullres_to_grid",
     "knots_matrix",
+    "lattice_grid",
     "prefix_knots",
 ]
 
@@ -520,3 +525,56 @@ def brute_force_circle_sum(
         wgt = inside.mean(axis=(2, 3))
     block = values[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(np.float64)
     return np.einsum("ij,ijc->c", wgt, block)
+
+
+# ---------------------------------------------------------------------------- patch lattices
+
+#: Lattice nodes per side of a lattice store chunk (the predictor's default; training of a
+#: model with slide context decides tissue at the same thumbnail resolution).
+LATTICE_CHUNK_NODES = 16
+
+
+@dataclass(frozen=True)
+class LatticeGrid:
+    """Where a slide's lattice nodes are (:func:`lattice_grid`): ``pitch_px`` working px
+    between nodes, ``factor`` level-0 px per working px, the slide's ``working_shape`` and
+    the lattice's ``map_shape`` ``(rows, cols)``; node ``(r, c)`` is centred on level-0
+    ``((c + 0.5)·pitch_px·factor, (r + 0.5)·pitch_px·factor)``."""
+
+    pitch_px: int
+    factor: float
+    working_shape: tuple[int, int]
+    map_shape: tuple[int, int]
+    working_mpp: float
+
+    @property
+    def pitch_um(self) -> float:
+        return self.pitch_px * self.working_mpp
+
+    def centres_level0(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """``(N, 2)`` ``(x, y)`` level-0 px centres of nodes ``(rows, cols)``."""
+        s = self.pitch_px * self.factor
+        return np.stack([(np.asarray(cols) + 0.5) * s, (np.asarray(rows) + 0.5) * s], axis=1)
+
+    def node_of(self, xy_level0: np.ndarray) -> np.ndarray:
+        """``(N, 2)`` int64 ``(row, col)`` of the node whose cell holds each level-0 point
+        (clipped to the lattice)."""
+        xy = np.asarray(xy_level0, dtype=np.float64).reshape(-1, 2)
+        s = self.pitch_px * self.factor
+        rc = np.floor(xy[:, ::-1] / s).astype(np.int64)
+        return np.clip(rc, 0, np.asarray(self.map_shape) - 1)
+
+
+def lattice_grid(
+    slide_shape: tuple[int, int], slide_mpp: float, working_mpp: float, pitch_um: float
+) -> LatticeGrid:
+    """The lattice of a slide of level-0 ``slide_shape`` at ``slide_mpp`` µm/px for a model
+    working at ``working_mpp`` with nodes ``pitch_um`` apart (rounded to whole working px,
+    at least one): what the lattice predictor lays (``inference.predict_lattice``), and
+    training of models with slide context reproduces."""
+    pitch_px = max(1, round(float(pitch_um) / float(working_mpp)))
+    f = float(working_mpp) / float(slide_mpp)
+    h0, w0 = slide_shape
+    h_work, w_work = max(1, round(h0 / f)), max(1, round(w0 / f))
+    map_shape = (math.ceil(h_work / pitch_px), math.ceil(w_work / pitch_px))
+    return LatticeGrid(pitch_px, f, (h_work, w_work), map_shape, float(working_mpp))

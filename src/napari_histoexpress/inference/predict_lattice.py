@@ -70,7 +70,9 @@ import zarr
 from .. import devices
 from ..devices import resolve_device
 from ..errors import InputFileError, MissingResolutionError
+from ..geometry import LATTICE_CHUNK_NODES, LatticeGrid, lattice_grid
 from ..io.slides import Slide, read_region_at_mpp
+from ..io.tissue import tissue_at
 from ..models.base import InputSpec, LatticeNodes, SpotInputs, SpotModel, check_gene_head
 from ..stain import StainConfig, StainNormalizer
 from .map_store import DenseMapStore, _array
@@ -87,7 +89,6 @@ from .predict_slide import (
     mark_background_boxes,
     slide_stain,
 )
-from .tissue import tissue_at
 
 __all__ = [
     "DEFAULT_CHUNK_NODES",
@@ -103,7 +104,7 @@ __all__ = [
 ]
 
 #: Lattice nodes per side of a store chunk (one "tile" of progress and resume).
-DEFAULT_CHUNK_NODES = 16
+DEFAULT_CHUNK_NODES = LATTICE_CHUNK_NODES
 
 
 @dataclass(frozen=True)
@@ -182,52 +183,6 @@ class LatticePlan:
         """``(N, 2)`` node centres in µm, napari's convention (slide pixel ``p`` at
         ``p · slide_mpp``, so the slide's corner is at ``-slide_mpp / 2``)."""
         return np.asarray(self.node_centres_level0(rows, cols) * slide_mpp - slide_mpp / 2.0)
-
-
-@dataclass(frozen=True)
-class LatticeGrid:
-    """Where a slide's lattice nodes are (:func:`lattice_grid`): ``pitch_px`` working px
-    between nodes, ``factor`` level-0 px per working px, the slide's ``working_shape`` and
-    the lattice's ``map_shape`` ``(rows, cols)``; node ``(r, c)`` is centred on level-0
-    ``((c + 0.5)·pitch_px·factor, (r + 0.5)·pitch_px·factor)``."""
-
-    pitch_px: int
-    factor: float
-    working_shape: tuple[int, int]
-    map_shape: tuple[int, int]
-    working_mpp: float
-
-    @property
-    def pitch_um(self) -> float:
-        return self.pitch_px * self.working_mpp
-
-    def centres_level0(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """``(N, 2)`` ``(x, y)`` level-0 px centres of nodes ``(rows, cols)``."""
-        s = self.pitch_px * self.factor
-        return np.stack([(np.asarray(cols) + 0.5) * s, (np.asarray(rows) + 0.5) * s], axis=1)
-
-    def node_of(self, xy_level0: np.ndarray) -> np.ndarray:
-        """``(N, 2)`` int64 ``(row, col)`` of the node whose cell holds each level-0 point
-        (clipped to the lattice)."""
-        xy = np.asarray(xy_level0, dtype=np.float64).reshape(-1, 2)
-        s = self.pitch_px * self.factor
-        rc = np.floor(xy[:, ::-1] / s).astype(np.int64)
-        return np.clip(rc, 0, np.asarray(self.map_shape) - 1)
-
-
-def lattice_grid(
-    slide_shape: tuple[int, int], slide_mpp: float, working_mpp: float, pitch_um: float
-) -> LatticeGrid:
-    """The lattice of a slide of level-0 ``slide_shape`` at ``slide_mpp`` µm/px for a model
-    working at ``working_mpp`` with nodes ``pitch_um`` apart (rounded to whole working px,
-    at least one): what :func:`plan_lattice` lays, and training of models with slide
-    context reproduces."""
-    pitch_px = max(1, round(float(pitch_um) / float(working_mpp)))
-    f = float(working_mpp) / float(slide_mpp)
-    h0, w0 = slide_shape
-    h_work, w_work = max(1, round(h0 / f)), max(1, round(w0 / f))
-    map_shape = (math.ceil(h_work / pitch_px), math.ceil(w_work / pitch_px))
-    return LatticeGrid(pitch_px, f, (h_work, w_work), map_shape, float(working_mpp))
 
 
 def default_pitch_um(spec: InputSpec) -> float:

@@ -93,8 +93,8 @@ from ..devices import resolve_device
 from ..errors import InputFileError, MissingResolutionError, StoreMismatchError
 from ..inference.map_store import DenseMapStore
 from ..inference.tiling import Tile, grid_shape, plan_tiles
-from ..inference.tissue import tissue_in_box, tissue_mask
 from ..io.slides import Slide, open_slide, read_region, read_region_at_mpp
+from ..io.tissue import slide_thumbnail_for_tiles, slide_tissue, tissue_in_box
 from ..models.base import DenseModel, HistoModel, InputSpec, check_gene_head
 from ..stain import StainConfig, StainNormalizer
 from ..stain import tissue_mask as stain_tissue_mask
@@ -114,17 +114,12 @@ __all__ = [
     "resolve_device",
     "run_tiles",
     "slide_stain",
-    "slide_tissue",
 ]
 
 log = logging.getLogger(__name__)
 
 #: Halo (working px per side) when the model does not declare a receptive field.
 DEFAULT_HALO_PX = 64
-#: Longest side of the thumbnail used for tissue detection.
-TISSUE_THUMBNAIL_SIDE = 1024
-#: Thumbnail pixels per tile core side used for tissue detection.
-TISSUE_PX_PER_TILE = 16
 #: Stain normalisation: the slide's source stains are estimated from at most this many
 #: windows of this side (working px), the ones of most tissue (see the module docstring).
 STAIN_SOURCE_WINDOWS = 8
@@ -693,7 +688,7 @@ def slide_stain(slide: Slide, plan: StainPlan) -> StainNormalizer:
     base = StainConfig.from_dict(plan.stain).normalizer()
     h, w = plan.working_shape
     n = max(1, min(STAIN_SOURCE_WINDOW_PX, h, w))
-    thumb, downsample = _thumbnail(slide, 0.0)
+    thumb, downsample = slide_thumbnail_for_tiles(slide, 0.0)
     mask = stain_tissue_mask(thumb)
     scale = plan.factor / downsample  # working px -> thumbnail px
     scored: list[tuple[float, int, int]] = []
@@ -731,34 +726,6 @@ def _store_stain(store: DenseMapStore, slide: Slide, plan: StainPlan) -> StainNo
     if recorded is None:
         return slide_stain(slide, plan)
     return StainNormalizer.from_dict(recorded)
-
-
-def slide_tissue(slide: Slide, tile_level0_px: float) -> tuple[np.ndarray, float]:
-    """The tissue mask of the slide's thumbnail (:func:`~.tissue.tissue_mask` of
-    :func:`_thumbnail` for chunks of ``tile_level0_px``) and its downsample: what
-    :func:`mark_background_boxes` decides background chunks with (and what training of a
-    model with slide context uses to pick the tissue nodes of a section's lattice)."""
-    thumb, downsample = _thumbnail(slide, tile_level0_px)
-    return tissue_mask(thumb), downsample
-
-
-def _thumbnail(slide: Slide, tile_level0_px: float) -> tuple[np.ndarray, float]:
-    """A small RGB image of the slide and its downsample (level-0 px per thumbnail px).
-
-    Resolution: :data:`TISSUE_PX_PER_TILE` thumbnail pixels per tile side (enough to decide
-    whether a tile holds tissue), but never more than :data:`TISSUE_THUMBNAIL_SIDE` pixels on
-    the long side, so its cost does not grow with the slide. Taken from the coarsest level
-    *stored in the file*, subsampled with a stride: computed levels would decode the whole of
-    level 0, plain striding reads only what it keeps (aliasing does not matter here).
-    """
-    level = max(0, int(getattr(slide, "n_stored_levels", len(slide.levels))) - 1)
-    arr = slide.levels[level]
-    h0, w0 = slide.shape
-    level_ds = h0 / arr.shape[0]
-    want = max(max(h0, w0) / TISSUE_THUMBNAIL_SIDE, tile_level0_px / TISSUE_PX_PER_TILE)
-    step = max(1, math.floor(want / level_ds))
-    thumb = np.asarray(arr[::step, ::step].compute(scheduler="synchronous"), dtype=np.uint8)
-    return thumb, h0 / thumb.shape[0]
 
 
 def _provenance(model: HistoModel, extra: Mapping[str, Any] | None) -> dict[str, Any]:

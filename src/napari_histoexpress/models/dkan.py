@@ -15,7 +15,7 @@ predict from ``f^img``, the mean patch token, the mean region token and the slid
 are distilled towards ``Ŷ`` (the task: :mod:`napari_histoexpress.training.tasks.dkan`).
 
 The section is one **patch lattice** — the lattice the whole-slide predictor lays
-(:func:`~napari_histoexpress.inference.predict_lattice.lattice_grid`; nodes ``pitch_um``
+(:func:`~napari_histoexpress.geometry.lattice_grid`; nodes ``pitch_um``
 apart, default half the patch side), so training and prediction see the same geometry: the
 region of a spot is the 5 × 5 nodes ``step = round(patch_um / pitch_um)`` nodes apart around
 the node holding it (contiguous, non-overlapping patches, as the paper's 1,120 px region of

@@ -1,12 +1,12 @@
 """A section's patch lattice for spot models with slide context (DKAN; ALIGN-ST next).
 
 Such a model predicts a spot from its own patch *and* the patches around it on the lattice
-the whole-slide predictor lays (:func:`~napari_histoexpress.inference.predict_lattice.
-lattice_grid`), so training and evaluation build that same lattice for each section:
+the whole-slide predictor lays (:func:`~napari_histoexpress.geometry.lattice_grid`), so
+training and evaluation build that same lattice for each section:
 
 * the nodes are the lattice cells whose centre is on tissue — the package's tissue
   detection on the slide's thumbnail, as the predictor decides which chunks to encode
-  (:func:`~napari_histoexpress.inference.predict_slide.slide_tissue`) — plus every cell that
+  (:func:`~napari_histoexpress.io.tissue.slide_tissue`) — plus every cell that
   holds a measured spot (a spot is always on its own node);
 * every node's patch (centred on the node) and every spot's patch (centred on the spot) go
   through the model's frozen encoder once, through the on-disk feature cache
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from ..inference.predict_lattice import LatticeGrid
+    from ..geometry import LatticeGrid
     from ..models.base import LatticeNodes
     from ..stain import StainNormalizer
 
@@ -78,17 +78,16 @@ def section_lattice(
 ) -> SectionLattice:
     """The lattice of one ``(adata, slide)`` pair for a model whose frozen encoder is
     ``encoder`` (a ``LoadedEncoder``) and whose nodes are ``pitch_um`` apart."""
-    from ..inference.predict_lattice import DEFAULT_CHUNK_NODES, lattice_grid
-    from ..inference.predict_slide import slide_tissue
-    from ..inference.tissue import tissue_at
+    from ..geometry import LATTICE_CHUNK_NODES, lattice_grid
     from ..io.spatial import spot_centres_px
+    from ..io.tissue import slide_tissue, tissue_at
     from ..models import feature_cache as fc
     from .spot_crops import section_mpp
 
     adata, slide = pair
     mpp = section_mpp(adata, slide)
     grid = lattice_grid(tuple(slide.shape), mpp, encoder.spec.input_mpp, pitch_um)
-    mask, downsample = slide_tissue(slide, DEFAULT_CHUNK_NODES * grid.pitch_px * grid.factor)
+    mask, downsample = slide_tissue(slide, LATTICE_CHUNK_NODES * grid.pitch_px * grid.factor)
     rows, cols = np.mgrid[0 : grid.map_shape[0], 0 : grid.map_shape[1]]
     all_rc = np.stack([rows.ravel(), cols.ravel()], axis=1).astype(np.int64)
     on_tissue = tissue_at(mask, downsample, grid.centres_level0(all_rc[:, 0], all_rc[:, 1]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_histoexpress.inference.tissue import tissue_in_box, tissue_mask
+from napari_histoexpress.io.tissue import tissue_in_box, tissue_mask
 
 
 def _he_like(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Tissue detection on a slide thumbnail, used to skip background tiles.
+"""Tissue detection on a slide thumbnail, used to skip background tiles (and, by models
+with slide context, to pick a section's tissue lattice nodes).
 
 Choices made here (and why):
 
@@ -18,10 +19,26 @@ Choices made here (and why):
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["tissue_in_box", "tissue_mask"]
+#: Longest side of the thumbnail used for tissue detection.
+TISSUE_THUMBNAIL_SIDE = 1024
+#: Thumbnail pixels per tile core side used for tissue detection.
+TISSUE_PX_PER_TILE = 16
+
+__all__ = [
+    "TISSUE_PX_PER_TILE",
+    "TISSUE_THUMBNAIL_SIDE",
+    "slide_thumbnail_for_tiles",
+    "slide_tissue",
+    "tissue_at",
+    "tissue_in_box",
+    "tissue_mask",
+]
 
 
 def tissue_mask(
@@ -116,6 +133,34 @@ def tissue_at(mask: np.ndarray, downsample: float, centres_level0: np.ndarray) -
     out = np.zeros(len(xy), dtype=bool)
     out[inside] = np.asarray(mask, dtype=bool)[row[inside], col[inside]]
     return out
+
+
+def slide_tissue(slide: Any, tile_level0_px: float) -> tuple[np.ndarray, float]:
+    """The tissue mask (:func:`tissue_mask`) of :func:`slide_thumbnail_for_tiles` for chunks
+    of ``tile_level0_px``, and its downsample: what the predictors decide background chunks
+    with (``inference.predict_slide.mark_background_boxes``), and what training of a model
+    with slide context picks a section's tissue lattice nodes with."""
+    thumb, downsample = slide_thumbnail_for_tiles(slide, tile_level0_px)
+    return tissue_mask(thumb), downsample
+
+
+def slide_thumbnail_for_tiles(slide: Any, tile_level0_px: float) -> tuple[np.ndarray, float]:
+    """A small RGB image of the slide and its downsample (level-0 px per thumbnail px).
+
+    Resolution: :data:`TISSUE_PX_PER_TILE` thumbnail pixels per tile side (enough to decide
+    whether a tile holds tissue), but never more than :data:`TISSUE_THUMBNAIL_SIDE` pixels on
+    the long side, so its cost does not grow with the slide. Taken from the coarsest level
+    *stored in the file*, subsampled with a stride: computed levels would decode the whole of
+    level 0, plain striding reads only what it keeps (aliasing does not matter here).
+    """
+    level = max(0, int(getattr(slide, "n_stored_levels", len(slide.levels))) - 1)
+    arr = slide.levels[level]
+    h0, w0 = slide.shape
+    level_ds = h0 / arr.shape[0]
+    want = max(max(h0, w0) / TISSUE_THUMBNAIL_SIDE, tile_level0_px / TISSUE_PX_PER_TILE)
+    step = max(1, math.floor(want / level_ds))
+    thumb = np.asarray(arr[::step, ::step].compute(scheduler="synchronous"), dtype=np.uint8)
+    return thumb, h0 / thumb.shape[0]
 
 
 _OD_LUT = (-np.log10(np.clip(np.arange(256, dtype=np.float64), 1.0, 255.0) / 255.0)).astype(
