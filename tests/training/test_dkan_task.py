@@ -24,14 +24,6 @@ TINY_DKAN = {
 }
 
 
-@pytest.fixture(scope="module")
-def sample_section():
-    from napari_histoexpress.io.synthetic import sample_paths
-    from napari_histoexpress.training.sections import load_section
-
-    return load_section(sample_paths()["spots"])
-
-
 def _config(cache: Path, **kw) -> TrainConfig:
     given = {
         "n_genes": 6,

@@ -27,14 +27,6 @@ TINY = dict(
 GENES = ["MALAT1", "B2M", "ACTB", "COL1A1"]
 
 
-@pytest.fixture(scope="module")
-def sample_section():
-    from napari_histoexpress.io.synthetic import sample_paths
-    from napari_histoexpress.training.sections import load_section
-
-    return load_section(sample_paths()["spots"])
-
-
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

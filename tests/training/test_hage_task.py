@@ -14,14 +14,6 @@ from dense_toys import TINY_HAGE
 from napari_histoexpress.training.config import TrainConfig, learning_rate
 
 
-@pytest.fixture(scope="module")
-def sample_section():
-    from napari_histoexpress.io.synthetic import sample_paths
-    from napari_histoexpress.training.sections import load_section
-
-    return load_section(sample_paths()["spots"])
-
-
 def _config(tmp_path: Path, **kw) -> TrainConfig:
     given = {
         "n_genes": 6,

@@ -42,14 +42,6 @@ REFERENCE_WEIGHT_ABS_SUM = 231078.93420531953
 REFERENCE_GENES = ["MALAT1", "B2M", "ACTB", "COL1A1", "COL3A1", "COL1A2"]
 
 
-@pytest.fixture(scope="module")
-def sample_section():
-    from napari_histoexpress.io.synthetic import sample_paths
-    from napari_histoexpress.training.sections import load_section
-
-    return load_section(sample_paths()["spots"])
-
-
 @pytest.fixture
 def one_thread():
     """One torch thread, as the reference numbers were measured with."""

@@ -15,14 +15,6 @@ from napari_histoexpress.training.train import TrainConfig
 TINY = {"backbone": "resnet18", "decoder_dim": 16, "out_indices": [1, 2, 3, 4]}
 
 
-@pytest.fixture(scope="module")
-def sample_section():
-    from napari_histoexpress.io.synthetic import sample_paths
-    from napari_histoexpress.training.sections import load_section
-
-    return load_section(sample_paths()["spots"])
-
-
 def _config(**kw) -> TrainConfig:
     base = dict(
         n_genes=6,
