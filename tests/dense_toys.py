@@ -1,7 +1,7 @@
 """Small dense models for tests (importable from any test: ``tests/`` is on pytest's
 ``pythonpath``): :class:`ToyDense`, the DenseModel boilerplate, and :class:`TinyDense`, a
 random stride-2 conv net with a 13 px receptive field (so tiling seams would show); and
-:data:`TINY_HAGE`, the settings of a tiny HAGE."""
+:data:`TINY_HAGE` and :data:`TINY_DKAN`, the settings of a tiny HAGE and DKAN."""
 
 from __future__ import annotations
 
@@ -24,6 +24,18 @@ TINY_HAGE = {
     "k_expression": 4,
     "min_cluster_members": 2,
     "min_clusters": 2,
+}
+
+#: a tiny DKAN config for tests: the same encoder, 2 × 2 patch tokens, d = 32
+TINY_DKAN = {
+    "backbone": "resnet18",
+    "pretrained": None,
+    "out_indices": [1, 2],
+    "patch_um": 64.0,
+    "input_px": 32,
+    "token_grid": 2,
+    "dim": 32,
+    "heads": 2,
 }
 
 MEAN = (0.5, 0.5, 0.5)

@@ -10,18 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dense_toys import TINY_DKAN
 from napari_histoexpress.training.config import TrainConfig
-
-TINY_DKAN = {
-    "backbone": "resnet18",
-    "pretrained": None,
-    "out_indices": [1, 2],
-    "patch_um": 64.0,
-    "input_px": 32,
-    "token_grid": 2,
-    "dim": 32,
-    "heads": 2,
-}
 
 
 def _config(cache: Path, **kw) -> TrainConfig:

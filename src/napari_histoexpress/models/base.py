@@ -352,10 +352,9 @@ class SpotModel(HistoModel):
     ) -> torch.Tensor:
         """Measured spots off the lattice (evaluation of a model with slide context): the
         spots' ``(M, D)`` pass-1 features and the lattice cells ``(M, 2)`` holding them,
-        with the section's ``nodes`` → ``(M, C)`` features the gene head reads. Default:
-        :meth:`slide_context` of the nodes alone is all a model without it has, so it
-        raises ``NotImplementedError``."""
-        raise NotImplementedError(f"{type(self).__name__} has no spot_context")
+        with the section's ``nodes`` → ``(M, C)`` features the gene head reads. A model
+        without slide context (the default) has no use for the nodes: ``TypeError``."""
+        raise TypeError(f"{type(self).__name__} has no slide context (needs_slide_context)")
 
     @property
     def lattice_pitch_um(self) -> float | None:

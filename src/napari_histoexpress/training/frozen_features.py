@@ -16,10 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .loop import GradientTask
+
 if TYPE_CHECKING:
+    import torch
+
     from ..stain import StainConfig, StainNormalizer
 
-__all__ = ["embed_genes", "frozen_stain", "section_features"]
+__all__ = ["FrozenPatchTask", "embed_genes", "frozen_stain", "section_features"]
 
 
 def section_features(
@@ -103,3 +107,36 @@ def frozen_stain(
         log=log,
     )
     return stain, list(normalizers)
+
+
+class FrozenPatchTask(GradientTask):
+    """What the tasks of the gene-aware models on a frozen encoder (HAGE, DKAN) share: the
+    model's settings from ``model_config`` (the fields of its ``config_class``, other keys
+    ignored) sized for the genes with the run's ``target_sum``, Adam over everything but the
+    frozen encoder, and the stain settings :func:`frozen_stain` fitted (``self.stain``)."""
+
+    stain: StainConfig
+
+    def model_settings(self, genes: Sequence[str]) -> dict[str, Any]:
+        import dataclasses
+
+        from ..models.registry import get_model_class
+
+        model_class: Any = get_model_class(self.config.model)
+        names = {f.name for f in dataclasses.fields(model_class.config_class)}
+        settings = {k: v for k, v in self.config.model_config.items() if k in names}
+        settings.update(n_genes=len(genes), target_sum=self.config.target_sum)
+        return settings
+
+    def fitted_stain(self) -> StainConfig | None:
+        from ..stain import StainConfig
+
+        return None if self.stain == StainConfig() else self.stain
+
+    def optimizer(self, model: Any) -> torch.optim.Optimizer:
+        """Adam over everything but the frozen encoder."""
+        import torch
+
+        return torch.optim.Adam(
+            model.trainable_parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
+        )

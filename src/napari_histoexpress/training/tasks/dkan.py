@@ -55,8 +55,7 @@ import numpy as np
 import torch
 
 from ..contrastive_losses import info_nce, reciprocal_weights
-from ..frozen_features import embed_genes, frozen_stain
-from ..loop import GradientTask
+from ..frozen_features import FrozenPatchTask, embed_genes, frozen_stain
 from ..losses import distillation_loss
 from ..section_lattice import SectionLattice, section_lattice
 from ..sections import Section
@@ -64,7 +63,6 @@ from ..sections import Section
 if TYPE_CHECKING:
     from ...models.base import LatticeNodes
     from ...models.dkan import DKAN
-    from ...stain import StainConfig
 
 __all__ = ["TASK", "DkanTask", "smooth_over_neighbours"]
 
@@ -94,7 +92,7 @@ class _Section:
     y: torch.Tensor
 
 
-class DkanTask(GradientTask):
+class DkanTask(FrozenPatchTask):
     """Train DKAN on each section's cached lattice (see the module docstring)."""
 
     train_defaults: ClassVar[dict[str, Any]] = {
@@ -108,15 +106,6 @@ class DkanTask(GradientTask):
     }
 
     model: DKAN
-    stain: StainConfig
-
-    def model_settings(self, genes: Sequence[str]) -> dict[str, Any]:
-        from ...models.dkan import DkanConfig
-
-        names = {f.name for f in dataclasses.fields(DkanConfig)}
-        settings = {k: v for k, v in self.config.model_config.items() if k in names}
-        settings.update(n_genes=len(genes), target_sum=self.config.target_sum)
-        return settings
 
     def build(self, sections: Sequence[Section], genes: Sequence[str]) -> DKAN:
         from ...expression import expression_matrix
@@ -168,21 +157,10 @@ class DkanTask(GradientTask):
         n_spots = sum(len(s.y) for s in self.sections)
         n_nodes = sum(len(s.nodes) for s in self.sections)
         self.log(
-            f"dkan: {n_spots} training spots, {n_nodes} lattice nodes "
+            f"{config.model}: {n_spots} training spots, {n_nodes} lattice nodes "
             f"({cfg.pitch_um:g} µm pitch) in {len(self.sections)} sections"
         )
         return model
-
-    def fitted_stain(self) -> StainConfig | None:
-        from ...stain import StainConfig
-
-        return None if self.stain == StainConfig() else self.stain
-
-    def optimizer(self, model: DKAN) -> torch.optim.Optimizer:
-        """Adam over everything but the frozen encoder."""
-        return torch.optim.Adam(
-            model.trainable_parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
-        )
 
     def _plan(self, epoch: int) -> list[tuple[int, np.ndarray]]:
         rng = np.random.default_rng((self.config.seed, epoch))

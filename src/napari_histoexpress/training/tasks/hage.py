@@ -44,7 +44,6 @@ How a run goes (the choices the paper leaves open are the spec's recommendations
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -53,20 +52,18 @@ import torch
 import torch.nn.functional as F
 
 from ..contrastive_losses import clip_loss, cyclip_loss
-from ..frozen_features import embed_genes, frozen_stain, section_features
+from ..frozen_features import FrozenPatchTask, embed_genes, frozen_stain, section_features
 from ..hierarchical_clusters import hierarchical_kmeans, subcluster_means
-from ..loop import GradientTask
 from ..losses import pcc_loss
 from ..sections import Section
 
 if TYPE_CHECKING:
     from ...models.hage import HAGE
-    from ...stain import StainConfig
 
 __all__ = ["TASK", "HageTask"]
 
 
-class HageTask(GradientTask):
+class HageTask(FrozenPatchTask):
     """Train HAGE on cached frozen features (see the module docstring)."""
 
     train_defaults: ClassVar[dict[str, Any]] = {
@@ -80,17 +77,6 @@ class HageTask(GradientTask):
     }
 
     model: HAGE
-    stain: StainConfig
-
-    def model_settings(self, genes: Sequence[str]) -> dict[str, Any]:
-        """The HAGE settings of ``model_config`` (other keys ignored), sized for ``genes``,
-        with the run's ``target_sum``."""
-        from ...models.hage import HageConfig
-
-        names = {f.name for f in dataclasses.fields(HageConfig)}
-        settings = {k: v for k, v in self.config.model_config.items() if k in names}
-        settings.update(n_genes=len(genes), target_sum=self.config.target_sum)
-        return settings
 
     def build(self, sections: Sequence[Section], genes: Sequence[str]) -> HAGE:
         from ...expression import expression_matrix
@@ -143,17 +129,6 @@ class HageTask(GradientTask):
             f"{clusters.k1}×{clusters.k2} sub-clusters"
         )
         return model
-
-    def fitted_stain(self) -> StainConfig | None:
-        from ...stain import StainConfig
-
-        return None if self.stain == StainConfig() else self.stain
-
-    def optimizer(self, model: HAGE) -> torch.optim.Optimizer:
-        """Adam over everything but the frozen encoder."""
-        return torch.optim.Adam(
-            model.trainable_parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
-        )
 
     def steps_per_epoch(self) -> int:
         return max(1, len(self.X) // max(1, self.config.batch_size))
