@@ -54,6 +54,7 @@ DEFAULT_RUNS = (
     Run("dkan-no-text", ["--model", "dkan", "--model-config", '{"use_text": false}']),
     Run("dkan-no-contrastive", ["--model", "dkan", "--model-config", '{"use_contrastive": false}']),
     Run("dkan-fixed-weights", ["--model", "dkan", "--model-config", '{"adaptive_weights": false}']),
+    Run("dkan-image-head", ["--model", "dkan", "--model-config", '{"store": "image_head"}']),
 )
 
 

@@ -3,7 +3,7 @@
 Floors, bottom up (README, "Layout"):
 
 0. ground floor: ``errors``, ``expression``, ``metrics``, ``geometry``, ``devices``, ``user_cache``,
-   ``stain``, ``_llvm_guard`` — import nothing of the package but ``errors``;
+   ``stain``, ``nuclei``, ``_llvm_guard`` — import nothing of the package but ``errors``;
 1. ``io/`` — the ground floor and itself;
 2. ``models/`` — ``io`` and the ground floor;
 3. ``training/`` and ``inference/`` — ``models``, ``io``, the ground floor (not each other);
@@ -31,6 +31,7 @@ GROUND = {
     "devices",
     "stain",
     "user_cache",
+    "nuclei",
     "_llvm_guard",
 }
 ALLOWED: dict[str, set[str]] = {

@@ -71,6 +71,7 @@ __all__ = [
     "FeatureCacheWarning",
     "FrozenEncoder",
     "LoadedEncoder",
+    "Pooling",
     "cached_lattice_features",
     "cached_spot_features",
     "check_pooling",
@@ -80,6 +81,8 @@ __all__ = [
     "encoder_settings",
     "feature_file",
     "lattice_features",
+    "nuclei_features",
+    "parse_pooling",
     "slide_fingerprint",
     "spot_features",
     "weights_hash",
@@ -91,19 +94,56 @@ FORMAT = 1
 #: level, the levels' vectors concatenated (what the ridge baseline has always done);
 #: ``"mean+tokensT"`` (``T`` a whole number, e.g. ``"mean+tokens3"``) = the same vector
 #: followed by the **last** level's map average-pooled to a ``T × T`` grid, flattened token
-#: by token (``T²`` tokens of the last level's channels, row-major): DKAN's patch tokens
-POOLINGS = ("mean", "mean+tokensT")
-_TOKENS = re.compile(r"^mean\+tokens([1-9][0-9]?)$")
+#: by token (``T²`` tokens of the last level's channels, row-major): DKAN's patch tokens;
+#: ``"+nucleiM"`` (after either, e.g. ``"mean+nuclei32"``) appends the patch's nuclei mask
+#: (:mod:`napari_histoexpress.nuclei`, default segmenter; ``"+nucleiM:NAME"`` another one by
+#: name) as the nuclear fraction of an ``M × M`` grid, row-major: ALIGN-ST's nuclei stream
+POOLINGS = ("mean", "mean+tokensT", "mean+nucleiM", "mean+tokensT+nucleiM[:segmenter]")
+_POOLING = re.compile(r"^mean(?:\+tokens([1-9][0-9]?))?(?:\+nuclei([1-9][0-9]{0,2})(?::(.+))?)?$")
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """A parsed pooling string (:data:`POOLINGS`): ``tokens`` = ``T`` (0: none), ``nuclei`` =
+    ``M`` (0: none) and the segmenter's name."""
+
+    tokens: int = 0
+    nuclei: int = 0
+    segmenter: str | None = None
+
+
+def parse_pooling(pooling: str) -> Pooling:
+    """:class:`Pooling` of a pooling string; ``ValueError`` naming the choices otherwise."""
+    match = _POOLING.match(str(pooling))
+    if match is None:
+        raise ValueError(
+            f"pooling must be one of {POOLINGS} (T = 1 … 99, M = 1 … 999), got {pooling!r}"
+        )
+    tokens, grid, segmenter = match.groups()
+    nuclei = int(grid) if grid else 0
+    if nuclei:
+        from ..nuclei import DEFAULT_SEGMENTER
+
+        segmenter = segmenter or DEFAULT_SEGMENTER
+    return Pooling(int(tokens) if tokens else 0, nuclei, segmenter)
 
 
 def check_pooling(pooling: str) -> int:
-    """``0`` for ``"mean"``, ``T`` for ``"mean+tokensT"``; ``ValueError`` otherwise."""
-    if pooling == "mean":
-        return 0
-    match = _TOKENS.match(str(pooling))
-    if match is None:
-        raise ValueError(f"pooling must be one of {POOLINGS} (T = 1 … 99), got {pooling!r}")
-    return int(match.group(1))
+    """``T`` of ``"mean+tokensT…"`` (``0`` without tokens); ``ValueError`` for a string that
+    is not a pooling (:func:`parse_pooling`)."""
+    return parse_pooling(pooling).tokens
+
+
+def nuclei_features(images_uint8: np.ndarray, mpp: float, grid: int, segmenter: str) -> np.ndarray:
+    """``(n, h, w, 3)`` uint8 patches at ``mpp`` µm/px → ``(n, grid²)`` float32 nuclear
+    fractions (:func:`napari_histoexpress.nuclei.nuclei_grid` of the segmenter's labels)."""
+    from ..nuclei import get_segmenter, nuclei_grid
+
+    segment = get_segmenter(segmenter)
+    out = np.empty((len(images_uint8), grid * grid), np.float32)
+    for i, patch in enumerate(images_uint8):
+        out[i] = nuclei_grid(segment(np.ascontiguousarray(patch), float(mpp)), grid).ravel()
+    return out
 
 
 _warned: set[str] = set()
@@ -301,13 +341,16 @@ def encode_tensor(
     device: Any,
     precision: str = "fp32",
     pooling: str = "mean",
+    mpp: float | None = None,
 ) -> np.ndarray:
     """``(n, 3, h, w)`` float RGB in [0, 1] → ``(n, d)`` float32: ``module`` (a timm
     ``features_only`` network) on ``(x - mean) / std`` in ``precision``, every level pooled
-    (:data:`POOLINGS`) in float32 and concatenated."""
+    (:data:`POOLINGS`) in float32 and concatenated; a nuclei pooling also segments the
+    patches (at ``mpp`` µm/px, required then) on the CPU."""
     from ..devices import autocast
 
-    tokens = check_pooling(pooling)
+    parsed = parse_pooling(pooling)
+    tokens = parsed.tokens
     m = torch.tensor(tuple(mean), dtype=torch.float32, device=device).view(1, 3, 1, 1)
     s = torch.tensor(tuple(std), dtype=torch.float32, device=device).view(1, 3, 1, 1)
     x = x.to(device)
@@ -317,7 +360,16 @@ def encode_tensor(
     if tokens:
         grid = torch.nn.functional.adaptive_avg_pool2d(maps[-1].float(), tokens)
         parts.append(grid.flatten(2).transpose(1, 2).flatten(1))  # (n, T²·C), token-major
-    return torch.cat(parts, dim=1).cpu().numpy().astype(np.float32)
+    feats = torch.cat(parts, dim=1).cpu().numpy().astype(np.float32)
+    if not parsed.nuclei:
+        return feats
+    if mpp is None:
+        raise ValueError(f"pooling {pooling!r} segments nuclei: encode_tensor needs the mpp")
+    rgb = (x.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8)
+    rgb_np = rgb.permute(0, 2, 3, 1).cpu().numpy()
+    assert parsed.segmenter is not None
+    nuc = nuclei_features(rgb_np, mpp, parsed.nuclei, parsed.segmenter)
+    return np.concatenate([feats, nuc], axis=1)
 
 
 class LoadedEncoder:
@@ -357,6 +409,7 @@ class LoadedEncoder:
             device=self.device,
             precision=self.precision,
             pooling=self.spec.pooling,
+            mpp=self.spec.input_mpp,
         )
 
     def key(self, normalizer: StainNormalizer | None = None) -> dict[str, Any]:

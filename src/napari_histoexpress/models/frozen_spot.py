@@ -221,6 +221,7 @@ class FrozenPatchModel(nn.Module, SpotModel):
             device=device,
             precision=self._precision,
             pooling=self.pooling,
+            mpp=self.config.input_mpp,
         )
         return torch.from_numpy(feats).to(device)
 
