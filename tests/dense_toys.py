@@ -1,7 +1,8 @@
 """Small dense models for tests (importable from any test: ``tests/`` is on pytest's
 ``pythonpath``): :class:`ToyDense`, the DenseModel boilerplate, and :class:`TinyDense`, a
 random stride-2 conv net with a 13 px receptive field (so tiling seams would show); and
-:data:`TINY_HAGE` and :data:`TINY_DKAN`, the settings of a tiny HAGE and DKAN."""
+:data:`TINY_HAGE`, :data:`TINY_DKAN` and :data:`TINY_ALIGN_ST`, the settings of a tiny HAGE,
+DKAN and ALIGN-ST."""
 
 from __future__ import annotations
 
@@ -36,6 +37,22 @@ TINY_DKAN = {
     "token_grid": 2,
     "dim": 32,
     "heads": 2,
+}
+
+#: a tiny ALIGN-ST config for tests: the same encoder, an 8 × 8 nuclei grid, d = 32
+TINY_ALIGN_ST = {
+    "backbone": "resnet18",
+    "pretrained": None,
+    "out_indices": [1, 2],
+    "patch_um": 64.0,
+    "input_px": 32,
+    "nuclei_grid": 8,
+    "mask_channels": [8, 8, 16, 16],
+    "mask_strides": [1, 2, 1, 2, 1],
+    "dim": 32,
+    "embed_dim": 16,
+    "heads": 2,
+    "max_tokens": 16,
 }
 
 MEAN = (0.5, 0.5, 0.5)

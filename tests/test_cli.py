@@ -47,7 +47,8 @@ def test_model_choices_and_help_come_from_the_registry(capsys) -> None:
     for command in ("train", "cv"):
         with pytest.raises(SystemExit):
             parser.parse_args([command, "--help"])
-        text = " ".join(capsys.readouterr().out.split())
+        # argparse wraps help at hyphens ("prompt-" / "aligned"): join them back
+        text = " ".join(capsys.readouterr().out.split()).replace("- ", "-")
         summaries = describe_models()
         for name in trainable_models():
             assert f"{name} — {summaries[name].rstrip('.')}" in text

@@ -11,7 +11,8 @@ model gets these checks by registering (and giving ``contract_config()``, plus
   one (``gene_maps``); spot: ``encode_spots`` gives ``(N, C)`` and ``features @ W + b`` equals
   ``predict_features`` where the model has one; a spot model with slide context
   (``needs_slide_context``) gives ``(N, D)`` pass-1 features there and ``slide_context`` of
-  them on a lattice gives ``(N, C)``, equal to ``spot_context`` of the same nodes;
+  them on a lattice gives ``(N, C)``, equal to ``spot_context`` of the same nodes, and
+  ``slide_gene_head`` of those nodes reproduces ``predict_slide`` where the model has one;
 * torch models: forward + backward runs and every gradient is finite;
 * ``save_checkpoint`` → ``load_checkpoint`` (safetensors + JSON) gives identical outputs, the
   same genes, input spec and ``config_dict``;
@@ -145,6 +146,12 @@ def test_features_shape_and_head(model: HistoModel) -> None:
                 nodes = _nodes(model.encode_spots(inputs))
                 again = model.spot_context(nodes.features, nodes.grid_rc, nodes)
                 np.testing.assert_allclose(again.numpy(), feats.numpy(), rtol=1e-6, atol=1e-6)
+                W, b = model.slide_gene_head(nodes)  # this slide's head
+                assert W.shape == (model.feature_dim, model.n_genes) and b.shape == (model.n_genes,)
+                predict_slide = getattr(model, "predict_slide", None)
+                if predict_slide is not None:  # the model's own prediction of the slide
+                    own = predict_slide(nodes).double().numpy()
+                    np.testing.assert_allclose(feats.double().numpy() @ W + b, own, atol=1e-5)
         assert tuple(feats.shape) == (len(inputs), model.feature_dim)
         genes = feats.double().numpy() @ W + b
         assert np.isfinite(genes).all()

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from napari_histoexpress.models.base import LatticeNodes
-from napari_histoexpress.models.dkan import DKAN, DkanConfig, PositionalConv, _MultiHead
+from napari_histoexpress.models.dkan import DKAN, DkanConfig, PositionalConv
+from napari_histoexpress.models.transformer_blocks import MultiHead as _MultiHead
 
 TINY = {**DKAN.contract_config(), "dim": 16, "heads": 2, "region_size": 3}
 

@@ -656,6 +656,22 @@ class _Scratch:
         return np.asarray(block, dtype=np.float32)
 
 
+def _slide_head(
+    model: SpotModel, store: DenseMapStore, plan: LatticePlan, nodes: LatticeNodes
+) -> None:
+    """A model whose head depends on the slide (:meth:`~..models.base.SpotModel.
+    slide_gene_head`, e.g. ALIGN-ST's prompted gene embeddings) gets this slide's head in
+    the store (source ``"model"``) before any pass-2 features are written."""
+    with torch.inference_mode():
+        W, b = model.slide_gene_head(nodes)
+    W, b = check_gene_head(W, b, plan.feature_dim, len(plan.genes), who=type(model).__name__)
+    W32, b32 = W.astype(np.float32), b.astype(np.float32)
+    current_W, current_b = store.head
+    if np.array_equal(current_W, W32) and np.array_equal(current_b, b32):
+        return
+    store.add_genes(plan.genes, W32, b32, source="model", replace=True)
+
+
 def _second_pass(
     model: SpotModel,
     store: DenseMapStore,
@@ -703,6 +719,7 @@ def _second_pass(
             f"{len(nodes)} nodes; expected ({len(nodes)}, {plan.feature_dim})"
         )
     final = np.asarray(out.float().cpu().numpy(), dtype=np.float32)
+    _slide_head(model, store, plan, nodes)
     start = 0
     n_written = 0
     for t in tissue:

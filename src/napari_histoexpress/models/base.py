@@ -347,6 +347,13 @@ class SpotModel(HistoModel):
         Called only when :attr:`needs_slide_context`; the default is the identity."""
         return nodes.features
 
+    def slide_gene_head(self, nodes: LatticeNodes) -> tuple[np.ndarray, np.ndarray]:
+        """The gene head of this slide, for models whose head depends on the slide (ALIGN-ST:
+        its gene embeddings see the slide's visual prompts): ``W (C, G)``, ``b (G,)`` for
+        the features :meth:`slide_context` gives for the same ``nodes``. Default:
+        :meth:`gene_head` (the same head for every slide)."""
+        return self.gene_head()
+
     def spot_context(
         self, features: torch.Tensor, grid_rc: torch.Tensor, nodes: LatticeNodes
     ) -> torch.Tensor:

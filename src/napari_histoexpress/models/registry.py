@@ -45,6 +45,7 @@ _BUILTIN_MODULES: dict[str, str] = {
     "ridge": "napari_histoexpress.models.ridge",
     "hage": "napari_histoexpress.models.hage",
     "dkan": "napari_histoexpress.models.dkan",
+    "align-st": "napari_histoexpress.models.align_st",
 }
 _REGISTRY: dict[str, type[HistoModel]] = {}
 _KINDS = ("dense", "spot")

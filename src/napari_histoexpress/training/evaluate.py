@@ -113,6 +113,8 @@ def predict_section_spots(
     kind = getattr(model, "kind", None)
     if kind == "dense":
         return _dense_spots(model, meta, section, batch_size, dev, progress)
+    if kind == "spot" and model.needs_slide_context and model.input_spec().context == "spots":
+        return _spot_graph_spots(model, meta, section, dev, feature_cache)
     if kind == "spot" and model.needs_slide_context:
         return _section_context_spots(model, meta, section, dev, feature_cache, progress)
     if kind == "spot":
@@ -251,6 +253,33 @@ def _cached_feature_spots(
     W, b = model.gene_head()
     with torch.inference_mode():
         feats = model.encode_spots(SpotInputs(features=torch.from_numpy(raw)))
+    return (feats.detach().double().cpu().numpy() @ W + b).astype(np.float32)
+
+
+def _spot_graph_spots(
+    model: Any, meta: dict[str, Any], section: Section, dev: torch.device, feature_cache: str
+) -> np.ndarray:
+    """A spot model whose slide graph is over the measured spots (``context == "spots"``,
+    ALIGN-ST): the spots' features (through the cache unless ``feature_cache == "none"``)
+    as the slide's nodes (:func:`~.frozen_features.spot_nodes`), then
+    :meth:`~..models.base.SpotModel.slide_context` and that slide's head."""
+    from .frozen_features import section_features, spot_nodes
+
+    spec = model.input_spec()
+    _place(model, dev)
+    normalizer = section_stain(meta, section, mpp=float(spec.mpp), size_px=int(spec.patch_px))
+    (raw,) = section_features(
+        [section.pair()],
+        model.loaded_encoder(),
+        feature_cache=feature_cache,
+        normalizers=[normalizer],
+        progress=False,
+    )
+    nodes = spot_nodes(section.pair(), raw, float(model.lattice_pitch_um))
+    nodes.features = nodes.features.to(dev)
+    with torch.inference_mode():
+        feats = model.slide_context(nodes)
+        W, b = model.slide_gene_head(nodes)
     return (feats.detach().double().cpu().numpy() @ W + b).astype(np.float32)
 
 

@@ -6,7 +6,8 @@ on-disk feature cache (:mod:`napari_histoexpress.models.feature_cache`) as the r
 ``feature_cache`` setting says: ``"auto"`` the user cache folder, ``"none"`` no disk cache,
 anything else a folder. Cached and uncached features are the same numbers.
 :func:`embed_genes` gives a model its genes' description vectors, :func:`frozen_stain`
-fits the run's stain normalisation for patches encoded once.
+fits the run's stain normalisation for patches encoded once; :func:`spot_nodes` makes a
+section's spots the nodes of a slide graph (ALIGN-ST).
 """
 
 from __future__ import annotations
@@ -15,15 +16,21 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from .loop import GradientTask
 
 if TYPE_CHECKING:
-    import torch
-
+    from ..models.base import LatticeNodes
     from ..stain import StainConfig, StainNormalizer
 
-__all__ = ["FrozenPatchTask", "embed_genes", "frozen_stain", "section_features"]
+__all__ = [
+    "FrozenPatchTask",
+    "embed_genes",
+    "frozen_stain",
+    "section_features",
+    "spot_nodes",
+]
 
 
 def section_features(
@@ -49,6 +56,32 @@ def section_features(
             cache_dir = None if feature_cache == "auto" else feature_cache
             out.append(fc.cached_spot_features(pair, encoder, cache_dir=cache_dir, **kw))
     return out
+
+
+def spot_nodes(pair: tuple[Any, Any], features: np.ndarray, pitch_um: float) -> LatticeNodes:
+    """A section's measured spots as the nodes of its slide (models whose slide graph is
+    over the spots, ``InputSpec.context == "spots"``: ALIGN-ST): the spots' frozen
+    ``features``, their centres in µm of the slide (napari's convention: pixel ``p`` at
+    ``p · mpp``), lattice cells ``round(centre / pitch_um)``, all on tissue."""
+    from ..io.spatial import spot_centres_px
+    from ..models.base import LatticeNodes
+
+    adata, slide = pair
+    if slide.mpp is None:
+        from ..errors import MissingResolutionError
+
+        raise MissingResolutionError(slide.path, "µm per pixel unknown; give it")
+    xy_um = np.asarray(spot_centres_px(adata), dtype=np.float64) * float(slide.mpp)
+    rc = np.round(xy_um[:, ::-1] / float(pitch_um)).astype(np.int64)
+    rc -= rc.min(axis=0, initial=0) if len(rc) else 0
+    shape = (int(rc[:, 0].max()) + 1, int(rc[:, 1].max()) + 1) if len(rc) else (0, 0)
+    return LatticeNodes(
+        features=torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)),
+        positions_um=torch.from_numpy(xy_um),
+        grid_rc=torch.from_numpy(rc),
+        lattice_shape=shape,
+        pitch_um=float(pitch_um),
+    )
 
 
 def embed_genes(

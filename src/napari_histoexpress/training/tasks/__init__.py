@@ -2,7 +2,8 @@
 
 The task of the registered model ``NAME`` (:mod:`napari_histoexpress.models.registry`) is the
 :class:`~napari_histoexpress.training.loop.TrainingTask` subclass that the module
-``napari_histoexpress.training.tasks.NAME`` exposes as ``TASK``. A model is *trainable* when
+``napari_histoexpress.training.tasks.NAME`` exposes as ``TASK`` (hyphens in ``NAME`` become
+underscores: ``align-st`` → ``tasks/align_st.py``). A model is *trainable* when
 that module exists: :func:`trainable_models` asks the registry for its models and keeps those
 with a task module (found with :func:`importlib.util.find_spec`, which imports no task, so
 listing them stays cheap). So a new model is one model file and one task file; the CLI's
@@ -26,7 +27,7 @@ TASK_ATTRIBUTE = "TASK"
 
 
 def _module_name(model: str) -> str | None:
-    name = model.lower()
+    name = model.lower().replace("-", "_")  # "align-st" -> tasks/align_st.py
     return f"{__name__}.{name}" if name.isidentifier() else None
 
 
@@ -56,7 +57,8 @@ def task_class(model: str) -> type[TrainingTask]:
     module = _module_name(model)
     if module is None or not has_task(model):
         raise KeyError(
-            f"model {model!r} has no training task (training/tasks/{model.lower()}.py); "
+            f"model {model!r} has no training task "
+            f"(training/tasks/{model.lower().replace('-', '_')}.py); "
             f"trainable: {', '.join(trainable_models())}"
         )
     cls = getattr(importlib.import_module(module), TASK_ATTRIBUTE, None)
