@@ -598,6 +598,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _check_device(args)
     if args.json:
         _check_output(args.json, folder=False)
+    if args.unseen_genes:
+        return _evaluate_unseen(args)
     report = evaluate_run(
         args.run, load_sections(args.data), device=args.device, feature_cache=args.feature_cache
     )
@@ -618,6 +620,51 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 f"warning: metrics not recorded in the run: {_error_line(exc, args)}",
                 file=sys.stderr,
             )
+    return 0
+
+
+def _evaluate_unseen(args: argparse.Namespace) -> int:
+    """``evaluate --unseen-genes FILE``: the zero-shot protocol (training/zero_shot.py)."""
+    import json
+
+    from .expression import read_gene_file
+    from .io.export import write_text_atomic
+    from .training.sections import load_sections
+    from .training.zero_shot import UnseenGenesError, evaluate_unseen
+
+    try:
+        unseen = read_gene_file(args.unseen_genes)
+    except (OSError, ValueError) as exc:
+        raise _FlagError("--unseen-genes", args.unseen_genes, str(exc)) from exc
+    try:
+        report = evaluate_unseen(
+            args.run,
+            load_sections(args.data),
+            unseen,
+            device=args.device,
+            feature_cache=args.feature_cache,
+            baseline_k=args.baseline_k,
+        )
+    except UnseenGenesError as exc:
+        raise _FlagError("--unseen-genes", args.unseen_genes, str(exc)) from exc
+    blocks = [
+        ("zero-shot", report["zero_shot"]),
+        ("similarity baseline", report["similarity_baseline"]),
+    ]
+    if report["zero_shot"] is None:
+        print(f"{report['model']} is not zero-shot: only the similarity baseline is scored")
+    for label, block in blocks:
+        if block is None:
+            continue
+        for name, res in block["sections"].items():
+            print(
+                f"{name} {label}: pcc_mean {res['pcc_mean']:.3f}  pcc_heg50 "
+                f"{res['pcc_heg50']:.3f}  mse {res['mse']:.3f}  ({res['n_genes']} unseen genes)"
+            )
+    text = json.dumps(report, indent=2, default=float)
+    if args.json:
+        write_text_atomic(text, args.json)
+        print(f"metrics written to {args.json}")
     return 0
 
 
@@ -648,13 +695,28 @@ def _cmd_cv(args: argparse.Namespace) -> int:
         folds_of(sections, args.folds)
     except ValueError as exc:
         raise _FlagError("--folds", args.folds, str(exc)) from exc
-    report = cross_validate(
-        sections,
-        args.out,
-        config,
-        folds=args.folds,
-        device=args.device,
-    )
+    if args.zero_shot == "rank" and (config.n_genes is None or args.seen_genes <= config.n_genes):
+        raise _FlagError(
+            "--seen-genes",
+            args.seen_genes,
+            f"the rank split trains on the genes ranked after the {config.n_genes} "
+            "tested: --seen-genes must be larger than --genes",
+        )
+    try:
+        report = cross_validate(
+            sections,
+            args.out,
+            config,
+            folds=args.folds,
+            device=args.device,
+            zero_shot=args.zero_shot,
+            n_seen=args.seen_genes,
+            baseline_k=args.baseline_k,
+        )
+    except ValueError as exc:
+        if args.zero_shot is None or "split" not in str(exc):
+            raise
+        raise _FlagError("--zero-shot", args.zero_shot, str(exc)) from exc
     print(format_table(report["rows"]))
     print(f"table written to {Path(args.out) / 'cv.md'}")
     return 0
@@ -949,6 +1011,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-record", action="store_true", help="do not record the metrics in the run folder"
     )
+    p.add_argument(
+        "--unseen-genes",
+        metavar="FILE",
+        help="zero-shot: score genes the run never trained on (one symbol per line), predicted "
+        "from their descriptions, beside the similarity baseline (README: Zero-shot genes)",
+    )
+    p.add_argument(
+        "--baseline-k",
+        type=int,
+        default=5,
+        help="seen genes per unseen gene in the similarity baseline (default: 5)",
+    )
     _add_feature_cache_option(p)
     _add_device_option(p)
     p.set_defaults(func=_cmd_evaluate)
@@ -964,6 +1038,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="hold out one section, or one patient's sections, per fold",
     )
     p.add_argument("--out", required=True, help="folder for fold runs and the table (cv.md)")
+    p.add_argument(
+        "--zero-shot",
+        choices=["rank", "5-fold"],
+        help="split the genes as well: 'rank' trains on the genes ranked after the --genes "
+        "tested (up to --seen-genes) and tests those; '5-fold' tests a fifth of the --genes "
+        "per fold; rows score the unseen genes beside the similarity baseline",
+    )
+    p.add_argument(
+        "--seen-genes",
+        type=int,
+        default=1000,
+        help="with --zero-shot rank: the last rank trained on (default: 1000)",
+    )
+    p.add_argument(
+        "--baseline-k",
+        type=int,
+        default=5,
+        help="with --zero-shot: seen genes per unseen gene in the similarity baseline",
+    )
     p.set_defaults(func=_cmd_cv)
 
     p = _add_command(

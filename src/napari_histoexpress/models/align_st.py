@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -638,6 +638,59 @@ class AlignST(FrozenPatchModel):
             tissue=tissue,
         )
         return self.slide_context(spots)
+
+    zero_shot = True
+
+    def gene_sequences(
+        self, genes: Sequence[str], descriptions: Mapping[str, str] | None = None
+    ) -> list[np.ndarray]:
+        """The description token sequences of ``genes`` by the model's ``gene_encoder``
+        (at most ``max_tokens``): the gene-knowledge table's descriptions, overridden by
+        ``descriptions`` (symbol → text). A gene with neither raises ``ValueError``."""
+        from .gene_knowledge.descriptions import (
+            DescriptionTable,
+            GeneDescription,
+            load_descriptions,
+        )
+        from .gene_knowledge.gene_embeddings import create_gene_encoder
+
+        cfg = self.config
+        table = None
+        given = {str(k): str(v).strip() for k, v in (descriptions or {}).items()}
+        if given:
+            empty = sorted(k for k, v in given.items() if not v)
+            if empty:
+                raise ValueError(f"empty description for {empty}")
+            rows = [GeneDescription(k, "", v, "given") for k, v in given.items()]
+            table = load_descriptions().updated(DescriptionTable(rows, origin="given text"))
+        encoder = create_gene_encoder(cfg.gene_encoder, descriptions=table)
+        try:
+            seqs = encoder.embed_tokens(genes, missing="error", max_tokens=cfg.max_tokens)
+        except Exception as exc:
+            raise ValueError(
+                f"ALIGN-ST needs a description of every gene to predict it zero-shot: {exc} "
+                "(give one with a description text)"
+            ) from exc
+        if seqs.dim != cfg.gene_dim:
+            raise ValueError(
+                f"gene encoder {cfg.gene_encoder!r} gives {seqs.dim}-d tokens, "
+                f"the model expects {cfg.gene_dim}"
+            )
+        return list(seqs.sequences)
+
+    def unseen_gene_head(
+        self,
+        genes: Sequence[str],
+        *,
+        nodes: LatticeNodes | None = None,
+        descriptions: Mapping[str, str] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Zero-shot head columns on the slide of ``nodes`` (:meth:`gene_columns` of the
+        genes' description tokens, :meth:`gene_sequences`); ``b = 0``."""
+        if nodes is None:
+            raise ValueError("ALIGN-ST's gene columns depend on the slide: give its nodes")
+        W = self.gene_columns(nodes, self.gene_sequences(genes, descriptions))
+        return W, np.zeros(W.shape[1])
 
     def gene_columns(self, nodes: LatticeNodes, sequences: Sequence[np.ndarray]) -> np.ndarray:
         """Zero-shot: head columns ``(embed_dim, k)`` of ``k`` genes given only their

@@ -267,6 +267,28 @@ class HistoModel(abc.ABC):
         if working_mpp is not None:
             self.working_mpp = float(working_mpp)
 
+    # ------------------------------------------------------------------ zero-shot
+    #: True for models that predict genes they were never trained on from the genes'
+    #: descriptions alone (:meth:`unseen_gene_head`; ALIGN-ST)
+    zero_shot: ClassVar[bool] = False
+
+    def unseen_gene_head(
+        self,
+        genes: Sequence[str],
+        *,
+        nodes: LatticeNodes | None = None,
+        descriptions: Mapping[str, str] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Zero-shot: head columns ``W (C, k)``, ``b (k,)`` for ``k`` genes the model never
+        saw, from their descriptions (the gene-knowledge table, or ``descriptions``:
+        symbol → text, which win), for the features the model gives on the slide whose
+        ``nodes`` are given (models whose genes depend on the slide need them). Adding the
+        columns to a map changes none of its other genes. Default: ``TypeError`` (the model
+        is not zero-shot, :attr:`zero_shot`)."""
+        raise TypeError(
+            f"{type(self).__name__} predicts only the genes it was trained on (not zero-shot)"
+        )
+
     # ------------------------------------------------------------------ contract test
     @classmethod
     @abc.abstractmethod

@@ -29,6 +29,8 @@ from .sections import Section
 from .train import choose_genes, train
 
 TABLE_KEYS = ("pcc_mean", "pcc_median", "pcc_q1", "pcc_heg50", "pcc_hvg50", "mse", "mae", "n_spots")
+#: the extra columns of a zero-shot cross-validation (:mod:`.zero_shot`)
+ZERO_SHOT_KEYS = ("baseline_pcc_mean", "seen_pcc_mean", "n_unseen", "n_seen")
 
 
 def _jsonable(value: Any) -> Any:
@@ -119,13 +121,15 @@ def folds_of(sections: Sequence[Section], by: str) -> list[tuple[str, list[int],
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table of the folds and their mean."""
-    head = "| fold | " + " | ".join(TABLE_KEYS) + " |"
-    sep = "|---|" + "---|" * len(TABLE_KEYS)
+    """A Markdown table of the folds and their mean (zero-shot runs: the unseen genes, plus
+    the similarity baseline's and the seen genes' mean PCC)."""
+    keys = TABLE_KEYS + tuple(k for k in ZERO_SHOT_KEYS if any(k in r for r in rows))
+    head = "| fold | " + " | ".join(keys) + " |"
+    sep = "|---|" + "---|" * len(keys)
     lines = [head, sep]
     for row in rows:
         cells = []
-        for k in TABLE_KEYS:
+        for k in keys:
             v = row.get(k)
             cells.append("" if v is None else (f"{v:.0f}" if k == "n_spots" else f"{v:.3f}"))
         lines.append(f"| {row['fold']} | " + " | ".join(cells) + " |")
@@ -141,21 +145,53 @@ def cross_validate(
     device: str = "auto",
     progress: bool = True,
     log: Callable[[str], None] = print,
+    zero_shot: str | None = None,
+    n_seen: int = 1000,
+    baseline_k: int = 5,
 ) -> dict[str, Any]:
-    """Run every fold (resumable: a fold whose ``metrics.json`` exists is not rerun)."""
+    """Run every fold (resumable: a fold whose ``metrics.json`` exists is not rerun).
+
+    ``zero_shot``: split the genes as well as the sections (:func:`~.zero_shot.gene_split`:
+    ``"rank"`` trains on the genes ranked ``n_genes + 1 … n_seen`` and tests the top
+    ``n_genes``; ``"5-fold"`` deals the top ``n_genes`` into five folds, fold ``i`` unseen
+    for section fold ``i``): each fold trains on its seen genes and is scored on the unseen
+    ones (:func:`~.zero_shot.evaluate_unseen`: the model's zero-shot prediction and the
+    similarity baseline of ``baseline_k`` seen genes); the rows are the unseen genes'."""
     from ..metrics import aggregate_folds
     from .evaluate import evaluate_run
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    genes = choose_genes(sections, config)
+    if zero_shot is None:
+        genes = choose_genes(sections, config)
+        ranked: list[str] = []
+    else:
+        from dataclasses import replace
+
+        from .zero_shot import gene_split
+
+        if config.n_genes is None:
+            raise ValueError("a zero-shot split needs a gene count (n_genes), not all genes")
+        n_tested = int(config.n_genes)
+        n_rank = n_seen if zero_shot == "rank" else n_tested
+        ranked = choose_genes(sections, replace(config, n_genes=n_rank))
+        gene_split(ranked, zero_shot, n_tested)  # a bad split fails before any training
+        genes = ranked
     results: list[dict[str, Any]] = []
+    baselines: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     n_resumed = 0
-    for name, train_idx, test_idx in folds_of(sections, folds):
+    scored_by = "model"
+    for i, (name, train_idx, test_idx) in enumerate(folds_of(sections, folds)):
         fold_dir = out / f"fold-{name}"
         metrics_path = fold_dir / "metrics.json"
-        if metrics_path.exists() and _same_run(fold_dir, config, genes):
+        unseen: list[str] = []
+        fold_genes = genes
+        if zero_shot is not None:
+            from .zero_shot import gene_split
+
+            fold_genes, unseen = gene_split(ranked, zero_shot, int(config.n_genes or 0), fold=i)
+        if metrics_path.exists() and _same_run(fold_dir, config, fold_genes):
             res = json.loads(metrics_path.read_text())
             log(f"fold {name}: already done")
             n_resumed += 1
@@ -168,27 +204,56 @@ def cross_validate(
                 [sections[i] for i in train_idx],
                 fold_dir,
                 config,
-                genes=genes,
+                genes=fold_genes,
                 progress=progress,
                 log=log,
             )
-            res = evaluate_run(
-                fold_dir,
-                [sections[i] for i in test_idx],
-                device=device,
-                progress=progress,
-                feature_cache=config.feature_cache,
-            )
+            test = [sections[i] for i in test_idx]
+            if zero_shot is None:
+                res = evaluate_run(
+                    fold_dir,
+                    test,
+                    device=device,
+                    progress=progress,
+                    feature_cache=config.feature_cache,
+                )
+            else:
+                from .zero_shot import evaluate_unseen
+
+                res = evaluate_unseen(
+                    fold_dir,
+                    test,
+                    unseen,
+                    device=device,
+                    progress=progress,
+                    feature_cache=config.feature_cache,
+                    baseline_k=baseline_k,
+                )
             _write_json(res, metrics_path)
-        for sec in res["sections"].values():
-            results.append(sec)
-        row = {"fold": name, **{k: res["mean"].get(k) for k in TABLE_KEYS}}
-        row["n_spots"] = sum(int(sec["n_spots"]) for sec in res["sections"].values())
+        scored = res if zero_shot is None else (res["zero_shot"] or res["similarity_baseline"])
+        scored_by = "baseline" if zero_shot is not None and not res["zero_shot"] else "model"
+        results.extend(scored["sections"].values())
+        row = {"fold": name, **{k: scored["mean"].get(k) for k in TABLE_KEYS}}
+        row["n_spots"] = sum(int(sec["n_spots"]) for sec in scored["sections"].values())
+        if zero_shot is not None:
+            base = res["similarity_baseline"]
+            baselines.extend(base["sections"].values())
+            row.update(
+                baseline_pcc_mean=base["mean"]["pcc_mean"],
+                seen_pcc_mean=res["seen"]["mean"]["pcc_mean"],
+                n_unseen=len(res["unseen_genes"]),
+                n_seen=len(fold_genes),
+            )
         rows.append(row)
-        log(f"fold {name}: pcc_mean {res['mean']['pcc_mean']:.3f}")
+        log(f"fold {name}: pcc_mean {row['pcc_mean']:.3f}")
     summary = aggregate_folds(results)
     mean_row = {"fold": "mean", **{k: summary.get(k) for k in TABLE_KEYS}}
     mean_row["n_spots"] = sum(int(r["n_spots"]) for r in results)
+    if zero_shot is not None:
+        mean_row["baseline_pcc_mean"] = aggregate_folds(baselines)["pcc_mean"]
+        mean_row["seen_pcc_mean"] = float(
+            sum(float(r["seen_pcc_mean"]) for r in rows) / max(1, len(rows))
+        )
     rows.append(mean_row)
     table = format_table(rows)
     report = {
@@ -200,6 +265,16 @@ def cross_validate(
         "config": config.to_dict(),
         "n_folds_resumed": n_resumed,
     }
+    if zero_shot is not None:
+        report["zero_shot"] = {
+            "split": zero_shot,
+            "n_seen": n_seen,
+            "baseline_k": baseline_k,
+            "scored": scored_by,  # "baseline": the model is not zero-shot
+            "baseline_summary": {
+                k: v for k, v in aggregate_folds(baselines).items() if k != "per_gene_pcc"
+            },
+        }
     from ..io.export import write_text_atomic
 
     _write_json(report, out / "cv.json")

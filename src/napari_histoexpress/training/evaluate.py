@@ -260,9 +260,21 @@ def _spot_graph_spots(
     model: Any, meta: dict[str, Any], section: Section, dev: torch.device, feature_cache: str
 ) -> np.ndarray:
     """A spot model whose slide graph is over the measured spots (``context == "spots"``,
-    ALIGN-ST): the spots' features (through the cache unless ``feature_cache == "none"``)
-    as the slide's nodes (:func:`~.frozen_features.spot_nodes`), then
-    :meth:`~..models.base.SpotModel.slide_context` and that slide's head."""
+    ALIGN-ST): :func:`spot_graph_features`, then that slide's head."""
+    feats, nodes = spot_graph_features(model, meta, section, dev, feature_cache)
+    with torch.inference_mode():
+        W, b = model.slide_gene_head(nodes)
+    return (feats.detach().double().cpu().numpy() @ W + b).astype(np.float32)
+
+
+def spot_graph_features(
+    model: Any, meta: dict[str, Any], section: Section, dev: torch.device, feature_cache: str
+) -> tuple[torch.Tensor, Any]:
+    """The spots' store features and the nodes they were computed on, for a model whose
+    slide graph is over the measured spots: the spots' frozen features (through the cache
+    unless ``feature_cache == "none"``) as the slide's nodes
+    (:func:`~.frozen_features.spot_nodes`), then
+    :meth:`~..models.base.SpotModel.slide_context`."""
     from .frozen_features import section_features, spot_nodes
 
     spec = model.input_spec()
@@ -279,8 +291,7 @@ def _spot_graph_spots(
     nodes.features = nodes.features.to(dev)
     with torch.inference_mode():
         feats = model.slide_context(nodes)
-        W, b = model.slide_gene_head(nodes)
-    return (feats.detach().double().cpu().numpy() @ W + b).astype(np.float32)
+    return feats, nodes
 
 
 def _section_context_spots(
