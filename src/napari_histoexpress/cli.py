@@ -723,6 +723,26 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- dense maps
+def _cmd_zero_shot(args: argparse.Namespace) -> int:
+    from .inference.zero_shot_map import ZeroShotError, add_zero_shot_genes
+
+    descriptions = None
+    if args.description is not None:
+        if len(args.gene) != 1:
+            raise _FlagError(
+                "--description", args.description, "describes one gene: give one --gene"
+            )
+        descriptions = {args.gene[0]: args.description}
+    try:
+        result = add_zero_shot_genes(
+            args.map, args.run, args.gene, descriptions=descriptions, replace=args.replace
+        )
+    except ZeroShotError as exc:
+        raise _FlagError("--gene", " ".join(args.gene), str(exc)) from exc
+    print(f"added {', '.join(result.genes)} to {args.map} (zero-shot, {result.encoder})")
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .inference.predict_run import predict_with_run
 
@@ -922,6 +942,10 @@ _EXAMPLES: dict[str, str] = {
     "cv": "histoexpress cv --data C2.h5ad C3.h5ad C4.h5ad C5.h5ad C6.h5ad --out runs/cv",
     "predict": "histoexpress predict --run runs/pixnet --slide C5.jpg --mpp 0.69 --out C5.zarr",
     "spots": "histoexpress spots --map C5.zarr --circles circles.csv --out C5_spots.h5ad",
+    "zero-shot": (
+        "histoexpress zero-shot --map C2.zarr --run runs/align-st --gene MUC5B \\\n"
+        '    --description "secreted mucin of goblet and breast luminal cells"'
+    ),
     "describe": "histoexpress genes describe ERBB2 HER2 KRT19 --descriptions my_genes.tsv",
     "embed": "histoexpress genes embed --encoder minilm --genes panel.txt --out genes.safetensors",
     "visium": "histoexpress import visium spaceranger/outs --out V1.h5ad",
@@ -1099,6 +1123,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--restart", action="store_true", help="discard finished tiles of an existing store"
     )
     p.set_defaults(func=_cmd_predict)
+
+    p = _add_command(
+        sub,
+        "zero-shot",
+        "add genes the model never trained on to a finished map, from their descriptions",
+        description="Add genes to a map predicted by a zero-shot model (ALIGN-ST): each gene's "
+        "head column comes from its description (the gene-knowledge table, or --description), "
+        "with the slide's own context kept in the map; the stored features are untouched and "
+        "the genes are marked zero-shot (with the encoder and description) in the map.",
+    )
+    p.add_argument("--map", required=True, help="map store from `histoexpress predict`")
+    p.add_argument("--run", required=True, help="the zero-shot run that predicted the map")
+    p.add_argument("--gene", nargs="+", required=True, metavar="SYMBOL", help="gene symbol(s)")
+    p.add_argument(
+        "--description",
+        help="the gene's description (one --gene only; default: the gene-knowledge table)",
+    )
+    p.add_argument(
+        "--replace", action="store_true", help="recompute zero-shot genes already in the map"
+    )
+    p.set_defaults(func=_cmd_zero_shot)
 
     p = _add_command(sub, "spots", "every gene inside circles (x_um, y_um, diameter_um)")
     p.add_argument("--map", required=True, help="map store from `histoexpress predict`")

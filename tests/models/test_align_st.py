@@ -112,10 +112,10 @@ def test_adding_a_gene_without_asig_leaves_the_others_unchanged() -> None:
     new = [np.random.default_rng(5).normal(size=(3, model.config.gene_dim))]
     with torch.no_grad():
         W, _ = model.slide_gene_head(nodes)
-        col = model.gene_columns(nodes, new)
+        col = model.gene_columns(model.slide_state(nodes), new)
         # the same gene as one of the model's own: its column is its trained column
         own = model.gene_tokens[1, :2].float().numpy()
-        again = model.gene_columns(nodes, [own])
+        again = model.gene_columns(model.slide_state(nodes), [own])
     assert col.shape == (model.feature_dim, 1)
     np.testing.assert_allclose(again[:, 0], W[:, 1], atol=1e-5)
     np.testing.assert_allclose(model.slide_gene_head(nodes)[0], W)  # nothing moved
@@ -127,7 +127,9 @@ def test_with_asig_a_new_gene_takes_neighbours_from_the_models_genes() -> None:
     own = model.gene_tokens[2, :1].float().numpy()
     with torch.no_grad():
         W, _ = model.slide_gene_head(nodes)
-        col = model.gene_columns(nodes, [own])  # a copy of gene 2 among genes 0, 1, 2
+        col = model.gene_columns(
+            model.slide_state(nodes), [own]
+        )  # a copy of gene 2 among genes 0, 1, 2
     assert np.isfinite(col).all() and not np.allclose(col[:, 0], 0)
     assert not np.allclose(col[:, 0], W[:, 2])  # its neighbours differ (it has a twin now)
 
@@ -187,3 +189,26 @@ def test_config_errors_name_the_field() -> None:
         AlignST.from_config({**AlignST.contract_config(), "alpha": 1.5})
     with pytest.raises(ValueError, match="unknown ALIGN-ST config keys"):
         AlignST.from_config({"no_such": 1})
+
+
+def test_the_kept_state_gives_the_same_columns_as_the_nodes() -> None:
+    model = _model()
+    nodes = _nodes(model)
+    state = model.slide_state(nodes)
+    assert state["prompts"].shape == (2, 2, model.config.dim)
+    assert state["asig_z"].shape == (3, model.config.embed_dim)
+    seqs = [np.random.default_rng(3).normal(size=(4, model.config.gene_dim))]
+    with torch.no_grad():
+        W, _ = model.slide_gene_head(nodes)
+        again = model.gene_columns(state, [model.gene_tokens[0].float().numpy()])
+    np.testing.assert_allclose(
+        model.gene_columns(state, seqs), model.gene_columns(model.slide_state(nodes), seqs)
+    )
+    # gene 0 described again by its own tokens, with ASIG over the model's genes + itself:
+    # finite, and the slide's prompts reach it (another slide, another column)
+    assert np.isfinite(again).all()
+    other = model.gene_columns(model.slide_state(_nodes(model, seed=4)), seqs)
+    assert not np.allclose(other, model.gene_columns(state, seqs))
+    assert W.shape[1] == 3
+    without = _model(use_prompts=False)
+    assert without.slide_state(_nodes(without))["prompts"].size == 0

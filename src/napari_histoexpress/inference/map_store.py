@@ -14,6 +14,8 @@ Layout of the group (all arrays chunked, zarr v3, written atomically chunk by ch
     tissue          (h, w) bool tissue mask of the thumbnail used for skipping (optional)
     head/W          (C, G) float32, head/b (G,) float32 — or head/v<n>/W, head/v<n>/b once
                     genes were added (:meth:`DenseMapStore.add_genes`; attr ``head_arrays``)
+    model_state/*   float32 arrays a model keeps per slide to add genes later (optional;
+                    :meth:`DenseMapStore.set_model_state`, attr ``model_state``)
     attrs           genes, map_mpp, feature_dim, chunk, fill_value, status ('partial' or
                     'complete'), pyramid_levels, plus the caller's attrs (model_mpp, stride,
                     slide path/shape/mpp, tile_px, halo_px, provenance, ...); gene_sources
@@ -113,6 +115,7 @@ _PYRAMID_MIN_SIDE = 64
 _BAND_PIXELS = 1 << 16
 #: Where :meth:`DenseMapStore.create` puts the head (stores that never gained genes).
 _HEAD_ROOT = "head"
+_STATE_ROOT = "model_state"
 _HEAD_VERSION = re.compile(r"^v(\d+)$")
 
 GeneKey = str | int
@@ -158,6 +161,8 @@ class GeneSource:
     source: str
     encoder: str | None = None
     time: str | None = None
+    #: the description a zero-shot gene was predicted from (``None``: the table's / none)
+    description: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -639,6 +644,7 @@ class DenseMapStore:
         source: str,
         encoder: str | None = None,
         replace: bool = False,
+        descriptions: Mapping[str, str] | None = None,
     ) -> None:
         """Append genes to the map's head: ``W (C, k)``, ``b (k,)`` for ``k`` new ``symbols``.
 
@@ -646,8 +652,9 @@ class DenseMapStore:
         (:meth:`gene_map`, :meth:`apply_head`, :attr:`genes`; other instances of the store
         see them on their next read). ``source`` says where the columns come from (e.g.
         ``"zero-shot"``; the trained head is ``"model"``) and ``encoder`` what produced them;
-        both are recorded per gene with the time (:attr:`gene_sources`). The stored features
-        are never touched; the head swap is atomic (see the module docstring).
+        both are recorded per gene with the time (:attr:`gene_sources`), and so is a gene's
+        entry in ``descriptions`` (symbol → the text its column came from). The stored
+        features are never touched; the head swap is atomic (see the module docstring).
 
         A symbol already in the map is refused unless ``replace=True`` (its column is then
         overwritten in place, keeping the gene order). A single gene may be given as
@@ -699,7 +706,8 @@ class DenseMapStore:
             now = datetime.now(UTC).isoformat(timespec="seconds")
             extra_W, extra_b = [], []
             for j, name in enumerate(names):
-                sources[name] = GeneSource(name, source, encoder, now)
+                text = (descriptions or {}).get(name)
+                sources[name] = GeneSource(name, source, encoder, now, text)
                 if name in head.index:
                     W_all[:, head.index[name]] = W32[:, j]
                     b_all[head.index[name]] = b32[j]
@@ -730,6 +738,34 @@ class DenseMapStore:
             )
             self._sync(force=True)
             self._delete_stale_heads(keep=target)
+
+    # ------------------------------------------------------------------ model state
+    def set_model_state(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Keep what the model computed for this slide and needs to add genes later (e.g.
+        ALIGN-ST's visual prompts and its genes' ASIG vectors): float32 arrays under
+        ``model_state/<name>``, replacing any state before (attribute ``model_state``: the
+        names). The features and the head are not touched."""
+        self._check_writable("keep the model's state")
+        names = sorted(str(k) for k in arrays)
+        for name in names:
+            if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+                raise ValueError(f"{self.path}: model state names are identifiers, got {name!r}")
+        with self._lock:
+            if _STATE_ROOT in self._group:
+                del self._group[_STATE_ROOT]
+            for name in names:
+                arr = np.ascontiguousarray(np.asarray(arrays[name], dtype=np.float32))
+                self._group.create_array(
+                    f"{_STATE_ROOT}/{name}", shape=arr.shape, dtype=np.float32
+                )[...] = arr
+            self._set_attrs({"model_state": names})
+
+    def model_state(self) -> dict[str, np.ndarray]:
+        """The arrays :meth:`set_model_state` kept (empty when none)."""
+        names = cast("list[str]", self._attrs().get("model_state") or [])
+        return {
+            n: np.asarray(_array(self._group, f"{_STATE_ROOT}/{n}", self.path)[...]) for n in names
+        }
 
     def _next_head_version(self) -> int:
         versions = [0]
@@ -1106,6 +1142,7 @@ def _gene_source(item: Mapping[str, Any]) -> GeneSource:
         source=str(item.get("source") or "model"),
         encoder=opt("encoder"),
         time=opt("time"),
+        description=opt("description"),
     )
 
 

@@ -661,9 +661,13 @@ def _slide_head(
 ) -> None:
     """A model whose head depends on the slide (:meth:`~..models.base.SpotModel.
     slide_gene_head`, e.g. ALIGN-ST's prompted gene embeddings) gets this slide's head in
-    the store (source ``"model"``) before any pass-2 features are written."""
+    the store (source ``"model"``) before any pass-2 features are written, and the store
+    keeps the model's :meth:`~..models.base.SpotModel.slide_state` (for zero-shot genes)."""
     with torch.inference_mode():
         W, b = model.slide_gene_head(nodes)
+        state = model.slide_state(nodes)
+    if state:  # what adding genes to this map later needs (zero-shot)
+        store.set_model_state(state)
     W, b = check_gene_head(W, b, plan.feature_dim, len(plan.genes), who=type(model).__name__)
     W32, b32 = W.astype(np.float32), b.astype(np.float32)
     current_W, current_b = store.head

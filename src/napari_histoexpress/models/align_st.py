@@ -683,33 +683,57 @@ class AlignST(FrozenPatchModel):
         genes: Sequence[str],
         *,
         nodes: LatticeNodes | None = None,
+        state: Mapping[str, np.ndarray] | None = None,
         descriptions: Mapping[str, str] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Zero-shot head columns on the slide of ``nodes`` (:meth:`gene_columns` of the
-        genes' description tokens, :meth:`gene_sequences`); ``b = 0``."""
-        if nodes is None:
-            raise ValueError("ALIGN-ST's gene columns depend on the slide: give its nodes")
-        W = self.gene_columns(nodes, self.gene_sequences(genes, descriptions))
+        """Zero-shot head columns on one slide — its ``nodes``, or the ``state`` its map
+        kept (:meth:`slide_state`) — from the genes' description tokens
+        (:meth:`gene_sequences`, :meth:`gene_columns`); ``b = 0``."""
+        if state is None:
+            if nodes is None:
+                raise ValueError("ALIGN-ST's gene columns depend on the slide: give its nodes")
+            state = self.slide_state(nodes)
+        W = self.gene_columns(state, self.gene_sequences(genes, descriptions))
         return W, np.zeros(W.shape[1])
 
-    def gene_columns(self, nodes: LatticeNodes, sequences: Sequence[np.ndarray]) -> np.ndarray:
-        """Zero-shot: head columns ``(embed_dim, k)`` of ``k`` genes given only their
-        description token sequences, on this slide (its prompts through the text stream,
-        then ASIG with neighbours among these genes and the model's own genes). The model's
-        own columns stay as they are (a new gene does not re-rank their neighbours), so
-        adding genes to a finished map never changes its other genes."""
-        tokens, mask = self.pad_tokens(sequences)
+    def slide_state(self, nodes: LatticeNodes) -> dict[str, np.ndarray]:
+        """What adding genes to this slide needs: the visual prompts after each image layer
+        (``prompts (layers, n_prompts, dim)``; none without prompts) and the model's genes'
+        ASIG vectors on this slide (``asig_z (G, embed_dim)``)."""
         device = self.feature_mean.device
         with torch.no_grad():
             raw = nodes.features.to(device)
             senders = None if nodes.tissue is None else nodes.tissue.to(device)
             stream = self.image_stream(self.node_inputs(raw), senders=senders)
-            context = None
-            if self.config.use_asig:
-                own = self.text_stream(stream, self.gene_tokens, self.gene_token_mask)
-                if bool(self.gene_learned.any()):
-                    own = own + self.gene_offsets * self.gene_learned[:, None]
-                context = self.asig_in(own)
+            own = self.text_stream(stream, self.gene_tokens, self.gene_token_mask)
+            if bool(self.gene_learned.any()):
+                own = own + self.gene_offsets * self.gene_learned[:, None]
+            z = self.asig_in(own)
+        d = self.config.dim
+        prompts = torch.stack(stream.prompts) if stream.prompts else torch.zeros(0, 0, d)
+        return {
+            "prompts": prompts.float().cpu().numpy(),
+            "asig_z": z.float().cpu().numpy(),
+        }
+
+    def gene_columns(
+        self, state: Mapping[str, np.ndarray], sequences: Sequence[np.ndarray]
+    ) -> np.ndarray:
+        """Zero-shot: head columns ``(embed_dim, k)`` of ``k`` genes given only their
+        description token sequences, on the slide whose :meth:`slide_state` is ``state``
+        (its prompts through the text stream, then ASIG with neighbours among these genes
+        and the model's own genes). The model's own columns stay as they are (a new gene
+        does not re-rank their neighbours), so adding genes to a finished map never changes
+        its other genes."""
+        tokens, mask = self.pad_tokens(sequences)
+        device = self.feature_mean.device
+        prompts = torch.as_tensor(np.asarray(state["prompts"]), dtype=torch.float32)
+        stream = SlideStream(
+            V=torch.zeros(0, self.config.dim, device=device),
+            prompts=[p.to(device) for p in prompts] if prompts.numel() else [],
+        )
+        context = torch.as_tensor(np.asarray(state["asig_z"]), dtype=torch.float32).to(device)
+        with torch.no_grad():
             fg = self.gene_embeddings(
                 stream, tokens.to(device), mask.to(device), asig_context=context
             )

@@ -277,14 +277,16 @@ class HistoModel(abc.ABC):
         genes: Sequence[str],
         *,
         nodes: LatticeNodes | None = None,
+        state: Mapping[str, np.ndarray] | None = None,
         descriptions: Mapping[str, str] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Zero-shot: head columns ``W (C, k)``, ``b (k,)`` for ``k`` genes the model never
         saw, from their descriptions (the gene-knowledge table, or ``descriptions``:
-        symbol → text, which win), for the features the model gives on the slide whose
-        ``nodes`` are given (models whose genes depend on the slide need them). Adding the
-        columns to a map changes none of its other genes. Default: ``TypeError`` (the model
-        is not zero-shot, :attr:`zero_shot`)."""
+        symbol → text, which win), for the features the model gives on one slide — models
+        whose genes depend on the slide need its ``nodes`` or the ``state`` that
+        :meth:`SpotModel.slide_state` kept in its map. Adding the columns to a map changes
+        none of its other genes. Default: ``TypeError`` (the model is not zero-shot,
+        :attr:`zero_shot`)."""
         raise TypeError(
             f"{type(self).__name__} predicts only the genes it was trained on (not zero-shot)"
         )
@@ -375,6 +377,12 @@ class SpotModel(HistoModel):
         the features :meth:`slide_context` gives for the same ``nodes``. Default:
         :meth:`gene_head` (the same head for every slide)."""
         return self.gene_head()
+
+    def slide_state(self, nodes: LatticeNodes) -> dict[str, np.ndarray]:
+        """What adding genes to this slide's finished map later needs (kept in the map by
+        the predictor; ALIGN-ST: the slide's visual prompts and its genes' ASIG vectors).
+        Default: nothing."""
+        return {}
 
     def spot_context(
         self, features: torch.Tensor, grid_rc: torch.Tensor, nodes: LatticeNodes
