@@ -162,22 +162,28 @@ def test_gene_heatmap_layer_aligns_with_the_slide(make_napari_viewer, tmp_path: 
     assert value == pytest.approx(2.0 * (10 + 1) - 1.0)  # features · w + b for PTPRC
 
 
-def test_all_four_widgets_as_tabs_in_workflow_order(make_napari_viewer) -> None:
-    from napari_histoexpress.widgets import ExportWidget, GenesWidget, PredictWidget, SpotsWidget
+def test_all_widgets_as_tabs_in_workflow_order(make_napari_viewer) -> None:
+    from napari_histoexpress.widgets import (
+        ExportWidget,
+        GenesWidget,
+        PredictWidget,
+        SpotsWidget,
+        ZeroShotWidget,
+    )
 
     viewer = make_napari_viewer()
-    _dock, tabs = viewer.window.add_plugin_dock_widget(PLUGIN, "All four (tabs)")
+    _dock, tabs = viewer.window.add_plugin_dock_widget(PLUGIN, "All five (tabs)")
     titles = [tabs.tabText(i) for i in range(tabs.count())]
-    assert titles == ["Predict", "Genes", "Spots", "Export"]
+    assert titles == ["Predict", "Genes", "Zero-shot", "Spots", "Export"]
     assert tabs.currentIndex() == 0  # Predict in front: the first step
-    kinds = (PredictWidget, GenesWidget, SpotsWidget, ExportWidget)
+    kinds = (PredictWidget, GenesWidget, ZeroShotWidget, SpotsWidget, ExportWidget)
     assert all(isinstance(tabs.widget(i), k) for i, k in enumerate(kinds))
 
 
 def test_docked_widgets_get_short_tab_titles(make_napari_viewer) -> None:
     viewer = make_napari_viewer()
     docks = {}
-    for name in ("Predict", "Genes", "Export"):
+    for name in ("Predict", "Genes", "Zero-shot", "Export"):
         docks[name], _ = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True)
     for name, dock in docks.items():
         assert dock.windowTitle() == name  # the tab text: never "Predict (nap…"

@@ -18,9 +18,8 @@ SEEN = ["COL1A1", "COL1A2", "COL3A1", "FN1", "KRT8", "KRT18", "EPCAM", "PTPRC"]
 @pytest.fixture(scope="module")
 def predicted(tmp_path_factory):
     """A tiny ALIGN-ST run on the sample and its whole-slide map (two passes)."""
-    from napari_histoexpress.inference.predict_lattice import predict_lattice
+    from napari_histoexpress.inference.predict_run import predict_with_run
     from napari_histoexpress.io.synthetic import sample_paths
-    from napari_histoexpress.models.checkpoint import load_checkpoint
     from napari_histoexpress.training.config import TrainConfig
     from napari_histoexpress.training.sections import load_section
     from napari_histoexpress.training.train import train
@@ -36,8 +35,7 @@ def predicted(tmp_path_factory):
         model_config=dict(TINY_ALIGN_ST),
     )
     train([section], root / "run", cfg, genes=SEEN, progress=False, log=lambda _: None)
-    model, _ = load_checkpoint(root / "run")
-    predict_lattice(model, section.slide, root / "map.zarr", device="cpu", build_pyramid=False)
+    predict_with_run(root / "run", sample_paths()["image"], root / "map.zarr", device="cpu")
     return root, section
 
 
@@ -52,7 +50,7 @@ def test_a_described_gene_joins_the_map_and_nothing_else_moves(predicted, tmp_pa
     from napari_histoexpress.inference.map_store import DenseMapStore
     from napari_histoexpress.inference.zero_shot_map import add_zero_shot_genes
 
-    root, section = predicted
+    root, _ = predicted
     path = _copy(root / "map.zarr", tmp_path / "map.zarr")
     store = DenseMapStore.open(path)
     assert set(store.model_state()) == {"prompts", "asig_z"}

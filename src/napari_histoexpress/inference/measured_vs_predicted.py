@@ -261,8 +261,14 @@ _CACHE: dict[tuple[Any, ...], tuple[weakref.ref[Any], MeasuredVsPredicted]] = {}
 
 
 def _store_key(store: DenseMapStore) -> tuple[Any, ...]:
-    """The store's path plus what changes while it is being predicted (status, done tiles)."""
-    return (str(Path(store.path).resolve()), store.status, int(store.done_mask.sum()))
+    """The store's path plus what changes while it is predicted (status, done tiles) or
+    after (its genes: zero-shot genes added to a finished map)."""
+    return (
+        str(Path(store.path).resolve()),
+        store.status,
+        int(store.done_mask.sum()),
+        tuple(store.genes),
+    )
 
 
 def cached_compare(

@@ -150,7 +150,10 @@ def predict_circles(
     not on skipped background; 0 → ``NaN`` predictions); ``obsm['spatial']`` are slide
     pixels; ``uns['spatial'][library_id]`` follows :mod:`napari_histoexpress.io.spatial`
     (``spot_diameter_fullres`` = median circle diameter; each circle's own diameter is in
-    ``obs['diameter_um']``); ``uns['histoexpress']`` records the map's provenance.
+    ``obs['diameter_um']``); ``var`` says where each gene's column came from
+    (``zero_shot``: predicted from its description by a zero-shot model, ``gene_source``,
+    ``gene_description``: the text it was predicted from, when one was given);
+    ``uns['histoexpress']`` records the map's provenance.
     """
     import anndata as ad
 
@@ -173,7 +176,16 @@ def predict_circles(
     obs = circles.reset_index(drop=True).copy()
     obs.index = [str(v) for v in (obs["id"] if "id" in obs else range(len(obs)))]
     obs["area_fraction"] = area / (np.pi * radii**2)
-    adata = ad.AnnData(X=genes_x, obs=obs, var=pd.DataFrame(index=genes))
+    sources = store.gene_sources
+    var = pd.DataFrame(
+        {
+            "zero_shot": [src.source == "zero-shot" for src in sources],
+            "gene_source": [src.source for src in sources],
+            "gene_description": [src.description or "" for src in sources],
+        },
+        index=genes,
+    )
+    adata = ad.AnnData(X=genes_x, obs=obs, var=var)
     xy_px = np.stack([circles["x_um"].to_numpy(), circles["y_um"].to_numpy()], 1) / slide_mpp
     adata.obsm["spatial"] = xy_px
     lib = library_id or Path(store.slide_path or "slide").name.split(".")[0]

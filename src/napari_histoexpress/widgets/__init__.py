@@ -12,6 +12,7 @@ _WIDGETS = {
     "GenesWidget": "._genes",
     "SpotsWidget": "._spots",
     "ExportWidget": "._export",
+    "ZeroShotWidget": "._zero_shot",
 }
 
 __all__ = list(_WIDGETS)

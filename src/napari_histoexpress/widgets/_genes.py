@@ -179,13 +179,21 @@ class GenesWidget(QWidget):
         genes = self.genes()
         if store is None or not genes:  # no store: no genes
             return
+        zero_shot = {s.symbol: s for s in store.gene_sources if s.source == "zero-shot"}
         for m in search_genes(text, genes):
             label = m.gene if m.alias is None else f"{m.gene}  ({m.alias})"
-            item = QListWidgetItem(label)
-            item.setData(GENE_ROLE, m.gene)
+            tips = []
             aliases = aliases_of(m.gene)
             if aliases:
-                item.setToolTip(f"{m.gene}: also known as {', '.join(aliases)}")
+                tips.append(f"{m.gene}: also known as {', '.join(aliases)}")
+            if m.gene in zero_shot:  # predicted from its description, never trained on
+                label += "  · zero-shot"
+                src = zero_shot[m.gene]
+                tips.append(f"zero-shot ({src.encoder}): {src.description or 'gene bank text'}")
+            item = QListWidgetItem(label)
+            item.setData(GENE_ROLE, m.gene)
+            if tips:
+                item.setToolTip("\n".join(tips))
             self.gene_list.addItem(item)
         status = "partial map" if store.status != "complete" else "map"
         shown = self.gene_list.count()
@@ -319,19 +327,9 @@ class GenesWidget(QWidget):
 
     # ------------------------------------------------------------------ measured vs predicted
     def measured_spots_layer(self) -> Any | None:
-        """The measured-spots layer of the chosen slide: one whose AnnData's source image is
-        the slide file, else the only measured-spots layer of the viewer (if just one)."""
-        slide = self.slide_layer
-        layers = _spot_layer.measured_spot_layers(self.viewer)
-        if slide is None or not layers:
-            return None
-        path = _common.slide_path(slide)
-        if path is not None:
-            for layer in layers:
-                lib = layer.metadata.get("library_id")
-                if mvp.matches_slide(layer.metadata["adata"], path, lib):
-                    return layer
-        return layers[0] if len(layers) == 1 else None
+        """The measured-spots layer of the chosen slide (:func:`._spot_layer.
+        measured_spots_for`)."""
+        return _spot_layer.measured_spots_for(self.viewer, self.slide_layer)
 
     def _update_measured_status(self) -> None:
         spots = self.measured_spots_layer()

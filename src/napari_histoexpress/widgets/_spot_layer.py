@@ -304,3 +304,21 @@ def is_measured_spots_layer(layer: Any) -> bool:
 def measured_spot_layers(viewer: Any) -> list[Any]:
     """The viewer's measured-spots (Points) layers, top-most first."""
     return [layer for layer in reversed(list(viewer.layers)) if is_measured_spots_layer(layer)]
+
+
+def measured_spots_for(viewer: Any, slide: Any | None) -> Any | None:
+    """The measured-spots layer of the slide layer ``slide``: one whose AnnData's source
+    image is the slide file, else the only measured-spots layer of the viewer (if just one)."""
+    from ..inference import measured_vs_predicted as mvp
+    from . import _common
+
+    layers = measured_spot_layers(viewer)
+    if slide is None or not layers:
+        return None
+    path = _common.slide_path(slide)
+    if path is not None:
+        for layer in layers:
+            lib = layer.metadata.get("library_id")
+            if mvp.matches_slide(layer.metadata["adata"], path, lib):
+                return layer
+    return layers[0] if len(layers) == 1 else None

@@ -1,4 +1,5 @@
-"""The four dock widgets in one dock, as tabs in workflow order: Predict, Genes, Spots, Export.
+"""The dock widgets in one dock, as tabs in workflow order: Predict, Genes, Zero-shot,
+Spots, Export.
 
 Why: napari names a plugin's docks "<widget> (<plugin>)" and, when several are tabbed
 (``napari -w napari-histoexpress __all__`` or ``add_plugin_dock_widget(..., tabify=True)``),
@@ -19,13 +20,15 @@ from qtpy.QtWidgets import QTabWidget, QWidget
 TABS = (
     ("Predict", "PredictWidget"),
     ("Genes", "GenesWidget"),
+    ("Zero-shot", "ZeroShotWidget"),
     ("Spots", "SpotsWidget"),
     ("Export", "ExportWidget"),
 )
 
 
 class HistoExpressTabs(QTabWidget):
-    """Predict, Genes, Spots and Export as tabs of one dock widget (Predict shown first)."""
+    """Predict, Genes, Zero-shot, Spots and Export as tabs of one dock widget (Predict
+    shown first)."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         from .. import widgets
@@ -33,7 +36,7 @@ class HistoExpressTabs(QTabWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.setDocumentMode(True)
-        #: the four widgets by tab title
+        #: the widgets by tab title
         self.pages: dict[str, QWidget] = {}
         for title, cls_name in TABS:
             page = getattr(widgets, cls_name)(napari_viewer)
