@@ -11,7 +11,8 @@ resumes, and a changed default retrains). The table is printed as Markdown, read
 README: per-fold mean PCC over the genes, the mean over folds, top-50 expressed/variable
 genes, MSE, minutes of this invocation (and how many folds were reused; "reused" when all
 were, from an earlier invocation whose minutes it printed) and each run's mean relative to
-the first run's.
+the first run's. A zero-shot run (``--zero-shot rank|5-fold``) scores the genes it did not
+train on, and its similarity baseline gets a row of its own.
 """
 
 from __future__ import annotations
@@ -87,15 +88,18 @@ def run_table(
 ) -> list[tuple[Run, dict[str, Any], float]]:
     """Cross-validate every run (``OUT/LABEL``), print the table; returns
     ``(run, report, seconds)`` per run."""
-    from napari_histoexpress.cli import cv_train_config
+    from napari_histoexpress.cli import cv_train_config, cv_zero_shot_options
     from napari_histoexpress.training.cross_validation import cross_validate
 
     results = []
     for run in runs:
         config = cv_train_config([*run.options, "--genes", "250", "--device", device])
+        zero_shot = cv_zero_shot_options(run.options)
         print(f"# {run.label}: histoexpress cv {' '.join(run.options)} --genes 250", flush=True)
         t0 = time.perf_counter()
-        report = cross_validate(sections, out / run.label, config, progress=False, log=print)
+        report = cross_validate(
+            sections, out / run.label, config, progress=False, log=print, **zero_shot
+        )
         results.append((run, report, time.perf_counter() - t0))
     print_table(results)
     return results
@@ -127,4 +131,16 @@ def print_table(results: Sequence[tuple[Run, dict[str, Any], float]]) -> None:
             f"{mean['pcc_mean'] / first:.2f}",
         ]
         print("| " + " | ".join(cells) + " |")
+        if "baseline_pcc_mean" in mean:  # a zero-shot run: its similarity baseline too
+            base = [
+                f"{run.label}: similarity baseline",
+                *(f"{r['baseline_pcc_mean']:.3f}" for r in rows[:-1]),
+                f"**{mean['baseline_pcc_mean']:.3f}**",
+                "",
+                "",
+                "",
+                "",
+                f"{mean['baseline_pcc_mean'] / first:.2f}",
+            ]
+            print("| " + " | ".join(base) + " |")
     print()

@@ -55,6 +55,12 @@ DEFAULT_RUNS = (
     Run("dkan-no-contrastive", ["--model", "dkan", "--model-config", '{"use_contrastive": false}']),
     Run("dkan-fixed-weights", ["--model", "dkan", "--model-config", '{"adaptive_weights": false}']),
     Run("dkan-image-head", ["--model", "dkan", "--model-config", '{"store": "image_head"}']),
+    Run("align-st", ["--model", "align-st"]),
+    Run("align-st-zero-shot-rank", ["--model", "align-st", "--zero-shot", "rank"]),
+    Run("align-st-zero-shot-5fold", ["--model", "align-st", "--zero-shot", "5-fold"]),
+    Run("align-st-no-nuclei", ["--model", "align-st", "--model-config", '{"use_nuclei": false}']),
+    Run("align-st-no-prompts", ["--model", "align-st", "--model-config", '{"use_prompts": false}']),
+    Run("align-st-no-asig", ["--model", "align-st", "--model-config", '{"use_asig": false}']),
 )
 
 

@@ -1,7 +1,7 @@
 """Take the README's screenshots in a real napari viewer (run under a virtual X server).
 
     xvfb-run -a python scripts/screenshots.py [--data ../shared/data] [--out docs/images]
-        [--cv-dir DIR] [--skip-widgets] [--only hage|dkan]...
+        [--cv-dir DIR] [--skip-widgets] [--only hage|dkan|zero-shot]...
 
 Writes ``her2st_C2_spots.png`` (a her2st section with its measured spots coloured by ERBB2)
 and ``sample_data.png`` (the synthetic sample), canvas only, and the whole window with the
@@ -17,7 +17,10 @@ dock widgets at work (real predictions, driven through the widgets as a user wou
   (``hage/fold-C2``, ``dkan/fold-C2``), ``widget_LABEL_genes.png`` and
   ``widget_LABEL_spots.png``: that run predicts the whole held-out C2 through the Predict
   widget (a spot model, on a patch lattice), ERBB2 is shown as a heatmap, spots of two
-  sizes aggregate it, and Export writes them to ``.h5ad``.
+  sizes aggregate it, and Export writes them to ``.h5ad``; ``--only zero-shot``:
+  ``widget_zero_shot.png``, the ALIGN-ST rank-split run of fold C2 (``align-st-zero-shot-
+  rank/fold-C2``, never trained on the top 250 genes) predicts C2 and the Zero-shot widget
+  adds MUCL1 from a typed description, with its PCC against the measured spots.
 
 The window is shown without being mapped on screen, because screenshots of a hidden viewer
 come out black under Xvfb. The sample is copied to a temporary folder (its prediction and
@@ -166,11 +169,17 @@ def _grab_window(viewer: Any, path: Path) -> Path:
 
 
 def _widget_viewer() -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """A viewer with the four dock widgets tabbed on the right: ``(viewer, widgets, docks)``."""
+    """A viewer with the dock widgets tabbed on the right: ``(viewer, widgets, docks)``."""
     import napari
     from qtpy.QtCore import Qt
 
-    from napari_histoexpress.widgets import ExportWidget, GenesWidget, PredictWidget, SpotsWidget
+    from napari_histoexpress.widgets import (
+        ExportWidget,
+        GenesWidget,
+        PredictWidget,
+        SpotsWidget,
+        ZeroShotWidget,
+    )
 
     viewer = napari.Viewer(show=False)
     _show_unmapped(viewer, WINDOW_SIZE)
@@ -179,6 +188,7 @@ def _widget_viewer() -> tuple[Any, dict[str, Any], dict[str, Any]]:
     for name, cls in (
         ("Predict", PredictWidget),
         ("Genes", GenesWidget),
+        ("Zero-shot", ZeroShotWidget),
         ("Spots", SpotsWidget),
         ("Export", ExportWidget),
     ):
@@ -457,6 +467,59 @@ def spot_run_screenshots(cv_dir: Path, out: Path, label: str = "hage") -> list[P
     return paths
 
 
+ZERO_SHOT_RUN = "align-st-zero-shot-rank"
+ZERO_SHOT_GENE = "MUCL1"
+ZERO_SHOT_TEXT = "secreted mucin of goblet and breast luminal cells"
+
+
+def zero_shot_screenshot(cv_dir: Path, out: Path, label: str = ZERO_SHOT_RUN) -> list[Path]:
+    """The fold-C2 run of the ALIGN-ST rank split (``cv_dir/LABEL/fold-C2``: trained on C3–C6
+    and on the genes ranked 251–1,000 only) predicts C2 whole through the Predict widget;
+    in the Zero-shot widget the user types a description of a gene the model never trained
+    on (MUCL1, rank 8) and sees its dense map and its PCC against C2's measured spots.
+    Writes ``widget_zero_shot.png``."""
+    from napari_histoexpress.widgets import _common
+
+    h5ad, run = cv_dir / "C2.h5ad", cv_dir / label / "fold-C2"
+    for need in (h5ad, run / "config.json"):
+        if not need.exists():
+            raise FileNotFoundError(f"{need}: not found (run benchmarks/her2st_cv.py first)")
+    viewer, w, docks = _widget_viewer()
+    try:
+        layers = viewer.open(str(h5ad), plugin="napari-histoexpress")
+        (slide,) = [layer for layer in layers if _common.is_slide_layer(layer)]
+        points = next(layer for layer in layers if type(layer).__name__ == "Points")
+        predict = w["Predict"]
+        _show_dock(docks, "Predict")
+        predict.set_run_dir(run)
+        predict.device_combo.setCurrentText("cpu")
+        predict.restart_check.setChecked(True)
+        predict.predict_button.click()
+        _wait_until(lambda: not predict.busy, "the ALIGN-ST prediction")
+        if _common.slide_map(slide) is None:
+            raise RuntimeError(f"prediction failed: {predict.status_label.text()}")
+        print(f"Predict widget: {predict.status_label.text()}")
+        zero = w["Zero-shot"]
+        _show_dock(docks, "Zero-shot")
+        zero.search_bank("mucin")
+        zero.symbol_edit.setText(ZERO_SHOT_GENE)
+        zero.description_edit.setPlainText(ZERO_SHOT_TEXT)
+        zero.add_button.click()
+        _wait_until(lambda: zero._worker is None, "the zero-shot gene")
+        if zero.last_layer is None:
+            raise RuntimeError(f"zero-shot failed: {zero.status.text()}")
+        print(f"Zero-shot widget: {zero.pcc_label.text()}")
+        zero.last_layer.opacity = 0.8
+        _to_top(viewer, points)
+        points.opacity = 1.0
+        world = points.data * np.asarray(points.scale)
+        _frame(viewer, tuple(world.mean(axis=0)), float(np.ptp(world, axis=0).max()) * 1.2)
+        points.visible = False
+        return [_grab_window(viewer, out / "widget_zero_shot.png")]
+    finally:
+        _close(viewer, w)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -473,8 +536,9 @@ def main() -> None:
     parser.add_argument(
         "--only",
         action="append",
-        choices=SPOT_RUNS,
-        help="only the screenshots of this spot-model run of --cv-dir (repeatable)",
+        choices=[*SPOT_RUNS, "zero-shot"],
+        help="only the screenshots of this spot-model run of --cv-dir, or the zero-shot "
+        "widget on the ALIGN-ST rank-split run (repeatable)",
     )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -485,7 +549,12 @@ def main() -> None:
             if args.cv_dir is None:
                 parser.error("--only needs --cv-dir")
             for label in args.only:
-                for path in spot_run_screenshots(args.cv_dir, args.out, label):
+                shots = (
+                    zero_shot_screenshot(args.cv_dir, args.out)
+                    if label == "zero-shot"
+                    else spot_run_screenshots(args.cv_dir, args.out, label)
+                )
+                for path in shots:
                     print(path)
             return
         print(sample_screenshot(args.out))

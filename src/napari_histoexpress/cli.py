@@ -317,6 +317,14 @@ def _train_config(args: argparse.Namespace) -> Any:
     )
 
 
+def cv_zero_shot_options(argv: Sequence[str]) -> dict[str, Any]:
+    """The zero-shot options of ``histoexpress cv ... ARGV`` as keyword arguments of
+    :func:`~napari_histoexpress.training.cross_validation.cross_validate` (``zero_shot``
+    ``None`` without ``--zero-shot``)."""
+    args = build_parser().parse_args(["cv", "--data", "-", "--out", "-", *argv])
+    return {"zero_shot": args.zero_shot, "n_seen": args.seen_genes, "baseline_k": args.baseline_k}
+
+
 def cv_train_config(argv: Sequence[str]) -> Any:
     """The :class:`~napari_histoexpress.training.config.TrainConfig` that ``histoexpress cv
     --data ... --out ... ARGV`` trains every fold with; ``argv`` holds only training options

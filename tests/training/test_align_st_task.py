@@ -48,7 +48,7 @@ def features(trained) -> Path:
 
 def test_paper_defaults_come_from_the_task() -> None:
     cfg = TrainConfig.for_model("align-st")
-    assert (cfg.epochs, cfg.lr, cfg.weight_decay) == (80, 5e-4, 1e-4)
+    assert (cfg.epochs, cfg.lr, cfg.weight_decay) == (200, 5e-4, 1e-4)
     assert cfg.lr_schedule == "constant"
 
 
