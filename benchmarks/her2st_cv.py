@@ -34,6 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("C2", "C3", "C4", "C5", "C6")
 LITE0 = ["--backbone", "tf_efficientnet_lite0", "--pretrained", "imagenet"]
 PIXNET_R18 = ["--model", "pixnet", "--backbone", "resnet18"]
+TEXT_RANK = ["--head", "text", "--zero-shot", "rank"]  # PixNet's text head, zero-shot
+TEXT_5FOLD = ["--head", "text", "--zero-shot", "5-fold"]
 B64 = ["--batch-size", "64"]  # HAGE with 4x the paper's steps: 723 training spots per fold
 DEFAULT_RUNS = (
     Run("pixnet-resnet18", PIXNET_R18),
@@ -61,6 +63,9 @@ DEFAULT_RUNS = (
     Run("align-st-no-nuclei", ["--model", "align-st", "--model-config", '{"use_nuclei": false}']),
     Run("align-st-no-prompts", ["--model", "align-st", "--model-config", '{"use_prompts": false}']),
     Run("align-st-no-asig", ["--model", "align-st", "--model-config", '{"use_asig": false}']),
+    Run("pixnet-lite0-text", ["--model", "pixnet", *LITE0, "--head", "text"]),
+    Run("pixnet-lite0-text-zero-shot-rank", ["--model", "pixnet", *LITE0, *TEXT_RANK]),
+    Run("pixnet-lite0-text-zero-shot-5fold", ["--model", "pixnet", *LITE0, *TEXT_5FOLD]),
 )
 
 

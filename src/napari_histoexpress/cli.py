@@ -287,6 +287,8 @@ def _train_config(args: argparse.Namespace) -> Any:
         model_config["out_indices"] = list(args.out_indices)
     if getattr(args, "upsample", None):
         model_config["upsample"] = args.upsample
+    if getattr(args, "head", None):
+        model_config["head"] = args.head
     stain = default_stain()
     sigma = getattr(args, "stain_augment", None)
     if sigma:
@@ -494,6 +496,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         "--upsample",
         choices=["transposed", "bilinear"],
         help="PixNet decoder upsampling: transposed conv (paper) or bilinear + 3x3 conv",
+    )
+    p.add_argument(
+        "--head",
+        choices=["linear", "text"],
+        help="PixNet gene head: linear (paper) or text (each gene's column projected from its "
+        "description embedding: zero-shot genes)",
     )
     p.add_argument(
         "--stain-augment",

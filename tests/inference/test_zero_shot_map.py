@@ -122,3 +122,31 @@ def test_cli_zero_shot(predicted, tmp_path, capsys) -> None:
     assert "one --gene" in capsys.readouterr().err
     assert main([*args, "--gene", "COL1A1"]) != 0
     assert "trained on" in capsys.readouterr().err
+
+
+def test_pixnet_text_head_map_gains_a_gene(tmp_path) -> None:
+    """A dense map of PixNet's text head gains a zero-shot gene the same way (its columns
+    do not depend on the slide: no state needed)."""
+    from napari_histoexpress.inference.map_store import DenseMapStore
+    from napari_histoexpress.inference.predict_run import predict_with_run
+    from napari_histoexpress.inference.zero_shot_map import add_zero_shot_genes
+    from napari_histoexpress.io.synthetic import sample_paths
+    from napari_histoexpress.training.config import TrainConfig
+    from napari_histoexpress.training.sections import load_section
+    from napari_histoexpress.training.train import train
+
+    tiny = {"backbone": "resnet18", "out_indices": [1, 2], "decoder_dim": 16, "head": "text"}
+    cfg = TrainConfig(
+        model="pixnet", epochs=1, crops_per_epoch=4, batch_size=4, mpp=4.0, crop_um=256.0,
+        device="cpu", model_config=tiny,
+    )  # fmt: skip
+    section = load_section(sample_paths()["spots"])
+    train([section], tmp_path / "run", cfg, genes=SEEN, progress=False, log=lambda _: None)
+    path = tmp_path / "map.zarr"
+    predict_with_run(tmp_path / "run", sample_paths()["image"], path, device="cpu", tile_px=256)
+    W_before, _ = DenseMapStore.open(path).head
+    add_zero_shot_genes(path, tmp_path / "run", ["DCN"])
+    store = DenseMapStore.open(path)
+    assert store.genes[-1] == "DCN" and store.gene_sources[-1].source == "zero-shot"
+    np.testing.assert_array_equal(store.head[0][:, : len(SEEN)], W_before)
+    assert np.isfinite(np.asarray(store.gene_map("DCN").compute())).any()

@@ -180,3 +180,40 @@ def test_cli_evaluate_unseen_genes(align_st_run, tmp_path: Path, capsys) -> None
     genes.write_text("COL1A1\n")
     assert main([*args, "--unseen-genes", str(genes), *common]) != 0
     assert "--unseen-genes" in capsys.readouterr().err
+
+
+def test_pixnet_text_head_predicts_unseen_genes(sample_section, tmp_path) -> None:
+    """PixNet with ``head="text"``: each column is a projection of the gene's description
+    vector, so the run is zero-shot; its own genes' columns are what the projection gives
+    for their descriptions, and the protocol scores it beside the baseline."""
+    from napari_histoexpress.models.checkpoint import load_checkpoint
+    from napari_histoexpress.training.train import train
+
+    tiny = {"backbone": "resnet18", "out_indices": [1, 2], "decoder_dim": 16, "head": "text"}
+    cfg = TrainConfig(
+        model="pixnet",
+        epochs=2,
+        crops_per_epoch=8,
+        batch_size=4,
+        mpp=4.0,
+        crop_um=256.0,
+        device="cpu",
+        model_config=tiny,
+    )
+    train([sample_section], tmp_path / "run", cfg, genes=SEEN, progress=False, log=lambda _: None)
+    model, meta = load_checkpoint(tmp_path / "run")
+    assert model.zero_shot and "MiniLM" in meta["extra"]["gene_embeddings"]["encoder"]
+    W, b = model.gene_head()
+    again, b2 = model.unseen_gene_head(["COL1A1", "KRT8"])  # their table descriptions
+    np.testing.assert_allclose(again, W[:, [0, 5]], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b2, b[[0, 5]], rtol=1e-5, atol=1e-6)
+    report = evaluate_unseen(tmp_path / "run", [sample_section], UNSEEN, device="cpu")
+    assert report["zero_shot"]["sections"]["synthetic"]["n_genes"] == len(UNSEEN)
+    assert np.isfinite(report["zero_shot"]["mean"]["pcc_mean"])
+    # the linear head is not zero-shot
+    linear = TrainConfig(**{**cfg.to_dict(), "model_config": {**tiny, "head": "linear"}})
+    train([sample_section], tmp_path / "lin", linear, genes=SEEN, progress=False, log=print)
+    assert (
+        evaluate_unseen(tmp_path / "lin", [sample_section], UNSEEN, device="cpu")["zero_shot"]
+        is None
+    )

@@ -48,7 +48,8 @@ def zero_shot_model(run_dir: str | os.PathLike[str]) -> tuple[Any, dict[str, Any
     if not getattr(model, "zero_shot", False):
         raise ZeroShotError(
             f"{run_dir}: the {meta.get('model')!r} model predicts only the genes it was "
-            "trained on; zero-shot genes need a zero-shot model (ALIGN-ST)"
+            "trained on; zero-shot genes need a zero-shot model (ALIGN-ST, or PixNet trained "
+            "with --head text)"
         )
     return model, meta
 
@@ -106,7 +107,7 @@ def add_zero_shot_genes(
     if present and not replace:
         raise ZeroShotError(f"{store.path} already has {present} (replace to recompute them)")
     state = store.model_state()
-    if model.needs_slide_context and not state:
+    if getattr(model, "needs_slide_context", False) and not state:
         raise ZeroShotError(
             f"{store.path} keeps no slide state for zero-shot genes (predicted by an older "
             "version): predict the slide again"

@@ -647,36 +647,18 @@ class AlignST(FrozenPatchModel):
         """The description token sequences of ``genes`` by the model's ``gene_encoder``
         (at most ``max_tokens``): the gene-knowledge table's descriptions, overridden by
         ``descriptions`` (symbol → text). A gene with neither raises ``ValueError``."""
-        from .gene_knowledge.descriptions import (
-            DescriptionTable,
-            GeneDescription,
-            load_descriptions,
-        )
-        from .gene_knowledge.gene_embeddings import create_gene_encoder
+        from .gene_knowledge.described_genes import description_tokens
 
         cfg = self.config
-        table = None
-        given = {str(k): str(v).strip() for k, v in (descriptions or {}).items()}
-        if given:
-            empty = sorted(k for k, v in given.items() if not v)
-            if empty:
-                raise ValueError(f"empty description for {empty}")
-            rows = [GeneDescription(k, "", v, "given") for k, v in given.items()]
-            table = load_descriptions().updated(DescriptionTable(rows, origin="given text"))
-        encoder = create_gene_encoder(cfg.gene_encoder, descriptions=table)
-        try:
-            seqs = encoder.embed_tokens(genes, missing="error", max_tokens=cfg.max_tokens)
-        except Exception as exc:
+        seqs, dim = description_tokens(
+            cfg.gene_encoder, genes, descriptions, max_tokens=cfg.max_tokens, who="ALIGN-ST"
+        )
+        if dim != cfg.gene_dim:
             raise ValueError(
-                f"ALIGN-ST needs a description of every gene to predict it zero-shot: {exc} "
-                "(give one with a description text)"
-            ) from exc
-        if seqs.dim != cfg.gene_dim:
-            raise ValueError(
-                f"gene encoder {cfg.gene_encoder!r} gives {seqs.dim}-d tokens, "
+                f"gene encoder {cfg.gene_encoder!r} gives {dim}-d tokens, "
                 f"the model expects {cfg.gene_dim}"
             )
-        return list(seqs.sequences)
+        return seqs
 
     def unseen_gene_head(
         self,

@@ -118,6 +118,12 @@ class PixNetConfig:
         delta_init: initial value of the learnable per-level skip scales δ.
         zero_init_last: timm's zero-init of residual branches (random-init backbones only).
         mean, std: input normalisation (RGB in [0, 1]); ``None`` = the backbone's.
+        head: ``"linear"`` (default: the paper's 1×1 conv, one free column per gene) or
+            ``"text"``: each gene's column and bias are a learned projection of its
+            description embedding (``gene_encoder``, MiniLM by default; ``gene_missing`` as
+            for HAGE; ``gene_dim`` resolved from the encoder), ``[w_g; b_g] = P·e_g + c``,
+            trained on the seen genes — so a gene never trained on gets a column from its
+            description alone (zero-shot, :meth:`PixNet.unseen_gene_head`).
     """
 
     n_genes: int = 250
@@ -133,9 +139,19 @@ class PixNetConfig:
     zero_init_last: bool = False
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
+    head: Literal["linear", "text"] = "linear"
+    gene_encoder: str = "minilm"
+    gene_missing: str = "error"
+    gene_dim: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.head not in ("linear", "text"):
+            raise ValueError(f"head must be 'linear' or 'text', got {self.head!r}")
+        if self.head == "text" and self.gene_dim is None:
+            from .gene_knowledge.gene_embeddings import create_gene_encoder
+
+            self.gene_dim = int(create_gene_encoder(self.gene_encoder, cache=False).dim)
         if self.aggregation not in ("mean", "sum"):
             raise ValueError(f"aggregation must be 'mean' or 'sum', got {self.aggregation!r}")
         if self.upsample not in ("transposed", "bilinear"):
@@ -211,6 +227,9 @@ class PixNet(nn.Module, DenseModel):
     # buffers registered in ``__init__`` (input normalisation, ``(1, 3, 1, 1)``)
     input_mean: torch.Tensor
     input_std: torch.Tensor
+    # the text head's (``head="text"`` only)
+    gene_vectors: torch.Tensor
+    text_head: nn.Linear
 
     def __init__(self, config: PixNetConfig) -> None:
         super().__init__()
@@ -243,6 +262,11 @@ class PixNet(nn.Module, DenseModel):
         self.delta = nn.Parameter(torch.full((len(channels) - 1,), float(config.delta_init)))
         self.ffn = nn.ModuleList(DFFN(dim, config.ffn_expansion) for _ in ups)
         self.head = nn.Conv2d(dim, config.n_genes, 1)
+        if config.head == "text":  # columns from the genes' description embeddings
+            assert config.gene_dim is not None
+            self.register_buffer("gene_vectors", torch.zeros(config.n_genes, config.gene_dim))
+            self.text_head = nn.Linear(config.gene_dim, dim + 1)
+            self.head.requires_grad_(False)  # unused: the text head gives the columns
         self.output_stride = int(reductions[0])
         # windows must sit on the grid of the encoder's total downsampling (and the stride)
         self.input_multiple = math.lcm(int(max(reductions)), self.output_stride)
@@ -303,16 +327,78 @@ class PixNet(nn.Module, DenseModel):
         return self.config.decoder_dim
 
     @property
-    def _head_bias(self) -> torch.Tensor:
+    def zero_shot(self) -> bool:  # type: ignore[override]
+        """True with the text head (``head="text"``): new genes from their descriptions."""
+        return self.config.head == "text"
+
+    def _head_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head as ``(weight (G, C), bias (G,))`` tensors (differentiable): the 1×1 conv's,
+        or the text head's projection of the gene vectors."""
+        if self.config.head == "text":
+            out = self.text_head(self.gene_vectors)
+            return out[:, :-1], out[:, -1]
         bias = self.head.bias
         assert bias is not None  # the head is built with bias=True
-        return bias
+        return self.head.weight[:, :, 0, 0], bias
+
+    @property
+    def _head_bias(self) -> torch.Tensor:
+        return self._head_tensors()[1]
 
     @torch.no_grad()
     def init_head_bias(self, gene_means: torch.Tensor | np.ndarray) -> None:
-        """Start from the training mean of each gene (zero-weight head is not forced)."""
-        bias = self._head_bias
-        bias.copy_(torch.as_tensor(np.asarray(gene_means), dtype=bias.dtype))
+        """Start from the training mean of each gene (zero-weight head is not forced). With
+        the text head: its bias row is fitted to the means by ridge least squares on the
+        gene vectors (set them first, :meth:`set_gene_vectors`)."""
+        means = torch.as_tensor(np.asarray(gene_means), dtype=torch.float32)
+        if self.config.head != "text":
+            bias = self.head.bias
+            assert bias is not None
+            bias.copy_(means.to(bias.dtype))
+            return
+        V = self.gene_vectors.double().cpu()
+        c = float(means.mean())
+        A = V.T @ V + 1e-2 * torch.eye(V.shape[1], dtype=torch.float64)
+        u = torch.linalg.solve(A, V.T @ (means.double() - c))
+        self.text_head.weight[-1].copy_(u.float())
+        self.text_head.bias[-1].fill_(c)
+
+    def set_gene_vectors(self, vectors: np.ndarray, learned: np.ndarray | None = None) -> None:
+        """The text head's gene memory ``(G, gene_dim)`` (``learned`` is not supported: a
+        gene without a description has no column)."""
+        if self.config.head != "text":
+            raise TypeError("set_gene_vectors needs PixNet's text head (head='text')")
+        if learned is not None and np.asarray(learned, bool).any():
+            raise ValueError("PixNet's text head needs a description of every gene")
+        v = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
+        if tuple(v.shape) != tuple(self.gene_vectors.shape):
+            raise ValueError(
+                f"gene vectors must be {tuple(self.gene_vectors.shape)}, got {tuple(v.shape)}"
+            )
+        self.gene_vectors.copy_(v.to(self.gene_vectors.device))
+
+    def unseen_gene_head(
+        self,
+        genes: Sequence[str],
+        *,
+        nodes: Any = None,
+        state: Mapping[str, np.ndarray] | None = None,
+        descriptions: Mapping[str, str] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Zero-shot columns of the text head: ``[w; b] = P·e + c`` of the genes'
+        description embeddings (the table's, or ``descriptions``); the same for every
+        slide. ``TypeError`` with the linear head."""
+        if self.config.head != "text":
+            return super().unseen_gene_head(genes, descriptions=descriptions)
+        from .gene_knowledge.described_genes import description_vectors
+
+        vectors = description_vectors(
+            self.config.gene_encoder, genes, descriptions, who="PixNet's text head"
+        )
+        with torch.no_grad():
+            v = torch.as_tensor(vectors, dtype=torch.float32, device=self.gene_vectors.device)
+            out = self.text_head(v).double().cpu().numpy()
+        return out[:, :-1].T.copy(), out[:, -1].copy()
 
     # ------------------------------------------------------------------ dense maps
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -332,7 +418,8 @@ class PixNet(nn.Module, DenseModel):
         self, features: torch.Tensor, out_size: Sequence[int] | None = None
     ) -> torch.Tensor:
         """``Resize(Linear(features))``: ``(B, n_genes, *out_size)``; no resize if ``None``."""
-        g = self.head(features)
+        weight, bias = self._head_tensors()
+        g = F.conv2d(features, weight[:, :, None, None].to(features.dtype), bias.to(features.dtype))
         if out_size is not None and tuple(out_size) != tuple(g.shape[-2:]):
             g = F.interpolate(g, size=tuple(out_size), mode="bilinear", align_corners=False)
         return g
@@ -343,8 +430,9 @@ class PixNet(nn.Module, DenseModel):
 
     def gene_head(self) -> tuple[np.ndarray, np.ndarray]:
         """``(W (C, G), b (G,))`` float64 of the 1×1 head, for numpy aggregation."""
-        w = self.head.weight.detach().double().cpu().numpy()[:, :, 0, 0].T
-        b = self._head_bias.detach().double().cpu().numpy()
+        weight, bias = self._head_tensors()
+        w = weight.detach().double().cpu().numpy().T
+        b = bias.detach().double().cpu().numpy()
         return check_gene_head(w, b, self.feature_dim, self.config.n_genes, who="PixNet")
 
     def apply_head(
@@ -390,6 +478,30 @@ class PixNet(nn.Module, DenseModel):
         averaged over their inside part.
         """
         reduce = reduce or self.config.aggregation
+        if reduce not in ("mean", "sum"):
+            raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+        pooled, area_t = self.spot_feature_sums(
+            features, centres_xy, radii, image_size, batch_index=batch_index
+        )
+        weight, head_bias = self._head_tensors()
+        bias = head_bias[None, :]
+        lin = pooled @ weight.T
+        if reduce == "mean":
+            return lin / area_t[:, None] + bias
+        return lin + area_t[:, None] * bias
+
+    def spot_feature_sums(
+        self,
+        features: torch.Tensor,
+        centres_xy: torch.Tensor | np.ndarray,
+        radii: torch.Tensor | np.ndarray | float,
+        image_size: Sequence[int],
+        *,
+        batch_index: torch.Tensor | np.ndarray | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sums (N, C), area (N,))``: the feature channels summed inside each spot disk
+        of the resized map (exact pixel weights, see :meth:`spot_predictions`, which is
+        ``sums @ Wᵀ`` over the area for the mean) and the disks' areas inside the image."""
         b, c, h, w = features.shape
         if batch_index is None and b != 1:
             raise ValueError("batch_index is required when the batch has several images")
@@ -408,14 +520,8 @@ class PixNet(nn.Module, DenseModel):
         weights = weights.to(device=features.device, dtype=features.dtype)
         flat = features.permute(0, 2, 3, 1).reshape(b * h * w, c)
         pooled = torch.sparse.mm(weights, flat)  # (N, C)
-        area_t = torch.as_tensor(area, dtype=features.dtype, device=features.device)[:, None]
-        bias = self._head_bias[None, :]
-        lin = pooled @ self.head.weight[:, :, 0, 0].T
-        if reduce == "mean":
-            return lin / area_t + bias
-        if reduce == "sum":
-            return lin + area_t * bias
-        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+        area_t = torch.as_tensor(area, dtype=features.dtype, device=features.device)
+        return pooled, area_t
 
 
 # ---------------------------------------------------------------------- helpers

@@ -132,8 +132,11 @@ def _dense_spots(
     batch_size: int,
     dev: torch.device,
     progress: bool,
+    *,
+    features: bool = False,
 ) -> np.ndarray:
-    """Spot means of the dense map of a crop centred on each spot."""
+    """Spot means of the dense map of a crop centred on each spot (``features``: of the
+    feature channels, ``(N, C)``, for another head: zero-shot genes)."""
     from tqdm.auto import tqdm
 
     from .config import TrainConfig
@@ -164,7 +167,8 @@ def _dense_spots(
         mean=mean,
         std=std,
     )
-    out = np.zeros((len(dataset), len(genes)), dtype=np.float32)
+    width = int(model.feature_dim) if features else len(genes)
+    out = np.zeros((len(dataset), width), dtype=np.float32)
     size = dataset.config.size_px
     items = range(len(dataset))
     batches = [list(items[i : i + batch_size]) for i in range(0, len(dataset), batch_size)]
@@ -175,9 +179,12 @@ def _dense_spots(
             # the anchor spot sits at the crop centre (pixel-centre convention of PixNet)
             centres = torch.full((len(idx), 2), size / 2.0 - 0.5)
             radii = torch.full((len(idx),), float(dataset.spot_radius_um(0) / mpp))
-            pred = model.spot_predictions(
-                feats, centres, radii, images.shape[-2:], batch_index=torch.arange(len(idx))
-            )
+            where = (feats, centres, radii, images.shape[-2:])
+            if features:
+                sums, area = model.spot_feature_sums(*where, batch_index=torch.arange(len(idx)))
+                out[idx] = (sums / area[:, None]).float().cpu().numpy()
+                continue
+            pred = model.spot_predictions(*where, batch_index=torch.arange(len(idx)))
             out[idx] = pred.float().cpu().numpy()
     return out
 
@@ -265,6 +272,26 @@ def _spot_graph_spots(
     with torch.inference_mode():
         W, b = model.slide_gene_head(nodes)
     return (feats.detach().double().cpu().numpy() @ W + b).astype(np.float32)
+
+
+def dense_spot_features(
+    model: Any,
+    meta: dict[str, Any],
+    section: Section,
+    *,
+    device: str = "auto",
+    batch_size: int = 16,
+    progress: bool = False,
+) -> np.ndarray:
+    """A dense model's spot means of its feature channels ``(N, C)`` (as its spot
+    evaluation reads the map; any head ``W (C, k)``, ``b`` then gives ``feats @ W + b``)."""
+    from ..devices import resolve_device
+
+    if not callable(getattr(model, "spot_feature_sums", None)):
+        raise TypeError(f"{type(model).__name__} has no spot_feature_sums()")
+    return _dense_spots(
+        model, meta, section, batch_size, resolve_device(device), progress, features=True
+    )
 
 
 def spot_graph_features(

@@ -124,7 +124,12 @@ def evaluate_unseen(
     from ..expression import expression_matrix
     from ..metrics import aggregate_folds, evaluate_predictions
     from ..models.checkpoint import load_checkpoint
-    from .evaluate import check_genes, predict_section_spots, spot_graph_features
+    from .evaluate import (
+        check_genes,
+        dense_spot_features,
+        predict_section_spots,
+        spot_graph_features,
+    )
 
     model, meta = load_checkpoint(run_dir)
     seen = list(meta["genes"])
@@ -166,12 +171,15 @@ def evaluate_unseen(
             continue
         spot_graph = getattr(model, "needs_slide_context", False)
         if spot_graph and model.input_spec().context == "spots":
-            feats, nodes = spot_graph_features(model, meta, section, dev, feature_cache)
+            feats_t, nodes = spot_graph_features(model, meta, section, dev, feature_cache)
+            feats = feats_t.detach().double().cpu().numpy()
+        elif model.kind == "dense":  # PixNet's text head: the same columns on every slide
+            feats, nodes = dense_spot_features(model, meta, section, device=device), None
         else:  # pragma: no cover - no such zero-shot model yet
             raise TypeError(f"zero-shot evaluation of {meta['model']!r} is not supported")
         with torch.inference_mode():
             W, b = model.unseen_gene_head(unseen, nodes=nodes, descriptions=descriptions)
-        pred = (feats.detach().double().cpu().numpy() @ W + b).astype(np.float32)
+        pred = (np.asarray(feats, dtype=np.float64) @ W + b).astype(np.float32)
         own[section.name] = evaluate_predictions(pred, true, unseen, section=section.name)
 
     def block(results: dict[str, Any]) -> dict[str, Any] | None:

@@ -17,7 +17,9 @@ Choices the paper leaves open (all in :class:`~..config.TrainConfig`):
   (:data:`PIXNET_CPU_DEFAULTS`; paper 512 channels down to stride 2); encoder the offline
   ImageNet EfficientNet-Lite0 (paper: ResNet18; see :data:`PIXNET_CPU_DEFAULTS`).
 * The head bias starts at the training mean of each gene, so the model starts from the
-  mean predictor (MSE ≈ variance) instead of from 0.
+  mean predictor (MSE ≈ variance) instead of from 0. With the text head (``--model-config
+  '{"head": "text"}'``) the genes' descriptions are embedded first (as for HAGE) and the
+  bias row of the projection is fitted to those means.
 * Colour augmentation: mild per-crop brightness/contrast/saturation jitter (stain
   variation between sections) drawn from a generator seeded with ``config.seed`` (its state
   is part of the resume state), plus the dataset's dihedral flips/rotations.
@@ -147,6 +149,11 @@ class PixNetTask(GradientTask):
             std=(1.0, 1.0, 1.0),
         )
         model = cast("PixNet", build_model(config.model, self.model_settings(genes)))
+        self.gene_record: dict[str, Any] | None = None
+        if model.config.head == "text":  # the columns come from the genes' descriptions
+            from ..frozen_features import embed_genes
+
+            self.gene_record = embed_genes(model, genes, self.log, who=config.model)
         model.init_head_bias(self.dataset.all_targets().mean(axis=0))
         model.set_genes(genes, working_mpp=config.mpp)
         model.to(self.device)
@@ -266,6 +273,7 @@ class PixNetTask(GradientTask):
             "microns_per_pixel": config.mpp,
             "crop_um": config.crop_um,
             "sections": self.sections,
+            **({"gene_embeddings": self.gene_record} if self.gene_record else {}),
         }
 
 
