@@ -397,6 +397,27 @@ def her2st_widget_screenshots(cv_dir: Path, out: Path) -> list[Path]:
 SPOT_RUNS = ("hage", "dkan")
 
 
+def _open_and_predict(viewer: Any, w: Any, docks: Any, h5ad: Path, run: Path, name: str) -> Any:
+    """Open the section ``h5ad`` (slide + measured spots), predict its whole slide with
+    ``run`` through the Predict widget on the CPU; returns the measured-spots layer."""
+    from napari_histoexpress.widgets import _common
+
+    layers = viewer.open(str(h5ad), plugin="napari-histoexpress")
+    (slide,) = [layer for layer in layers if _common.is_slide_layer(layer)]
+    points = next(layer for layer in layers if type(layer).__name__ == "Points")
+    predict = w["Predict"]
+    _show_dock(docks, "Predict")
+    predict.set_run_dir(run)
+    predict.device_combo.setCurrentText("cpu")
+    predict.restart_check.setChecked(True)
+    predict.predict_button.click()
+    _wait_until(lambda: not predict.busy, f"the {name} prediction")
+    if _common.slide_map(slide) is None:
+        raise RuntimeError(f"{name} prediction failed: {predict.status_label.text()}")
+    print(f"Predict widget: {predict.status_label.text()}")
+    return points
+
+
 def spot_run_screenshots(cv_dir: Path, out: Path, label: str = "hage") -> list[Path]:
     """The spot-model run ``label`` of fold C2 (``cv_dir/LABEL/fold-C2``, trained on C3–C6:
     HAGE, DKAN) predicts the whole of C2 through the Predict widget (DKAN: both passes);
@@ -404,7 +425,6 @@ def spot_run_screenshots(cv_dir: Path, out: Path, label: str = "hage") -> list[P
     from the map; Export writes them to ``.h5ad`` (into the temporary project folder:
     ``HISTOEXPRESS_HOME`` is a temporary folder). Writes ``widget_LABEL_genes.png`` and
     ``widget_LABEL_spots.png``."""
-    from napari_histoexpress.widgets import _common
 
     name = label.upper()
     h5ad, run = cv_dir / "C2.h5ad", cv_dir / label / "fold-C2"
@@ -414,19 +434,7 @@ def spot_run_screenshots(cv_dir: Path, out: Path, label: str = "hage") -> list[P
     viewer, w, docks = _widget_viewer()
     paths: list[Path] = []
     try:
-        layers = viewer.open(str(h5ad), plugin="napari-histoexpress")
-        (slide,) = [layer for layer in layers if _common.is_slide_layer(layer)]
-        points = next(layer for layer in layers if type(layer).__name__ == "Points")
-        predict = w["Predict"]
-        _show_dock(docks, "Predict")
-        predict.set_run_dir(run)
-        predict.device_combo.setCurrentText("cpu")
-        predict.restart_check.setChecked(True)
-        predict.predict_button.click()
-        _wait_until(lambda: not predict.busy, f"the {name} prediction")
-        if _common.slide_map(slide) is None:
-            raise RuntimeError(f"{name} prediction failed: {predict.status_label.text()}")
-        print(f"Predict widget: {predict.status_label.text()}")
+        points = _open_and_predict(viewer, w, docks, h5ad, run, name)
 
         world = points.data * np.asarray(points.scale)
         centre = tuple(world.mean(axis=0))
@@ -478,7 +486,6 @@ def zero_shot_screenshot(cv_dir: Path, out: Path, label: str = ZERO_SHOT_RUN) ->
     in the Zero-shot widget the user types a description of a gene the model never trained
     on (MUCL1, rank 8) and sees its dense map and its PCC against C2's measured spots.
     Writes ``widget_zero_shot.png``."""
-    from napari_histoexpress.widgets import _common
 
     h5ad, run = cv_dir / "C2.h5ad", cv_dir / label / "fold-C2"
     for need in (h5ad, run / "config.json"):
@@ -486,19 +493,7 @@ def zero_shot_screenshot(cv_dir: Path, out: Path, label: str = ZERO_SHOT_RUN) ->
             raise FileNotFoundError(f"{need}: not found (run benchmarks/her2st_cv.py first)")
     viewer, w, docks = _widget_viewer()
     try:
-        layers = viewer.open(str(h5ad), plugin="napari-histoexpress")
-        (slide,) = [layer for layer in layers if _common.is_slide_layer(layer)]
-        points = next(layer for layer in layers if type(layer).__name__ == "Points")
-        predict = w["Predict"]
-        _show_dock(docks, "Predict")
-        predict.set_run_dir(run)
-        predict.device_combo.setCurrentText("cpu")
-        predict.restart_check.setChecked(True)
-        predict.predict_button.click()
-        _wait_until(lambda: not predict.busy, "the ALIGN-ST prediction")
-        if _common.slide_map(slide) is None:
-            raise RuntimeError(f"prediction failed: {predict.status_label.text()}")
-        print(f"Predict widget: {predict.status_label.text()}")
+        points = _open_and_predict(viewer, w, docks, h5ad, run, "ALIGN-ST")
         zero = w["Zero-shot"]
         _show_dock(docks, "Zero-shot")
         zero.search_bank("mucin")

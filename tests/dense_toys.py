@@ -129,3 +129,31 @@ class TinyDense(ToyDense):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         self.n_tiles_seen += x.shape[0]
         return self.body(x)
+
+
+#: the genes :func:`align_st_sample_run` trains on (the sample's collagens, keratins, ...)
+ALIGN_ST_SEEN = ["COL1A1", "COL1A2", "COL3A1", "FN1", "KRT8", "KRT18", "EPCAM", "PTPRC"]
+
+
+def align_st_sample_run(root, epochs: int = 20):  # type: ignore[no-untyped-def]
+    """A tiny ALIGN-ST run on the synthetic sample (``root/run``, trained on
+    :data:`ALIGN_ST_SEEN`) and its whole-slide map predicted from the run as a user does
+    (``root/map.zarr``); returns the sample's section."""
+    from napari_histoexpress.inference.predict_run import predict_with_run
+    from napari_histoexpress.io.synthetic import sample_paths
+    from napari_histoexpress.training.config import TrainConfig
+    from napari_histoexpress.training.sections import load_section
+    from napari_histoexpress.training.train import train
+
+    section = load_section(sample_paths()["spots"])
+    cfg = TrainConfig.for_model(
+        "align-st",
+        device="cpu",
+        epochs=epochs,
+        lr=2e-3,
+        feature_cache=str(root / "features"),
+        model_config=dict(TINY_ALIGN_ST),
+    )
+    train([section], root / "run", cfg, genes=ALIGN_ST_SEEN, progress=False, log=lambda _: None)
+    predict_with_run(root / "run", sample_paths()["image"], root / "map.zarr", device="cpu")
+    return section

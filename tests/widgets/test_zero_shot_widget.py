@@ -14,38 +14,22 @@ import pytest
 # see test_genes_widget.py: torch's LLVM before any viewer
 import timm  # noqa: F401
 
-from dense_toys import TINY_ALIGN_ST
+from dense_toys import ALIGN_ST_SEEN, align_st_sample_run
 from napari_histoexpress.inference.map_store import DenseMapStore
 from napari_histoexpress.widgets import _common
 from napari_histoexpress.widgets._genes import GENE_ROLE, GenesWidget
 from napari_histoexpress.widgets._zero_shot import SYMBOL_ROLE, ZeroShotWidget
 
 PLUGIN = "napari-histoexpress"
-SEEN = ["COL1A1", "COL1A2", "COL3A1", "FN1", "KRT8", "KRT18", "EPCAM", "PTPRC"]
+SEEN = ALIGN_ST_SEEN
 TEXT = "small leucine-rich proteoglycan of the stromal extracellular matrix that binds collagen"
 
 
 @pytest.fixture(scope="module")
 def align_st(tmp_path_factory):
     """A tiny ALIGN-ST run on the sample and its whole-slide map."""
-    from napari_histoexpress.inference.predict_run import predict_with_run
-    from napari_histoexpress.io.synthetic import sample_paths
-    from napari_histoexpress.training.config import TrainConfig
-    from napari_histoexpress.training.sections import load_section
-    from napari_histoexpress.training.train import train
-
     root = tmp_path_factory.mktemp("zero_shot_widget")
-    section = load_section(sample_paths()["spots"])
-    cfg = TrainConfig.for_model(
-        "align-st",
-        device="cpu",
-        epochs=20,
-        lr=2e-3,
-        feature_cache=str(root / "features"),
-        model_config=dict(TINY_ALIGN_ST),
-    )
-    train([section], root / "run", cfg, genes=SEEN, progress=False, log=lambda _: None)
-    predict_with_run(root / "run", sample_paths()["image"], root / "map.zarr", device="cpu")
+    align_st_sample_run(root)
     return root
 
 

@@ -239,12 +239,12 @@ def _spot_model_spots(
     return out
 
 
-def _cached_feature_spots(
+def _frozen_spot_features(
     model: Any, meta: dict[str, Any], section: Section, dev: torch.device, feature_cache: str
 ) -> np.ndarray:
-    """A frozen-encoder spot model's predictions from its spot features, read from (or
-    written to) the feature cache: ``encode_spots(features=...)``, then the gene head."""
-    from ..models.base import SpotInputs
+    """The raw frozen-encoder features of the section's spots (stain-normalised as the run
+    was trained), through the feature cache unless ``feature_cache == "none"``; the model
+    placed on ``dev``."""
     from .frozen_features import section_features
 
     spec = model.input_spec()
@@ -257,6 +257,17 @@ def _cached_feature_spots(
         normalizers=[normalizer],
         progress=False,
     )
+    return raw
+
+
+def _cached_feature_spots(
+    model: Any, meta: dict[str, Any], section: Section, dev: torch.device, feature_cache: str
+) -> np.ndarray:
+    """A frozen-encoder spot model's predictions from its spot features, read from (or
+    written to) the feature cache: ``encode_spots(features=...)``, then the gene head."""
+    from ..models.base import SpotInputs
+
+    raw = _frozen_spot_features(model, meta, section, dev, feature_cache)
     W, b = model.gene_head()
     with torch.inference_mode():
         feats = model.encode_spots(SpotInputs(features=torch.from_numpy(raw)))
@@ -302,18 +313,9 @@ def spot_graph_features(
     unless ``feature_cache == "none"``) as the slide's nodes
     (:func:`~.frozen_features.spot_nodes`), then
     :meth:`~..models.base.SpotModel.slide_context`."""
-    from .frozen_features import section_features, spot_nodes
+    from .frozen_features import spot_nodes
 
-    spec = model.input_spec()
-    _place(model, dev)
-    normalizer = section_stain(meta, section, mpp=float(spec.mpp), size_px=int(spec.patch_px))
-    (raw,) = section_features(
-        [section.pair()],
-        model.loaded_encoder(),
-        feature_cache=feature_cache,
-        normalizers=[normalizer],
-        progress=False,
-    )
+    raw = _frozen_spot_features(model, meta, section, dev, feature_cache)
     nodes = spot_nodes(section.pair(), raw, float(model.lattice_pitch_um))
     nodes.features = nodes.features.to(dev)
     with torch.inference_mode():
