@@ -212,3 +212,28 @@ def test_the_kept_state_gives_the_same_columns_as_the_nodes() -> None:
     assert W.shape[1] == 3
     without = _model(use_prompts=False)
     assert without.slide_state(_nodes(without))["prompts"].size == 0
+
+
+def test_a_finer_lattice_is_split_into_offset_lattices() -> None:
+    """At half the training pitch the nodes form 4 offset lattices at the training pitch;
+    the patch graph stays within each (the geometry the model was trained on)."""
+    model = _model(knn_spatial=2, knn_feature=2)  # trained pitch 100 µm
+    rr, cc = np.mgrid[0:6, 0:6]
+    rc = np.stack([rr.ravel(), cc.ravel()], axis=1)
+    feats = np.random.default_rng(0).normal(size=(len(rc), model.node_feature_dim))
+    nodes = LatticeNodes(
+        features=torch.from_numpy(feats.astype(np.float32)),
+        positions_um=torch.from_numpy(rc[:, ::-1] * 50.0),
+        grid_rc=torch.from_numpy(rc),
+        lattice_shape=(6, 6),
+        pitch_um=50.0,
+    )
+    groups = model.offset_lattices(nodes)
+    assert groups is not None and sorted(set(groups.tolist())) == [0, 1, 2, 3]
+    edges = model.patch_graph(nodes.features, nodes.positions_um, groups=groups)
+    assert (groups[edges[0]] == groups[edges[1]]).all() and edges.shape[1] > 0
+    with torch.no_grad():
+        out = model.slide_context(nodes)
+    assert out.shape == (36, model.feature_dim) and torch.isfinite(out).all()
+    nodes.pitch_um = 100.0
+    assert model.offset_lattices(nodes) is None

@@ -133,6 +133,28 @@ def test_whole_slide_two_pass_prediction_with_the_slides_head(
     result = compare(store, sample_section.adata)
     assert result.pcc_of("COL1A1") > 0.3
 
+    # a finer map: half the training pitch, four offset lattices in one head
+    fine = predict_lattice(
+        model,
+        sample_section.slide,
+        tmp_path / "fine.zarr",
+        device="cpu",
+        build_pyramid=False,
+        pitch_um=model.lattice_pitch_um / 2,
+    )
+    assert fine.status == "complete"
+    fine_store = DenseMapStore.open(tmp_path / "fine.zarr")
+    assert fine_store.map_shape[0] >= 2 * store.map_shape[0] - 1
+    assert compare(fine_store, sample_section.adata).pcc_of("COL1A1") > 0.3
+    with pytest.raises(ValueError, match="divided by a whole number"):
+        predict_lattice(
+            model,
+            sample_section.slide,
+            tmp_path / "odd.zarr",
+            device="cpu",
+            pitch_um=model.lattice_pitch_um / 1.5,
+        )
+
 
 def test_cli_train_evaluate_predict(tmp_path: Path, capsys) -> None:
     """``histoexpress train/evaluate/predict --model align-st`` on the sample, as a user runs

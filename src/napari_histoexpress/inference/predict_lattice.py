@@ -192,6 +192,19 @@ def default_pitch_um(spec: InputSpec) -> float:
     return spec.patch_um / 2.0
 
 
+def _pitch_fits(model: SpotModel, pitch_px: int, own_px: float) -> bool:
+    """Whether a lattice of ``pitch_px`` working pixels suits a model trained at ``own_px``:
+    the same (rounded), or — for models with :attr:`~..models.base.SpotModel.
+    lattice_subdivisions` — a whole factor ``K`` finer, ``K · pitch_px`` within 2 % of the
+    trained pitch (rounding to whole pixels)."""
+    if pitch_px == max(1, round(own_px)):
+        return True
+    if not model.lattice_subdivisions:
+        return False
+    k = round(own_px / pitch_px)
+    return k >= 1 and abs(k * pitch_px - own_px) <= 0.02 * own_px
+
+
 def _require_spot(model: Any) -> None:
     if not isinstance(model, SpotModel):
         raise TypeError(
@@ -240,10 +253,16 @@ def plan_lattice(
         raise ValueError(f"chunk_nodes must be positive, got {chunk_nodes!r}")
     work_mpp = float(spec.mpp)
     lattice = lattice_grid(slide.shape, float(slide.mpp), work_mpp, pitch)
-    if own is not None and lattice.pitch_px != max(1, round(float(own) / work_mpp)):
+    if own is not None and not _pitch_fits(model, lattice.pitch_px, float(own) / work_mpp):
+        finer = (
+            ", or that pitch divided by a whole number (finer maps)"
+            if model.lattice_subdivisions
+            else ""
+        )
         raise ValueError(
             f"{type(model).__name__} was trained on a lattice of {float(own):g} µm pitch "
-            f"(its neighbours are lattice nodes); predict with that pitch, not {pitch:g} µm"
+            f"(its neighbours are lattice nodes); predict with that pitch{finer}, "
+            f"not {pitch:g} µm"
         )
     pitch_px, f = lattice.pitch_px, lattice.factor
     h_work, w_work = lattice.working_shape

@@ -529,11 +529,25 @@ class AlignST(FrozenPatchModel):
 
     # ------------------------------------------------------------------ graph
     def patch_graph(
-        self, raw: torch.Tensor, positions_um: torch.Tensor, senders: torch.Tensor | None = None
+        self,
+        raw: torch.Tensor,
+        positions_um: torch.Tensor,
+        senders: torch.Tensor | None = None,
+        groups: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``(2, E)`` edges: each node's ``knn_spatial`` nearest by position ∪ its
         ``knn_feature`` most cosine-similar by standardised frozen features (duplicates
-        removed; ``senders``: only those nodes send)."""
+        removed; ``senders``: only those nodes send; ``groups (N,)``: edges only within a
+        group — the offset lattices of a map finer than the training pitch)."""
+        if groups is not None:
+            parts = []
+            for g in torch.unique(groups):
+                idx = torch.nonzero(groups == g).ravel()
+                sub = None if senders is None else senders[idx]
+                e = self.patch_graph(raw[idx], positions_um[idx.to(positions_um.device)], sub)
+                parts.append(idx.to(e.device)[e])
+            edges = torch.cat(parts, dim=1) if parts else torch.zeros(2, 0, dtype=torch.long)
+            return edges
         cfg = self.config
         x = self._standardised(raw)
         pos = positions_um.to(x.device).double()
@@ -564,14 +578,16 @@ class AlignST(FrozenPatchModel):
         edges: torch.Tensor | None = None,
         senders: torch.Tensor | None = None,
         block: int | None = None,
+        groups: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, SlideStream]:
         """``(F^v (N, embed_dim), F^g (G, embed_dim), stream)`` of a slide's nodes; ``ŷ =
-        F^v F^gᵀ``. ``edges``: a precomputed :meth:`patch_graph`."""
+        F^v F^gᵀ``. ``edges``: a precomputed :meth:`patch_graph` (else built, within
+        ``groups`` when given)."""
         raw = raw.to(self.feature_mean.device)
         H = self.node_inputs(raw)
         stream = self.image_stream(H, senders=senders, block=block)
         if edges is None:
-            edges = self.patch_graph(raw, positions_um, senders)
+            edges = self.patch_graph(raw, positions_um, senders, groups)
         fv = self.graph_features(stream.V, edges)
         return fv, self.gene_embeddings(stream), stream
 
@@ -599,9 +615,26 @@ class AlignST(FrozenPatchModel):
             nodes.positions_um,
             senders=senders,
             block=None if grad else self.config.inference_block,
+            groups=self.offset_lattices(nodes),
         )
         self._memo = (inputs, (fv, fg), versions) if cacheable else None
         return fv, fg
+
+    lattice_subdivisions = True
+
+    def offset_lattices(self, nodes: LatticeNodes) -> torch.Tensor | None:
+        """For a lattice ``K`` times finer than the training pitch (``K = round(pitch_um /
+        nodes.pitch_um) > 1``): each node's offset lattice ``(row mod K)·K + col mod K`` —
+        ``K²`` lattices at the training pitch, each its own patch graph (the geometry the
+        model was trained on), all in one image stream (one set of prompts, one head).
+        ``None`` at the training pitch."""
+        if not nodes.pitch_um or len(nodes) == 0:
+            return None
+        k = round(self.lattice_pitch_um / float(nodes.pitch_um))
+        if k <= 1:
+            return None
+        rc = nodes.grid_rc.long()
+        return (rc[:, 0] % k) * k + rc[:, 1] % k
 
     def slide_context(self, nodes: LatticeNodes) -> torch.Tensor:
         """Pass 2: ``F^v (N, embed_dim)`` of every node of the slide."""

@@ -393,6 +393,11 @@ class SpotModel(HistoModel):
         without slide context (the default) has no use for the nodes: ``TypeError``."""
         raise TypeError(f"{type(self).__name__} has no slide context (needs_slide_context)")
 
+    #: True when a lattice finer than :attr:`lattice_pitch_um` by a whole factor ``K``
+    #: works too (the model splits it into ``K²`` offset lattices at its own pitch:
+    #: ALIGN-ST); False (default): only the model's own pitch
+    lattice_subdivisions: ClassVar[bool] = False
+
     @property
     def lattice_pitch_um(self) -> float | None:
         """The lattice pitch the model was trained on (models with slide context: their
