@@ -91,7 +91,13 @@ def test_train_records_the_losses_and_evaluates(trained, sample_section) -> None
 
 @pytest.mark.parametrize(
     "ablation",
-    [{"use_nuclei": False}, {"use_prompts": False}, {"use_asig": False}, {"alpha": 0.0}],
+    [
+        {"use_nuclei": False},
+        {"use_prompts": False},
+        {"use_asig": False},
+        {"alpha": 0.0},
+        {"genes_per_step": 3},
+    ],
 )
 def test_ablations_train(sample_section, features: Path, tmp_path: Path, ablation) -> None:
     from napari_histoexpress.models.checkpoint import load_checkpoint
@@ -194,7 +200,7 @@ def test_bf16_autocast_training_runs(sample_section, features: Path, tmp_path: P
 
     def step(self, model, batch):
         out = original(self, model, batch)
-        sec = self.sections[batch]
+        sec = self.sections[batch[0]]
         with self.autocast():
             seen.append(model.node_inputs(sec.raw).dtype)
         assert all(v.dtype == torch.float32 for v in out.values())

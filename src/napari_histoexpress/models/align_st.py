@@ -48,6 +48,9 @@ What the paper leaves open, and what this implementation chose (every choice an
   (fixed per section, so training caches the graph); edges point from neighbour to node;
   only tissue nodes send messages on a whole slide.
 * **Head**: ``b = 0`` (Eq. 9 has no bias).
+* **Genes per step** (``genes_per_step``, default ``None``: all): a training step may embed
+  a random subset of the training genes (the loss and the gene graph over them) — the text
+  stream's cost grows with the genes, and the zero-shot "rank" split trains on 750.
 * **Ablations**: ``use_nuclei=False`` (no NDA-IFE nuclei stream: ``H = h^g``),
   ``use_prompts=False`` (no prompts in either stream), ``use_asig=False``; ``alpha=0`` keeps
   the prompts but cuts the image → text fusion (the paper's "V2T").
@@ -122,6 +125,7 @@ class AlignStConfig(FrozenPatchSettings):
     inference_block: int = 1 << 24
     # training (read by the task; recorded with the model)
     pcc_weight: float = 1.0
+    genes_per_step: int | None = None
     target_sum: float = 1e4
 
     def __post_init__(self) -> None:
@@ -146,6 +150,8 @@ class AlignStConfig(FrozenPatchSettings):
             raise ValueError(f"ALIGN-ST dim ({self.dim}) must be a multiple of heads")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"ALIGN-ST alpha must be in [0, 1], got {self.alpha}")
+        if self.genes_per_step is not None and int(self.genes_per_step) < 1:
+            raise ValueError(f"ALIGN-ST genes_per_step must be >= 1, got {self.genes_per_step}")
         if self.pitch_um is not None:
             self.pitch_um = float(self.pitch_um)
             if not self.pitch_um > 0:
@@ -487,18 +493,22 @@ class AlignST(FrozenPatchModel):
         mask: torch.Tensor | None = None,
         *,
         asig_context: torch.Tensor | None = None,
+        subset: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``F^g (G, embed_dim)`` of genes with token sequences ``tokens (G, L, gene_dim)``
         and ``mask (G, L)`` (default: the model's own genes) on a slide's ``stream``:
         the text stream with that slide's prompts (Eqs. 4–5), then ASIG (Eqs. 6–8) over
         these genes — and ``asig_context`` ``Z`` rows of other genes the neighbours may come
-        from (adding genes to a finished map)."""
+        from (adding genes to a finished map). ``subset``: indices of the model's own genes
+        to embed (training with ``genes_per_step``; the gene graph is then over them)."""
         own = tokens is None
         if tokens is None or mask is None:
-            tokens, mask = self.gene_tokens, self.gene_token_mask
+            sel = slice(None) if subset is None else subset
+            tokens, mask = self.gene_tokens[sel], self.gene_token_mask[sel]
         g = self.text_stream(stream, tokens, mask)
         if own and bool(self.gene_learned.any()):
-            g = g + self.gene_offsets * self.gene_learned[:, None]
+            sel = slice(None) if subset is None else subset
+            g = g + self.gene_offsets[sel] * self.gene_learned[sel][:, None]
         z = self.asig_in(g)
         if not self.config.use_asig:
             return z
@@ -579,6 +589,7 @@ class AlignST(FrozenPatchModel):
         senders: torch.Tensor | None = None,
         block: int | None = None,
         groups: torch.Tensor | None = None,
+        subset: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, SlideStream]:
         """``(F^v (N, embed_dim), F^g (G, embed_dim), stream)`` of a slide's nodes; ``ŷ =
         F^v F^gᵀ``. ``edges``: a precomputed :meth:`patch_graph` (else built, within
@@ -589,7 +600,7 @@ class AlignST(FrozenPatchModel):
         if edges is None:
             edges = self.patch_graph(raw, positions_um, senders, groups)
         fv = self.graph_features(stream.V, edges)
-        return fv, self.gene_embeddings(stream), stream
+        return fv, self.gene_embeddings(stream, subset=subset), stream
 
     def _slide(self, nodes: LatticeNodes) -> tuple[torch.Tensor, torch.Tensor]:
         """``(F^v, F^g)`` of a slide; without gradients the last slide's result is kept (the

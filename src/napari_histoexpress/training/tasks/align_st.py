@@ -24,7 +24,8 @@ How a run goes:
 * Targets: the package's normalisation (:func:`napari_histoexpress.expression.
   expression_matrix`).
 * Each epoch visits every section once, in an order drawn from
-  ``numpy.random.default_rng((seed, epoch))``.
+  ``numpy.random.default_rng((seed, epoch))``; with the model's ``genes_per_step`` each step
+  embeds (and is scored on) that many training genes drawn from the same generator.
 * No validation split, no early stopping: a fixed number of epochs.
 * Stain as for HAGE and DKAN (reference fitted on the training sections).
 """
@@ -162,17 +163,29 @@ class AlignStTask(FrozenPatchTask):
     def steps_per_epoch(self) -> int:
         return len(self.sections)
 
-    def batches(self, epoch: int) -> Iterable[int]:
-        order = np.random.default_rng((self.config.seed, epoch)).permutation(len(self.sections))
-        yield from (int(k) for k in order)
+    def batches(self, epoch: int) -> Iterable[tuple[int, torch.Tensor | None]]:
+        rng = np.random.default_rng((self.config.seed, epoch))
+        order = rng.permutation(len(self.sections))
+        n_genes = int(self.sections[0].y.shape[1]) if self.sections else 0
+        per_step = self.model.config.genes_per_step
+        for k in order:
+            subset = None
+            if per_step is not None and per_step < n_genes:
+                picked = np.sort(rng.choice(n_genes, size=int(per_step), replace=False))
+                subset = torch.from_numpy(picked).to(self.device)
+            yield int(k), subset
 
-    def step(self, model: AlignST, batch: int) -> dict[str, torch.Tensor]:
-        sec = self.sections[batch]
+    def step(
+        self, model: AlignST, batch: tuple[int, torch.Tensor | None]
+    ) -> dict[str, torch.Tensor]:
+        k, subset = batch
+        sec = self.sections[k]
+        y = sec.y if subset is None else sec.y[:, subset]
         with self.autocast():
-            fv, fg, _ = model.forward_slide(sec.raw, sec.positions, edges=sec.edges)
+            fv, fg, _ = model.forward_slide(sec.raw, sec.positions, edges=sec.edges, subset=subset)
             pred = (fv @ fg.T).float()
-        mse = torch.nn.functional.mse_loss(pred, sec.y)
-        pcc = pcc_loss(pred, sec.y)
+        mse = torch.nn.functional.mse_loss(pred, y)
+        pcc = pcc_loss(pred, y)
         return {"loss": mse + model.config.pcc_weight * pcc, "mse": mse, "pcc": pcc}
 
     def extra(self) -> dict[str, Any]:
