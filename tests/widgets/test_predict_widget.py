@@ -457,3 +457,28 @@ def test_status_follows_a_newly_chosen_run(
 
     _choose_run(widget, stored.parent.parent / "other_run", 128)  # the stored map's run
     assert widget.status_label.text().startswith("Using stored map")
+
+
+def test_map_pitch_field_gives_a_finer_spot_model_map(
+    make_napari_viewer: Any, qtbot: Any, slide_copy: Path, tmp_path: Path, messages: dict
+) -> None:
+    """The "map pitch µm" field: empty = the model's pitch; half of ALIGN-ST's pitch gives
+    a map with twice the resolution (offset lattices); a bad value is refused by name."""
+    from dense_toys import align_st_sample_run
+    from napari_histoexpress.models.checkpoint import load_checkpoint
+
+    align_st_sample_run(tmp_path / "align", epochs=2)
+    run = tmp_path / "align" / "run"
+    model, _ = load_checkpoint(run)
+    viewer, widget = _viewer_with_widget(make_napari_viewer)
+    layer = _open(viewer, slide_copy)
+    _choose_run(widget, run, 512)
+    widget.pitch_edit.setText("abc")
+    widget.predict_button.click()
+    assert not widget.busy and '"map pitch µm" field' in messages["error"][-1]
+    widget.pitch_edit.setText(f"{model.lattice_pitch_um / 2:.4f}")
+    widget.predict_button.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    store = _common.slide_map(layer)
+    assert store is not None and store.status == "complete", widget.status_label.text()
+    assert store.attrs["lattice"]["pitch_um"] == pytest.approx(model.lattice_pitch_um / 2, rel=0.02)

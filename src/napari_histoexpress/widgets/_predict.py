@@ -26,6 +26,7 @@ tissue. Errors use GUI words (a map made with another tile size: "tick Start ove
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -79,6 +80,7 @@ def _predict_generator(
     tile_px: int,
     stop: threading.Event,
     resume: bool = True,
+    pitch_um: float | None = None,
 ) -> Any:
     """Generator run by the worker: yields ``(done, total)``, returns ``{"report": ...}`` or
     ``{"error": exception}``.
@@ -105,6 +107,7 @@ def _predict_generator(
                 progress=lambda done, total: updates.put((done, total)),
                 should_stop=stop.is_set,
                 resume=resume,
+                pitch_um=pitch_um,
             )
         except Exception as exc:  # handed to the GUI thread, shown by the widget
             outcome["error"] = exc
@@ -159,6 +162,13 @@ class PredictWidget(QWidget):
         self.tile_spin.setSingleStep(64)
         self.tile_spin.setValue(DEFAULT_TILE_PX)
         self.tile_spin.setToolTip("tile core side in working pixels (a multiple of 32)")
+        self.pitch_edit = QLineEdit()
+        self.pitch_edit.setPlaceholderText("the model's")
+        self.pitch_edit.setToolTip(
+            "spot models only: the map's pixel in µm (empty: the model's own; ALIGN-ST also "
+            "takes its pitch divided by a whole number for finer maps); dense models keep "
+            "their stride"
+        )
         self.restart_check = QCheckBox("Start over (discard finished tiles)")
         self.restart_check.setToolTip(
             "Replace this slide's existing map for the run instead of resuming it "
@@ -186,6 +196,7 @@ class PredictWidget(QWidget):
         form.addRow("", self.demo_warning)
         form.addRow("device", self.device_combo)
         form.addRow("tile px", self.tile_spin)
+        form.addRow("map pitch µm", self.pitch_edit)
         form.addRow("", self.restart_check)
         form.addRow("map store", self.out_label)
         buttons = QHBoxLayout()
@@ -253,6 +264,7 @@ class PredictWidget(QWidget):
             self.demo_button,
             self.device_combo,
             self.tile_spin,
+            self.pitch_edit,
             self.restart_check,
             self.mpp_edit,
         ):
@@ -413,6 +425,22 @@ class PredictWidget(QWidget):
         except Exception as exc:
             _common.notify_error(exc)
 
+    def pitch_um(self) -> float | None:
+        """The typed map pitch in µm (``None`` when empty: the model's own)."""
+        text = self.pitch_edit.text().strip()
+        if not text:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            self.pitch_edit.setFocus()
+            raise HistoExpressError(
+                f'The "map pitch µm" field must be a positive number of µm (or empty), got {text!r}'
+            )
+        return value
+
     def set_run_dir(self, path: str | Path) -> None:
         self.run_edit.setText(str(path))
         self._on_run_changed()
@@ -541,6 +569,7 @@ class PredictWidget(QWidget):
             tile_px = int(self.tile_spin.value())
             if tile_px % 32:
                 raise HistoExpressError(f"Tile px must be a multiple of 32, got {tile_px}")
+            pitch_um = self.pitch_um()
             out = self.output_path(create=True)
             assert out is not None
         except Exception as exc:
@@ -560,7 +589,7 @@ class PredictWidget(QWidget):
         verb = "Predicting" if resume else "Predicting afresh"
         self._set_status(f"{verb} {layer.name} with {run.name} → {out}")
         worker = thread_worker(_predict_generator, start_thread=False, ignore_errors=True)(
-            run, slide, out, mpp, device, tile_px, self._stop, resume
+            run, slide, out, mpp, device, tile_px, self._stop, resume, pitch_um
         )
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_returned)
