@@ -36,6 +36,8 @@ LITE0 = ["--backbone", "tf_efficientnet_lite0", "--pretrained", "imagenet"]
 PIXNET_R18 = ["--model", "pixnet", "--backbone", "resnet18"]
 TEXT_RANK = ["--head", "text", "--zero-shot", "rank"]  # PixNet's text head, zero-shot
 TEXT_5FOLD = ["--head", "text", "--zero-shot", "5-fold"]
+# the rank split trains on 750 genes: 250 of them per step keeps a step the supervised run's cost
+GENES_250 = ["--model-config", '{"genes_per_step": 250}']
 B64 = ["--batch-size", "64"]  # HAGE with 4x the paper's steps: 723 training spots per fold
 DEFAULT_RUNS = (
     Run("pixnet-resnet18", PIXNET_R18),
@@ -58,7 +60,7 @@ DEFAULT_RUNS = (
     Run("dkan-fixed-weights", ["--model", "dkan", "--model-config", '{"adaptive_weights": false}']),
     Run("dkan-image-head", ["--model", "dkan", "--model-config", '{"store": "image_head"}']),
     Run("align-st", ["--model", "align-st"]),
-    Run("align-st-zero-shot-rank", ["--model", "align-st", "--zero-shot", "rank"]),
+    Run("align-st-zero-shot-rank", ["--model", "align-st", "--zero-shot", "rank", *GENES_250]),
     Run("align-st-zero-shot-5fold", ["--model", "align-st", "--zero-shot", "5-fold"]),
     Run("align-st-no-nuclei", ["--model", "align-st", "--model-config", '{"use_nuclei": false}']),
     Run("align-st-no-prompts", ["--model", "align-st", "--model-config", '{"use_prompts": false}']),

@@ -277,7 +277,7 @@ class AlignST(FrozenPatchModel):
         assert cfg.image_dim is not None and cfg.gene_dim is not None
         self.genes: list[str] = []
         self._precision = "fp32"
-        self._memo: tuple[Any, tuple[torch.Tensor, torch.Tensor], Any] | None = None
+        self._memo: tuple[Any, tuple[torch.Tensor, torch.Tensor, SlideStream], Any] | None = None
         self.encoder = self.frozen_encoder().build()
         D, dg, d, De, G, L = (
             int(cfg.image_dim),
@@ -602,10 +602,10 @@ class AlignST(FrozenPatchModel):
         fv = self.graph_features(stream.V, edges)
         return fv, self.gene_embeddings(stream, subset=subset), stream
 
-    def _slide(self, nodes: LatticeNodes) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(F^v, F^g)`` of a slide; without gradients the last slide's result is kept (the
-        memo holds its tensors, so an identical call — :meth:`slide_context` then
-        :meth:`slide_gene_head` on the same nodes — reuses it)."""
+    def _slide(self, nodes: LatticeNodes) -> tuple[torch.Tensor, torch.Tensor, SlideStream]:
+        """``(F^v, F^g, stream)`` of a slide; without gradients the last slide's result is
+        kept (the memo holds its tensors, so an identical call — :meth:`slide_context`, then
+        :meth:`slide_gene_head` and :meth:`slide_state` on the same nodes — reuses it)."""
         grad = torch.is_grad_enabled()
         inputs = (nodes.features, nodes.positions_um, nodes.tissue, self.training)
         versions = tuple(_version(t) for t in inputs[:3])  # in-place edits invalidate
@@ -621,15 +621,15 @@ class AlignST(FrozenPatchModel):
         ):
             return memo[1]
         senders = None if nodes.tissue is None else nodes.tissue.to(nodes.features.device)
-        fv, fg, _ = self.forward_slide(
+        result = self.forward_slide(
             nodes.features,
             nodes.positions_um,
             senders=senders,
             block=None if grad else self.config.inference_block,
             groups=self.offset_lattices(nodes),
         )
-        self._memo = (inputs, (fv, fg), versions) if cacheable else None
-        return fv, fg
+        self._memo = (inputs, result, versions) if cacheable else None
+        return result
 
     lattice_subdivisions = True
 
@@ -726,11 +726,8 @@ class AlignST(FrozenPatchModel):
         """What adding genes to this slide needs: the visual prompts after each image layer
         (``prompts (layers, n_prompts, dim)``; none without prompts) and the model's genes'
         ASIG vectors on this slide (``asig_z (G, embed_dim)``)."""
-        device = self.feature_mean.device
         with torch.no_grad():
-            raw = nodes.features.to(device)
-            senders = None if nodes.tissue is None else nodes.tissue.to(device)
-            stream = self.image_stream(self.node_inputs(raw), senders=senders)
+            stream = self._slide(nodes)[2]  # pass 2's image stream, not a second one
             own = self.text_stream(stream, self.gene_tokens, self.gene_token_mask)
             if bool(self.gene_learned.any()):
                 own = own + self.gene_offsets * self.gene_learned[:, None]
@@ -767,7 +764,7 @@ class AlignST(FrozenPatchModel):
 
     def predict_slide(self, nodes: LatticeNodes) -> torch.Tensor:
         """``ŷ (N, G) = F^v F^gᵀ`` (Eq. 9)."""
-        fv, fg = self._slide(nodes)
+        fv, fg, _ = self._slide(nodes)
         return fv @ fg.T
 
     # ------------------------------------------------------------------ housekeeping

@@ -188,6 +188,15 @@ def check_gene_head(
     return W, b
 
 
+def copy_gene_vectors(buffer: torch.Tensor, vectors: np.ndarray) -> None:
+    """Copy a gene memory ``vectors (G, gene_dim)`` into the model's ``buffer`` (same
+    shape, else ``ValueError``; on the buffer's device)."""
+    v = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
+    if tuple(v.shape) != tuple(buffer.shape):
+        raise ValueError(f"gene vectors must be {tuple(buffer.shape)}, got {tuple(v.shape)}")
+    buffer.copy_(v.to(buffer.device))
+
+
 class HistoModel(abc.ABC):
     """Base of every registered model (see the module docstring).
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import InputSpec, SpotModel
+from .base import InputSpec, SpotModel, copy_gene_vectors
 
 if TYPE_CHECKING:
     from typing import Self
@@ -142,13 +142,9 @@ class FrozenPatchModel(nn.Module, SpotModel):
     def set_gene_vectors(self, vectors: np.ndarray, learned: np.ndarray | None = None) -> None:
         """The gene memory: ``(G, gene_dim)`` vectors (rows of ``learned`` genes become
         trainable through ``gene_offsets``)."""
-        v = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
-        if tuple(v.shape) != tuple(self.gene_vectors.shape):
-            raise ValueError(
-                f"gene vectors must be {tuple(self.gene_vectors.shape)}, got {tuple(v.shape)}"
-            )
-        self.gene_vectors.copy_(v)
-        mask = np.zeros(len(v), bool) if learned is None else np.asarray(learned, bool)
+        copy_gene_vectors(self.gene_vectors, vectors)
+        n = len(self.gene_vectors)
+        mask = np.zeros(n, bool) if learned is None else np.asarray(learned, bool)
         self.gene_learned.copy_(torch.as_tensor(mask))
 
     # ------------------------------------------------------------------ interface

@@ -84,7 +84,7 @@ from torch import nn
 
 from ..geometry import circle_pixel_weights
 from ..models.backbones import backbone_transform_stats, create_backbone
-from ..models.base import DenseModel, InputSpec, check_gene_head
+from ..models.base import DenseModel, InputSpec, check_gene_head, copy_gene_vectors
 from ..models.pretrained import resolve_pretrained
 from ..models.registry import register_model
 
@@ -370,12 +370,7 @@ class PixNet(nn.Module, DenseModel):
             raise TypeError("set_gene_vectors needs PixNet's text head (head='text')")
         if learned is not None and np.asarray(learned, bool).any():
             raise ValueError("PixNet's text head needs a description of every gene")
-        v = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
-        if tuple(v.shape) != tuple(self.gene_vectors.shape):
-            raise ValueError(
-                f"gene vectors must be {tuple(self.gene_vectors.shape)}, got {tuple(v.shape)}"
-            )
-        self.gene_vectors.copy_(v.to(self.gene_vectors.device))
+        copy_gene_vectors(self.gene_vectors, vectors)
 
     def unseen_gene_head(
         self,
