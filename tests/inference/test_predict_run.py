@@ -11,7 +11,12 @@ import torch
 
 from napari_histoexpress.errors import HistoExpressError, InputFileError
 from napari_histoexpress.inference.map_store import DenseMapStore
-from napari_histoexpress.inference.predict_run import check_run, predict_with_run
+from napari_histoexpress.inference.predict_run import (
+    check_run,
+    load_run,
+    predict_loaded,
+    predict_with_run,
+)
 from napari_histoexpress.inference.predict_slide import predict_slide
 from napari_histoexpress.models.base import InputSpec, SpotInputs, SpotModel
 from napari_histoexpress.models.checkpoint import load_checkpoint, save_checkpoint
@@ -57,6 +62,27 @@ def test_same_map_as_predict_slide_with_provenance(
     prov = a.attrs["provenance"]
     assert prov["run_dir"] == str(run_dir.resolve())
     assert prov["model"] == "pixnet"
+
+
+def test_a_run_loaded_once_predicts_many_slides(
+    run_dir: Path, sample_slide: Path, tmp_path: Path
+) -> None:
+    """load_run + predict_loaded (a cohort worker's path): the same maps as
+    predict_with_run, with the model loaded once for every slide."""
+    loaded = load_run(run_dir, device="cpu")
+    assert loaded.info.genes == GENES and loaded.model.gene_names == GENES
+    for name in ("x.zarr", "y.zarr"):
+        report = predict_loaded(loaded, sample_slide, tmp_path / name, tile_px=128)
+        assert report.status == "complete"
+    predict_with_run(run_dir, sample_slide, tmp_path / "ref.zarr", tile_px=128, device="cpu")
+    ref = np.asarray(DenseMapStore.open(tmp_path / "ref.zarr").features_level(0))
+    for name in ("x.zarr", "y.zarr"):
+        store = DenseMapStore.open(tmp_path / name)
+        np.testing.assert_array_equal(np.asarray(store.features_level(0)), ref)
+        assert store.attrs["provenance"]["run_dir"] == str(run_dir.resolve())
+    if not torch.cuda.is_available():  # refused before anything is loaded
+        with pytest.raises(HistoExpressError, match="cuda"):
+            load_run(run_dir, device="cuda")
 
 
 def test_cancel_then_resume_keeps_finished_tiles(

@@ -33,7 +33,16 @@ from typing import Any
 from ..errors import HistoExpressError, InputFileError
 from .predict_slide import PredictionReport
 
-__all__ = ["RunInfo", "check_run", "predict_with_run", "run_model_mpp", "run_stain"]
+__all__ = [
+    "LoadedRun",
+    "RunInfo",
+    "check_run",
+    "load_run",
+    "predict_loaded",
+    "predict_with_run",
+    "run_model_mpp",
+    "run_stain",
+]
 
 
 class RunInfo:
@@ -134,8 +143,37 @@ def predict_with_run(
         HistoExpressError: the run's model is neither a dense nor a spot model, or the
             device is unavailable.
     """
+    loaded = load_run(run_dir, device=device)
+    return predict_loaded(
+        loaded,
+        slide_path,
+        out_path,
+        slide_mpp=slide_mpp,
+        tile_px=tile_px,
+        batch_size=batch_size,
+        precision=precision,
+        progress=progress,
+        should_stop=should_stop,
+        resume=resume,
+        pitch_um=pitch_um,
+    )
+
+
+class LoadedRun:
+    """A run folder's model, loaded once (:func:`load_run`) for any number of slides
+    (:func:`predict_loaded`; e.g. one per cohort worker)."""
+
+    def __init__(self, info: RunInfo, model: Any, meta: dict[str, Any], device: Any) -> None:
+        self.info = info
+        self.model = model
+        self.meta = meta
+        self.device = device
+
+
+def load_run(run_dir: str | os.PathLike[str], *, device: str = "auto") -> LoadedRun:
+    """:func:`check_run`, resolve ``device`` (an unavailable one raises
+    :class:`HistoExpressError` before anything is loaded), then load the checkpoint."""
     from ..devices import resolve_device
-    from ..models.base import DenseModel, SpotModel
     from ..models.checkpoint import load_checkpoint
 
     run_dir = Path(run_dir)
@@ -145,6 +183,28 @@ def predict_with_run(
     except ValueError as exc:
         raise HistoExpressError(f"{exc}; choose 'auto' or 'cpu'") from exc
     model, meta = load_checkpoint(run_dir)
+    return LoadedRun(info, model, meta, torch_device)
+
+
+def predict_loaded(
+    loaded: LoadedRun,
+    slide_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    slide_mpp: float | None = None,
+    tile_px: int = 512,
+    batch_size: int = 4,
+    precision: str = "auto",
+    progress: Callable[[int, int], None] | Any | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume: bool = True,
+    pitch_um: float | None = None,
+) -> PredictionReport:
+    """:func:`predict_with_run` with a run already loaded (:func:`load_run`)."""
+    from ..models.base import DenseModel, SpotModel
+
+    info, model, meta, torch_device = loaded.info, loaded.model, loaded.meta, loaded.device
+    run_dir = info.run_dir
     common: dict[str, Any] = dict(
         slide_mpp=slide_mpp,
         device=torch_device,
