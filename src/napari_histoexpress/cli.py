@@ -794,6 +794,74 @@ def _cmd_spots(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- cohorts
+def _cohort_slides(args: argparse.Namespace) -> list[Any]:
+    from .inference.cohort import with_mpp
+    from .io.cohort_files import read_slide_list, slides_from_globs
+
+    slides = []
+    if args.slides_file:
+        slides += read_slide_list(args.slides_file)
+    if args.slides:
+        known = {s.path for s in slides}
+        slides += [s for s in slides_from_globs(args.slides) if s.path not in known]
+    if not slides:
+        raise _FlagError("--slides", "", "give slide glob patterns or --slides-file list.csv")
+    return [with_mpp(s, args.mpp) for s in slides]
+
+
+def _cmd_cohort_predict(args: argparse.Namespace) -> int:
+    from .inference.cohort import predict_cohort
+
+    _check_output(args.out, folder=True)
+    slides = _cohort_slides(args)
+    result = predict_cohort(
+        args.run,
+        slides,
+        args.out,
+        workers=args.workers,
+        threads_per_worker=args.threads_per_worker,
+        scheduler=args.scheduler,
+        device=args.device,
+        tile_px=args.tile_px,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        pitch_um=args.pitch_um,
+        restart=args.restart,
+    )
+    print(result.summary())
+    failed = [r for r in result.rows if r.get("status") == "failed"]
+    for row in failed:
+        print(f"failed: {row['name']}: {row.get('error', '')}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _cmd_cohort_summarize(args: argparse.Namespace) -> int:
+    from .inference.cohort_summary import summarize_cohort, write_cohort_report
+    from .inference.spots import read_circles
+
+    _check_output(args.out, folder=False)
+    circles = read_circles(args.circles) if args.circles else None
+    adata = summarize_cohort(args.maps, circles=circles, quantiles=args.quantiles)
+    adata.write_h5ad(args.out)
+    not_done = adata.uns["cohort"]["not_summarised"]["name"]
+    print(
+        f"{adata.n_obs} slides x {adata.n_vars} genes -> {args.out}"
+        + (
+            f"; not summarised (failed or unfinished): {', '.join(not_done)}"
+            if len(not_done)
+            else ""
+        )
+    )
+    if not args.no_report:
+        try:
+            report = write_cohort_report(args.maps, adata, genes=args.report_genes, out=args.report)
+        except ValueError as exc:
+            raise _FlagError("--report-genes", " ".join(args.report_genes or []), str(exc)) from exc
+        print(f"report: {report}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- genes
 def _gene_list(args: argparse.Namespace) -> list[str]:
     """The genes of the positional SYMBOLs and of ``--genes FILE``, in that order."""
@@ -962,6 +1030,13 @@ _EXAMPLES: dict[str, str] = {
         "histoexpress zero-shot --map C2.zarr --run runs/align-st --gene MUC5B \\\n"
         '    --description "secreted mucin of goblet and breast luminal cells"'
     ),
+    "cohort predict": (
+        "histoexpress cohort predict --run runs/pixnet --slides 'cohort/*.svs' --workers 2 "
+        "--out maps/"
+    ),
+    "cohort summarize": (
+        "histoexpress cohort summarize --maps maps/ --circles regions.csv --out cohort.h5ad"
+    ),
     "describe": "histoexpress genes describe ERBB2 HER2 KRT19 --descriptions my_genes.tsv",
     "embed": "histoexpress genes embed --encoder minilm --genes panel.txt --out genes.safetensors",
     "visium": "histoexpress import visium spaceranger/outs --out V1.h5ad",
@@ -974,13 +1049,20 @@ _EXAMPLES: dict[str, str] = {
 
 
 def _add_command(
-    sub: Any, name: str, help: str, *, settings: Sequence[str] = (), description: str = ""
+    sub: Any,
+    name: str,
+    help: str,
+    *,
+    settings: Sequence[str] = (),
+    description: str = "",
+    example: str | None = None,
 ) -> argparse.ArgumentParser:
+    """A sub-command with its ``_EXAMPLES[example or name]`` as epilog."""
     p: argparse.ArgumentParser = sub.add_parser(
         name,
         help=help,
         description=description or help,
-        epilog=f"example:\n  {_EXAMPLES[name]}",
+        epilog=f"example:\n  {_EXAMPLES[example or name]}",
         formatter_class=_HelpFormatter,
     )
     p.set_defaults(settings=tuple(settings))
@@ -1254,6 +1336,97 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     _add_device_option(p)
     p.set_defaults(func=_cmd_genes_embed)
+
+    cohort = sub.add_parser(
+        "cohort",
+        help="predict many slides on a dask cluster; summarise them in one AnnData",
+        description="Cohorts: predict every slide of a list or glob into its own map store on "
+        "a dask.distributed cluster (resumable, fault-tolerant, manifest.csv), then summarise "
+        "the maps in one AnnData (one observation per slide) with an HTML report.",
+        epilog=f"examples:\n  {_EXAMPLES['cohort predict']}\n  {_EXAMPLES['cohort summarize']}",
+        formatter_class=_HelpFormatter,
+    )
+    csub = cohort.add_subparsers(dest="cohort_command", required=True, metavar="ACTION")
+    p = _add_command(
+        csub,
+        "predict",
+        "predict every slide into OUT/<name>.zarr (one task per slide)",
+        settings=("mpp", "restart", "tile_px", "batch_size", "device"),
+        example="cohort predict",
+        description="Predict every slide with a trained run on a dask.distributed cluster: a "
+        "local cluster of --workers processes, or a running scheduler (--scheduler). "
+        "OUT/manifest.csv records each slide (status, tiles, time, error, checksum); a re-run "
+        "skips finished slides and resumes the others; a failed slide does not stop the rest "
+        "(exit status 1 when any failed).",
+    )
+    p.add_argument("--run", required=True, help="run folder (weights + config.json)")
+    p.add_argument(
+        "--slides", nargs="+", default=[], metavar="GLOB", help="slide files or glob patterns"
+    )
+    p.add_argument(
+        "--slides-file",
+        metavar="CSV",
+        help="slide list: a 'slide' column (paths relative to the file), optional 'mpp', "
+        "any metadata columns (carried into the manifest and the summary)",
+    )
+    p.add_argument("--out", required=True, help="cohort folder (maps + manifest.csv)")
+    p.add_argument(
+        "--mpp", type=_positive_float, help="µm/px of slides whose file and list do not say"
+    )
+    p.add_argument(
+        "--workers", type=_positive_int, default=1, help="worker processes of the local cluster"
+    )
+    p.add_argument(
+        "--threads-per-worker",
+        type=_positive_int,
+        help="torch threads per worker (default: the cores divided among the workers)",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="a running dask scheduler (tcp://HOST:PORT, e.g. from dask-jobqueue) instead "
+        "of a local cluster",
+    )
+    p.add_argument("--tile-px", type=_positive_int, default=512, help="tile side (working px)")
+    p.add_argument("--batch-size", type=_positive_int, default=4, help="tiles per forward pass")
+    p.add_argument("--pitch-um", type=_positive_float, help="spot models: lattice pitch in µm")
+    _add_device_option(p)
+    _add_precision_option(p)
+    p.add_argument("--restart", action="store_true", help="predict every slide again from scratch")
+    p.set_defaults(func=_cmd_cohort_predict)
+    p = _add_command(
+        csub,
+        "summarize",
+        "one AnnData of the cohort (one observation per complete slide) + report.html",
+        example="cohort summarize",
+        description="Summarise a predicted cohort: per-gene tissue mean (X) and quantiles "
+        "(layers q10/q50/q90) of every complete slide's map, tissue area in mm², model "
+        "provenance and the slide list's metadata in obs; failed or unfinished slides are "
+        "listed in uns['cohort']['not_summarised']. Also writes MAPS/report.html.",
+    )
+    p.add_argument("--maps", required=True, help="cohort folder from `cohort predict`")
+    p.add_argument("--out", required=True, help="output .h5ad")
+    p.add_argument(
+        "--circles",
+        help="named regions aggregated on every slide: CSV with name (or id), x_um, y_um, "
+        "diameter_um (one layer 'region:NAME' each)",
+    )
+    p.add_argument(
+        "--quantiles",
+        type=float,
+        nargs="+",
+        default=[0.1, 0.5, 0.9],
+        help="quantiles of each gene over the predicted pixels (layers qNN)",
+    )
+    p.add_argument(
+        "--report-genes",
+        nargs="+",
+        metavar="SYMBOL",
+        help="heatmaps in the report (default: the 3 most variable tissue means)",
+    )
+    p.add_argument("--report", help="report file (default MAPS/report.html)")
+    p.add_argument("--no-report", action="store_true", help="write no report")
+    p.set_defaults(func=_cmd_cohort_summarize)
 
     imp = sub.add_parser(
         "import",

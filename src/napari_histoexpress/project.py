@@ -34,6 +34,13 @@ their numbers, coordinates zstd-compressed; ~50 kB for a 660,000-bin lattice whe
 would be ~50 MB). :func:`load_spots` returns both tables as one; :func:`save_spot_bins`
 writes the bins table, whose ids must be ``spot_<n>``. A project saved before bins existed
 has no such file and loads as before.
+
+Cohort folders (``histoexpress cohort predict``, :mod:`.inference.cohort`) hold many slides'
+maps, ``<cohort folder>/<name>.zarr``, listed in its ``manifest.csv``. Each cohort folder
+is registered in the user cache (``cohorts.json`` in :func:`~.user_cache.cache_home`,
+:func:`~.io.cohort_files.register_cohort`), and :func:`find_maps` also returns the maps the
+registered manifests list for the slide, so a slide of a predicted cohort opens with its map
+at once (a manifest is read once per modification, then looked up in a dict).
 """
 
 from __future__ import annotations
@@ -152,18 +159,19 @@ def default_map_path(
 
 
 def find_maps(slide_path: str | os.PathLike[str]) -> list[Path]:
-    """Existing map stores of a slide (both project places), complete ones first, then the
-    most recently modified first."""
+    """Existing map stores of a slide (both project places and registered cohorts,
+    :func:`cohort_maps`), complete ones first, then the most recently modified first."""
     from .inference.map_store import DenseMapStore
 
     found: list[tuple[bool, float, Path]] = []
-    for folder in _candidates(slide_path):
-        for path in sorted((folder / MAPS_FOLDER).glob("*.zarr")):
-            try:
-                status = DenseMapStore.open(path, mode="r").status
-            except Exception:  # a broken store is skipped, not fatal
-                continue
-            found.append((status == "complete", path.stat().st_mtime, path))
+    paths = [p for f in _candidates(slide_path) for p in sorted((f / MAPS_FOLDER).glob("*.zarr"))]
+    paths += [p for p in cohort_maps(slide_path) if p not in paths]
+    for path in paths:
+        try:
+            status = DenseMapStore.open(path, mode="r").status
+        except Exception:  # a broken store is skipped, not fatal
+            continue
+        found.append((status == "complete", path.stat().st_mtime, path))
     found.sort(key=lambda t: (not t[0], -t[1]))
     return [p for _, _, p in found]
 
@@ -311,3 +319,43 @@ def save_spot_bins(slide_path: str | os.PathLike[str], bins: pd.DataFrame) -> Pa
         return None
     project_dir(slide_path, create=True)
     return write_spot_store(table, path)
+
+
+# ------------------------------------------------------------------------------ cohorts
+
+
+_MANIFESTS: dict[Path, tuple[int, dict[str, Path]]] = {}
+
+
+def _manifest_maps(folder: Path) -> dict[str, Path]:
+    """``{resolved slide path: map path}`` of a cohort folder's manifest (cached by mtime)."""
+    from .io.cohort_files import MANIFEST_NAME, read_manifest
+
+    manifest = folder / MANIFEST_NAME
+    try:
+        mtime = manifest.stat().st_mtime_ns
+    except OSError:
+        return {}
+    cached = _MANIFESTS.get(manifest)
+    if cached is not None and cached[0] == mtime:
+        return cached[1]
+    try:
+        rows = read_manifest(manifest)
+    except InputFileError:
+        rows = []
+    maps = {str(r["slide"]): folder / str(r["map"]) for r in rows if r.get("map")}
+    _MANIFESTS[manifest] = (mtime, maps)
+    return maps
+
+
+def cohort_maps(slide_path: str | os.PathLike[str]) -> list[Path]:
+    """The map stores registered cohorts hold for this slide (existing ones)."""
+    from .io.cohort_files import registered_cohorts
+
+    slide = str(Path(slide_path).expanduser().resolve())
+    out = []
+    for folder in registered_cohorts():
+        path = _manifest_maps(folder).get(slide)
+        if path is not None and path.is_dir():
+            out.append(path)
+    return out

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -159,15 +160,15 @@ def predict_with_run(
     )
 
 
+@dataclass(frozen=True)
 class LoadedRun:
     """A run folder's model, loaded once (:func:`load_run`) for any number of slides
-    (:func:`predict_loaded`; e.g. one per cohort worker)."""
+    (:func:`predict_loaded`; e.g. once per cohort worker)."""
 
-    def __init__(self, info: RunInfo, model: Any, meta: dict[str, Any], device: Any) -> None:
-        self.info = info
-        self.model = model
-        self.meta = meta
-        self.device = device
+    info: RunInfo
+    model: Any
+    meta: dict[str, Any]
+    device: Any
 
 
 def load_run(run_dir: str | os.PathLike[str], *, device: str = "auto") -> LoadedRun:
