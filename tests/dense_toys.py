@@ -2,15 +2,30 @@
 ``pythonpath``): :class:`ToyDense`, the DenseModel boilerplate, and :class:`TinyDense`, a
 random stride-2 conv net with a 13 px receptive field (so tiling seams would show); and
 :data:`TINY_HAGE`, :data:`TINY_DKAN` and :data:`TINY_ALIGN_ST`, the settings of a tiny HAGE,
-DKAN and ALIGN-ST."""
+DKAN and ALIGN-ST; :func:`save_tiny_pixnet_run`, a random-init PixNet run folder."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from napari_histoexpress.models.base import DenseModel, InputSpec
+
+
+def save_tiny_pixnet_run(run: Path, genes: list[str], mpp: float) -> Path:
+    """A run folder of a random-init (seed 0) PixNet with an 8-channel decoder at ``mpp``
+    µm/px: a real checkpoint, quick to load and to predict with."""
+    from napari_histoexpress.models.checkpoint import save_checkpoint
+    from napari_histoexpress.models.pixnet import PixNet, PixNetConfig
+
+    torch.manual_seed(0)
+    model = PixNet(PixNetConfig(n_genes=len(genes), out_indices=(1, 2), decoder_dim=8)).eval()
+    save_checkpoint(run, model, {"note": "test"}, genes, extra={"microns_per_pixel": mpp})
+    return run
+
 
 #: a tiny HAGE config for tests: random-init ResNet18 levels 1-2 on 32 px patches, d = 32
 TINY_HAGE = {

@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
+from dense_toys import save_tiny_pixnet_run
 from napari_histoexpress.inference.cohort import (
     CohortSettings,
     SlideTask,
@@ -56,13 +57,7 @@ def _write_slide(path: Path, seed: int, size_um: float, mpp: float = 2.0) -> Pat
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from napari_histoexpress.models.pixnet import PixNet, PixNetConfig
-
-    torch.manual_seed(0)
-    model = PixNet(PixNetConfig(n_genes=len(GENES), out_indices=(1, 2), decoder_dim=8)).eval()
-    run = tmp_path_factory.mktemp("runs") / "tiny_run"
-    save_checkpoint(run, model, {"note": "test"}, GENES, extra={"microns_per_pixel": MODEL_MPP})
-    return run
+    return save_tiny_pixnet_run(tmp_path_factory.mktemp("runs") / "tiny_run", GENES, MODEL_MPP)
 
 
 @pytest.fixture(scope="module")
@@ -94,16 +89,7 @@ def cluster() -> Any:
 @pytest.fixture(scope="module")
 def predicted(run_dir: Path, slides: Path, cluster: Any, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     out = tmp_path_factory.mktemp("cohort") / "maps"
-    result = predict_cohort(
-        run_dir,
-        read_slide_list(slides / "list.csv"),
-        out,
-        scheduler=cluster.scheduler_address,
-        device="cpu",
-        tile_px=TILE_PX,
-        threads_per_worker=1,
-        progress=False,
-    )
+    result = _cohort(run_dir, read_slide_list(slides / "list.csv"), out, cluster)
     return out, result
 
 
@@ -117,6 +103,20 @@ def _reference(run_dir: Path, slide: Path, out: Path, **kwargs: Any) -> Path:
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+def _cohort(run_dir: Path, slides: Any, out: Path, cluster: Any, **kwargs: Any) -> Any:
+    """predict_cohort on the test cluster, CPU, 64 px tiles, the workers' one torch thread."""
+    options: dict[str, Any] = {"tile_px": TILE_PX, "threads_per_worker": 1, **kwargs}
+    return predict_cohort(
+        run_dir,
+        slides,
+        out,
+        scheduler=cluster.scheduler_address,
+        device="cpu",
+        progress=False,
+        **options,
+    )
 
 
 def _features(path: Path) -> np.ndarray:
@@ -160,16 +160,7 @@ def test_cohort_predicts_every_slide_and_records_failures(
         loads = client.run(lambda: cohort.RUN_LOADS["count"])
     assert sorted(loads.values()) in ([1, 1], [0, 1])
     # a second run skips the finished slides and tries the failed ones again
-    again = predict_cohort(
-        run_dir,
-        read_slide_list(slides / "list.csv"),
-        out,
-        scheduler=cluster.scheduler_address,
-        device="cpu",
-        tile_px=TILE_PX,
-        threads_per_worker=1,
-        progress=False,
-    )
+    again = _cohort(run_dir, read_slide_list(slides / "list.csv"), out, cluster)
     assert again.n_skipped == 3 and again.n_submitted == 3 and again.n_failed == 3
 
 
@@ -193,16 +184,8 @@ def test_a_partial_slide_is_resumed_from_its_finished_tiles(
         if r["name"] == "S1":
             r["status"] = "pending"
     write_manifest(out / MANIFEST_NAME, rows)
-    result = predict_cohort(
-        run_dir,
-        [CohortSlide(slides / "S1.ome.tif"), CohortSlide(slides / "S2.ome.tif")],
-        out,
-        scheduler=cluster.scheduler_address,
-        device="cpu",
-        tile_px=TILE_PX,
-        threads_per_worker=1,
-        progress=False,
-    )
+    two = [CohortSlide(slides / "S1.ome.tif"), CohortSlide(slides / "S2.ome.tif")]
+    result = _cohort(run_dir, two, out, cluster)
     assert result.n_skipped == 1 and result.n_complete == 1  # S2 skipped, S1 resumed
     row = {r["name"]: r for r in result.rows}["S1"]
     assert int(row["tiles_computed"]) == len(done) - keep

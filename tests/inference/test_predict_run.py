@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from dense_toys import save_tiny_pixnet_run
 from napari_histoexpress.errors import HistoExpressError, InputFileError
 from napari_histoexpress.inference.map_store import DenseMapStore
 from napari_histoexpress.inference.predict_run import (
@@ -35,13 +36,7 @@ def sample_slide() -> Path:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from napari_histoexpress.models.pixnet import PixNet, PixNetConfig
-
-    torch.manual_seed(0)
-    model = PixNet(PixNetConfig(n_genes=len(GENES), out_indices=(1, 2), decoder_dim=8)).eval()
-    run = tmp_path_factory.mktemp("runs") / "tiny_run"
-    save_checkpoint(run, model, {"note": "test"}, GENES, extra={"microns_per_pixel": MODEL_MPP})
-    return run
+    return save_tiny_pixnet_run(tmp_path_factory.mktemp("runs") / "tiny_run", GENES, MODEL_MPP)
 
 
 def test_same_map_as_predict_slide_with_provenance(
