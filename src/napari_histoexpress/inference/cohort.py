@@ -373,9 +373,10 @@ def plan_cohort(
     several calls); slides already recorded keep their names."""
     manifest = out_dir / MANIFEST_NAME
     old = read_manifest(manifest) if manifest.exists() else []
-    by_slide = {_row_key(str(r["slide"])): r for r in old}
+    rows = list(old)
+    index = {_row_key(str(r["slide"])): i for i, r in enumerate(rows)}
     taken = {str(r["name"]) for r in old}
-    new = [s for s in slides if _row_key(s.path) not in by_slide]
+    new = [s for s in slides if _row_key(s.path) not in index]
     fresh = dict(zip((id(s) for s in new), assign_names(new), strict=True))
     for s in new:  # a new name must not clash with a recorded one
         name = fresh[id(s)]
@@ -384,13 +385,11 @@ def plan_cohort(
             name, k = f"{fresh[id(s)]}-{k}", k + 1
         fresh[id(s)] = name
         taken.add(name)
-    rows = list(old)
-    index = {_row_key(str(r["slide"])): i for i, r in enumerate(rows)}
     tasks: list[SlideTask] = []
     n_skipped = 0
     for s in slides:
         key = _row_key(s.path)
-        prev = by_slide.get(key)
+        prev = old[index[key]] if index.get(key, len(old)) < len(old) else None
         name = str(prev["name"]) if prev else fresh[id(s)]
         if prev is not None and not restart and _is_complete(prev, out_dir):
             n_skipped += 1

@@ -73,6 +73,8 @@ class CohortMaps:
     folder: Path
     complete: list[tuple[dict[str, Any], DenseMapStore]]
     others: list[dict[str, Any]]
+    #: every manifest row, as read (the report's status table)
+    rows: list[dict[str, Any]]
     metadata_columns: list[str]
 
 
@@ -104,7 +106,7 @@ def cohort_maps(folder: str | os.PathLike[str]) -> CohortMaps:
             others.append(row)
         else:
             complete.append((row, store))
-    return CohortMaps(folder, complete, others, meta_cols)
+    return CohortMaps(folder, complete, others, rows, meta_cols)
 
 
 def _quantile_level(store: DenseMapStore, max_pixels: int) -> int:
@@ -360,10 +362,9 @@ def write_cohort_report(
         meta = ", ".join(f"{c}: {row.get(c, '')}" for c in maps.metadata_columns)
         caption = f"{name} ({row['slide']})" + (f"; {meta}" if meta else "")
         figures.append((caption, png.relative_to(html_path.parent).as_posix()))
-    rows = read_manifest(folder / MANIFEST_NAME)
     status_cols = ["name", "status", "tiles", "tiles_computed", "tiles_per_s", "wall_s", "error"]
     status_cols += maps.metadata_columns
-    table = pd.DataFrame(rows, columns=status_cols)
+    table = pd.DataFrame(maps.rows, columns=status_cols)
     counts = table["status"].value_counts().to_dict()
     wall = pd.to_numeric(table["wall_s"], errors="coerce")
     tiles = pd.to_numeric(table["tiles_computed"], errors="coerce")
