@@ -193,6 +193,14 @@ def test_a_partial_slide_is_resumed_from_its_finished_tiles(
     assert {r["name"] for r in result.rows} >= {"S3", "broken"}  # other rows kept
 
 
+_WORKER_ENV_KEYS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MALLOC_TRIM_THRESHOLD_",
+)
+
+
 def test_a_killed_worker_has_its_slide_retried_with_identical_maps(
     run_dir: Path, tmp_path: Path
 ) -> None:
@@ -204,6 +212,17 @@ def test_a_killed_worker_has_its_slide_retried_with_identical_maps(
         local_cluster(2, threads=1, device="cpu") as cluster,
         distributed.Client(cluster.scheduler_address) as client,
     ):
+        # the workers' environment (worker_environment): OpenMP/BLAS on the worker's
+        # threads, no MALLOC_TRIM_THRESHOLD_ (it slowed torch's forward pass 1.5×)
+        envs = client.run(lambda: {k: os.environ.get(k) for k in _WORKER_ENV_KEYS})
+        assert len(envs) == 2
+        for env in envs.values():
+            assert env == {
+                "OMP_NUM_THREADS": "1",
+                "MKL_NUM_THREADS": "1",
+                "OPENBLAS_NUM_THREADS": "1",
+                "MALLOC_TRIM_THRESHOLD_": None,
+            }
         holder: dict[str, Any] = {}
         thread = threading.Thread(
             target=lambda: holder.setdefault(
