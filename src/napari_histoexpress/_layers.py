@@ -253,6 +253,55 @@ def gene_heatmap_layer_data(
     return (levels if len(levels) > 1 else levels[0], kwargs, "image")
 
 
+def heatmap_tiff_layers(path: str | Path) -> list[LayerDataTuple]:
+    """The gene heatmap layers of a heatmap OME-TIFF written by
+    :func:`~.inference.heatmap_export.export_heatmap_ome_tiff`: one multiscale image layer
+    per gene, as :func:`gene_heatmap_layer_data` makes them (colormap, opacity, the recorded
+    contrast limits), aligned with the slide in µm.
+
+    Scale = the file's µm/px; on the map's grid the translate is ``(map_mpp − slide_mpp) / 2``
+    (the file records the slide's µm/px), on the slide's grid 0, as for the slide layer.
+    Background is transparent: NaN as written, or, in a zero-background file with the
+    ``predicted`` mask channel, the pixels the mask marks as background (the mask itself is
+    not shown). Read tile by tile (dask).
+    """
+    import dask.array as da
+
+    from .io.heatmap_tiff import MASK_CHANNEL, open_heatmap_tiff
+
+    hm = open_heatmap_tiff(path)
+    mpp = hm.mpp
+    offset = 0.0
+    if mpp is not None and hm.grid == "map" and hm.slide_mpp is not None:
+        offset = (mpp - hm.slide_mpp) / 2.0
+    mask_at = hm.channels.index(MASK_CHANNEL) if MASK_CHANNEL in hm.channels else None
+    layers: list[LayerDataTuple] = []
+    for c, gene in enumerate(hm.channels):
+        if c == mask_at:
+            continue
+        levels = []
+        for lv in hm.levels:
+            values = lv[c]
+            if mask_at is not None:
+                values = da.where(lv[mask_at] > 0, values, np.float32(np.nan))
+            levels.append(values)
+        kwargs: dict[str, Any] = {
+            "name": gene,
+            "multiscale": len(levels) > 1,
+            **world_kwargs(mpp),
+            "translate": (offset, offset),
+            "colormap": "magma",
+            "opacity": 0.6,
+            "blending": "translucent",
+            "metadata": {"histoexpress": "heatmap", "gene": gene, "file": str(hm.path)},
+        }
+        limits = hm.contrast_limits(gene)
+        if limits is not None:
+            kwargs["contrast_limits"] = limits
+        layers.append((levels if len(levels) > 1 else levels[0], kwargs, "image"))
+    return layers
+
+
 def color_spots_by(layer: Any, column: str) -> None:
     """Colour a spots layer by a ``features`` column (a gene), rescaling the colormap to it.
 

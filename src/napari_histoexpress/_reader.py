@@ -10,6 +10,13 @@ A slide whose project folder holds a µm/px the user set in the Predict widget
 (:mod:`napari_histoexpress.slide_settings`) opens at that µm/px (it overrides the file's own
 metadata; ``mpp_source`` says so): a plain JPEG whose resolution was typed once is in µm
 every time it is reopened. An unreadable settings file is logged and ignored.
+
+A heatmap OME-TIFF written by ``histoexpress export heatmap``
+(:func:`napari_histoexpress.io.heatmap_tiff.is_heatmap_tiff`) opens as gene heatmap layers
+(:func:`._layers.heatmap_tiff_layers`), not as a slide.
+
+A QuPath GeoJSON file (``.geojson``) opens as a Shapes layer of its polygon annotations,
+on the slide beside it with the same name (:mod:`._region_layers`).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._layers import MAP_KEY, LayerDataTuple, slide_layer_data, st_layers
+from ._layers import MAP_KEY, LayerDataTuple, heatmap_tiff_layers, slide_layer_data, st_layers
 
 ReaderFunction = Callable[[Any], list[LayerDataTuple]]
 
@@ -65,14 +72,21 @@ def _open_slide_layer(path: Path) -> LayerDataTuple:
 
 def _kind(path: Path) -> str | None:
     from .io.slides import is_slide_path
+    from .io.spatialdata_import import is_spatialdata_store
     from .io.visium import is_spaceranger_folder
 
     if path.is_dir() and is_spaceranger_folder(path):
         return "st"
+    if path.is_dir() and is_spatialdata_store(path):
+        return "st"  # its table + image (io.spatialdata_import)
     if path.suffix.lower() == ".h5ad":
         return "st"
+    if path.suffix.lower() == ".geojson" and path.is_file():
+        return "regions"  # QuPath annotations (._region_layers)
     if path.is_file() and is_slide_path(path):
-        return "slide"
+        from .io.heatmap_tiff import is_heatmap_tiff
+
+        return "heatmap" if is_heatmap_tiff(path) else "slide"
     return None
 
 
@@ -89,8 +103,15 @@ def read(path: str | Sequence[str]) -> list[LayerDataTuple]:
     paths = [path] if isinstance(path, str | Path) else list(path)
     layers: list[LayerDataTuple] = []
     for p in map(Path, paths):
-        if _kind(p) == "slide":
+        kind = _kind(p)
+        if kind == "slide":
             layers.append(_open_slide_layer(p))
+        elif kind == "regions":
+            from ._region_layers import read_regions_layer
+
+            layers.append(read_regions_layer(p))
+        elif kind == "heatmap":
+            layers.extend(heatmap_tiff_layers(p))
         else:
             from .io.st_datasets import read_st_dataset
 

@@ -247,6 +247,26 @@ def _cmd_import_st(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_spatialdata(args: argparse.Namespace) -> int:
+    from .io.export import write_h5ad_atomic
+    from .io.spatialdata_import import read_spatialdata
+    from .io.st_datasets import import_summary
+
+    _check_output(args.out, folder=False)
+    adata = read_spatialdata(
+        args.store,
+        table=args.table,
+        region=args.region,
+        image=args.image,
+        mpp=args.mpp,
+        spot_diameter_um=args.spot_diameter_um,
+        library_id=args.library_id,
+    )
+    write_h5ad_atomic(adata, args.out)
+    print(f"{import_summary(adata)} -> {args.out}")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from .describe import describe_path
 
@@ -785,12 +805,95 @@ def _cmd_spots(args: argparse.Namespace) -> int:
     from .inference.spot_export import export_spots
     from .inference.spots import read_circles
 
+    if not args.circles and not args.regions:
+        raise _FlagError("--circles", "", "give --circles circles.csv and/or --regions a.geojson")
+    suffix = Path(args.out).suffix.lower()
+    if args.circles and args.regions and suffix != ".geojson":
+        raise _FlagError(
+            "--out", args.out, "--circles with --regions writes one .geojson (or run twice)"
+        )
     _check_output(args.out, folder=False)
     store = DenseMapStore.open(args.map, mode="r")
-    result = export_spots(store, read_circles(args.circles), args.out)
+    if args.regions:
+        from .inference.region_export import export_geojson, export_regions
+        from .io.geojson import read_annotations
+
+        regions = read_annotations(args.regions)
+        if args.circles:
+            result = export_geojson(
+                store, args.out, spots=read_circles(args.circles), annotations=regions
+            )
+            print(f"{result.n_spots} circles and regions x {result.n_genes} genes -> {result.path}")
+            return 0
+        result = export_regions(store, regions, args.out)
+        print(f"{result.n_spots} regions x {result.n_genes} genes -> {result.path}")
+        return 0
+    if suffix == ".geojson":
+        from .inference.region_export import export_geojson
+
+        result = export_geojson(store, args.out, spots=read_circles(args.circles))
+    else:
+        result = export_spots(store, read_circles(args.circles), args.out)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{result.n_spots} circles x {result.n_genes} genes -> {result.path}")
+    return 0
+
+
+def _cmd_export_heatmap(args: argparse.Namespace) -> int:
+    from .errors import InputFileError
+    from .inference.heatmap_export import OME_TIFF_SUFFIXES, export_heatmap_ome_tiff
+    from .inference.map_store import DenseMapStore
+
+    if not str(args.out).lower().endswith(OME_TIFF_SUFFIXES):
+        raise InputFileError(args.out, "the output name must end in .ome.tif or .ome.tiff")
+    if args.tile_px % 16:
+        raise _FlagError("--tile-px", args.tile_px, "TIFF tiles must be a multiple of 16 px")
+    _check_output(args.out, folder=False)
+    store = DenseMapStore.open(args.map, mode="r")
+    result = export_heatmap_ome_tiff(
+        store,
+        args.genes,
+        args.out,
+        grid="slide" if args.match_slide else "map",
+        background=args.background,
+        tile_px=args.tile_px,
+        mask=args.mask,
+    )
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    c, h, w = result.shape
+    mpp = "unknown µm/px" if result.mpp is None else f"{result.mpp:.4g} µm/px"
+    print(
+        f"{', '.join(result.channels)}: {c} channel(s), {w} x {h} px at {mpp}, "
+        f"{len(result.level_shapes)} levels -> {result.path}"
+    )
+    return 0
+
+
+def _cmd_export_spatialdata(args: argparse.Namespace) -> int:
+    from . import project
+    from .inference.map_store import DenseMapStore
+    from .inference.spatialdata_export import export_spatialdata
+    from .inference.spots import read_circles
+
+    _check_output(args.out, folder=True)
+    store = DenseMapStore.open(args.map, mode="r")
+    if args.spots:
+        spots = read_circles(args.spots)
+    elif store.slide_path:
+        spots = project.load_spots(store.slide_path)
+    else:
+        spots = None
+    result = export_spatialdata(
+        store, args.out, spots, genes=args.genes, with_image=not args.no_image
+    )
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    parts = ", ".join(f"{name} ({kind})" for name, kind in result.elements.items())
+    print(
+        f"{result.n_spots} spots, gene maps {result.gene_maps or 'none'}: {parts} -> {result.path}"
+    )
     return 0
 
 
@@ -1025,7 +1128,18 @@ _EXAMPLES: dict[str, str] = {
     "evaluate": "histoexpress evaluate --run runs/pixnet --data C5.h5ad --json C5_metrics.json",
     "cv": "histoexpress cv --data C2.h5ad C3.h5ad C4.h5ad C5.h5ad C6.h5ad --out runs/cv",
     "predict": "histoexpress predict --run runs/pixnet --slide C5.jpg --mpp 0.69 --out C5.zarr",
-    "spots": "histoexpress spots --map C5.zarr --circles circles.csv --out C5_spots.h5ad",
+    "spots": (
+        "histoexpress spots --map C5.zarr --circles circles.csv --out C5_spots.h5ad\n"
+        "  histoexpress spots --map C5.zarr --regions annotations.geojson --out C5_regions.csv"
+    ),
+    "export spatialdata": (
+        "histoexpress export spatialdata --map C2.zarr --spots spots.csv --genes ERBB2 "
+        "--out C2.sdata.zarr"
+    ),
+    "import spatialdata": "histoexpress import spatialdata visium_hd.zarr --out hd.h5ad",
+    "export heatmap": (
+        "histoexpress export heatmap --map C2.zarr --genes ERBB2 KRT19 --out C2_ERBB2.ome.tif"
+    ),
     "zero-shot": (
         "histoexpress zero-shot --map C2.zarr --run runs/align-st --gene MUC5B \\\n"
         '    --description "secreted mucin of goblet and breast luminal cells"'
@@ -1243,11 +1357,102 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_zero_shot)
 
-    p = _add_command(sub, "spots", "every gene inside circles (x_um, y_um, diameter_um)")
+    p = _add_command(
+        sub,
+        "spots",
+        "every gene inside circles (x_um, y_um, diameter_um) or QuPath annotations (GeoJSON)",
+    )
     p.add_argument("--map", required=True, help="map store from `histoexpress predict`")
-    p.add_argument("--circles", required=True, help="CSV with x_um, y_um, diameter_um")
-    p.add_argument("--out", required=True, help="output .h5ad (or .csv)")
+    p.add_argument("--circles", help="CSV with x_um, y_um, diameter_um")
+    p.add_argument(
+        "--regions",
+        help="QuPath GeoJSON of polygon annotations (full-resolution pixels): one row per "
+        "annotation, every gene's area-weighted mean",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output .h5ad, .csv or .geojson (QuPath objects with the genes as measurements)",
+    )
     p.set_defaults(func=_cmd_spots)
+
+    export = sub.add_parser(
+        "export",
+        help="write a map's predictions in other tools' formats (OME-TIFF, SpatialData)",
+        description="Export a map store from `predict` for other tools: gene heatmaps as a "
+        "pyramidal OME-TIFF (QuPath, napari, Bio-Formats), or the slide, spots and "
+        "predictions as a SpatialData store (napari-spatialdata, squidpy).",
+        epilog=f"examples:\n  {_EXAMPLES['export heatmap']}\n  {_EXAMPLES['export spatialdata']}",
+        formatter_class=_HelpFormatter,
+    )
+    esub = export.add_subparsers(dest="export_format", required=True, metavar="FORMAT")
+    p = _add_command(
+        esub,
+        "heatmap",
+        "gene heatmaps -> a pyramidal, tiled OME-TIFF (one float32 channel per gene, µm/px)",
+        example="export heatmap",
+        description="Write genes of a map store as a pyramidal, tiled, BigTIFF OME-TIFF: one "
+        "float32 channel per gene (named by its symbol), the values the napari heatmap shows "
+        "(log1p counts per 10k), PhysicalSizeX/Y in µm. By default on the map's own pixel "
+        "grid (aligned with the slide by its µm/px from the slide's corner); --match-slide "
+        "writes it at the slide's full-resolution size to overlay the slide pixel for pixel "
+        "(QuPath). The file is written atomically.",
+    )
+    p.add_argument("--map", required=True, help="map store from `histoexpress predict`")
+    p.add_argument(
+        "--genes",
+        required=True,
+        nargs="+",
+        metavar="GENE",
+        help="genes to write, one channel each (symbols of the map; aliases such as HER2 work)",
+    )
+    p.add_argument("--out", required=True, help="output file ending in .ome.tif or .ome.tiff")
+    p.add_argument(
+        "--match-slide",
+        action="store_true",
+        help="level 0 at the slide's full-resolution pixel size and µm/px (nearest-neighbour "
+        "upsampling, computed tile by tile) instead of the map's own pixels",
+    )
+    p.add_argument(
+        "--background",
+        choices=("zero", "nan"),
+        default="zero",
+        help="value of pixels never predicted (background): 0.0 (QuPath-friendly) or NaN "
+        "(transparent in napari)",
+    )
+    p.add_argument(
+        "--mask",
+        action="store_true",
+        help="add a last channel 'predicted' (1 on predicted pixels, 0 on background)",
+    )
+    p.add_argument(
+        "--tile-px", type=_positive_int, default=256, help="TIFF tile side (a multiple of 16)"
+    )
+    p.set_defaults(func=_cmd_export_heatmap)
+    p = _add_command(
+        esub,
+        "spatialdata",
+        "the slide, spots, their predictions and gene maps -> a SpatialData store (.zarr)",
+        example="export spatialdata",
+        description="Write a SpatialData store (napari-spatialdata, squidpy, spatialdata): the "
+        "slide as a multiscale image (read lazily, written chunk by chunk), the spots as "
+        "circles in full-resolution pixels, their predictions as the table annotating them "
+        "(region / region_key / instance_key), optional gene maps as a multiscale image (one "
+        "channel per gene), in coordinate systems 'global' (slide pixels) and 'micrometers'. "
+        "Needs the [spatialdata] extra. Written atomically.",
+    )
+    p.add_argument("--map", required=True, help="map store from `histoexpress predict`")
+    p.add_argument(
+        "--spots",
+        help="circles CSV (x_um, y_um, diameter_um; default: the spots saved for the slide in "
+        "napari, if any)",
+    )
+    p.add_argument(
+        "--genes", nargs="+", default=[], metavar="GENE", help="genes whose dense maps to add"
+    )
+    p.add_argument("--no-image", action="store_true", help="leave the slide image out")
+    p.add_argument("--out", required=True, help="output store folder (e.g. C2.sdata.zarr)")
+    p.set_defaults(func=_cmd_export_spatialdata)
 
     genes = sub.add_parser(
         "genes",
@@ -1467,6 +1672,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output .h5ad")
     p.set_defaults(func=_cmd_import_st)
+    p = _add_command(
+        isub,
+        "spatialdata",
+        "a SpatialData store (e.g. from spatialdata-io: Visium circles, Visium HD bins)",
+        example="import spatialdata",
+        description="Import a SpatialData store's table and the shapes it annotates into one "
+        "AnnData: spots/bins in the pixels of the store's image (its level 0; the image is "
+        "read from the store), µm/px from a 'micrometers' coordinate system, --mpp, "
+        "--spot-diameter-um, or Visium HD bin names (square_008um). Needs the [spatialdata] "
+        "extra.",
+    )
+    p.add_argument("store", help="SpatialData .zarr folder")
+    p.add_argument("--table", help="table to import (default: the only one)")
+    p.add_argument("--region", help="shapes element of the table (when it annotates several)")
+    p.add_argument("--image", help="image element (default: the largest in the spots' system)")
+    p.add_argument("--mpp", type=_positive_float, help="µm/px of the image's level 0")
+    p.add_argument(
+        "--spot-diameter-um",
+        type=_positive_float,
+        help="true spot diameter (55 for Visium) to derive the µm/px from",
+    )
+    p.add_argument("--library-id", help="library name (default: the store's name)")
+    p.add_argument("--out", required=True, help="output .h5ad")
+    p.set_defaults(func=_cmd_import_spatialdata)
     return parser
 
 

@@ -73,7 +73,7 @@ __all__ = [
 ]
 
 #: File formats :func:`export_spots` writes, by suffix.
-EXPORT_FORMATS = (".h5ad", ".csv")
+EXPORT_FORMATS = (".h5ad", ".csv", ".geojson", ".zarr")
 #: The columns of the CSV export before the genes.
 CSV_FIXED_COLUMNS = ("id", "x_um", "y_um", "diameter_um", "source", "area_fraction")
 SPOT_SIZES_NOTE = (
@@ -234,6 +234,14 @@ def spots_csv_table(adata: Any) -> pd.DataFrame:
     return pd.concat([fixed, genes], axis=1)
 
 
+def _store_genes(store: Any) -> list[str]:
+    from .map_store import DenseMapStore
+
+    if not isinstance(store, DenseMapStore):
+        store = DenseMapStore.open(store, mode="r")
+    return list(store.genes)
+
+
 def export_spots(
     store: Any,
     spots: pd.DataFrame,
@@ -242,9 +250,15 @@ def export_spots(
     slide_path: str | os.PathLike[str] | None = None,
     library_id: str | None = None,
     reduce: str = "mean",
+    annotations: Sequence[Any] | None = None,
+    gene_maps: Sequence[str] = (),
 ) -> ExportResult:
     """Write the spots' predicted expression to ``path`` (``.h5ad`` or ``.csv``, by suffix),
-    atomically. Raises :class:`ExportError` (no spots, unknown format) or
+    atomically; ``.geojson`` writes QuPath objects (:mod:`.region_export`: the spots as
+    detections and ``annotations``, regions, with every gene as a measurement). Raises
+    ``.zarr`` writes a SpatialData store (:mod:`.spatialdata_export`: the slide, the spots
+    as circles, their predictions as the table, and ``gene_maps`` as dense maps). Raises
+    :class:`ExportError` (no spots, unknown format) or
     :class:`~napari_histoexpress.errors.InputFileError` (missing or unwritable folder)."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -253,6 +267,17 @@ def export_spots(
             f"{path}: unknown export format {suffix or '(no suffix)'!r}; "
             f"use one of {', '.join(EXPORT_FORMATS)}"
         )
+    if suffix == ".geojson":
+        from .region_export import export_geojson
+
+        return export_geojson(store, path, spots=spots, annotations=annotations)
+    if suffix == ".zarr":  # a SpatialData store (:mod:`.spatialdata_export`)
+        from .spatialdata_export import export_spatialdata
+
+        if len(spots) == 0:
+            raise ExportError("no spots to export: draw or grid spots on the slide first")
+        sd = export_spatialdata(store, path, spots, genes=gene_maps, slide_path=slide_path)
+        return ExportResult(sd.path, sd.n_spots, len(_store_genes(store)), sd.warnings)
     adata = spots_anndata(
         store,
         spots,

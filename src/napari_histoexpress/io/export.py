@@ -83,6 +83,40 @@ def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
     return path
 
 
+def write_folder_atomic(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp)`` with a fresh folder path beside ``path`` (not yet created), then
+    move the folder into place; an existing ``path`` folder is replaced only once the new
+    one is complete (renamed aside, then removed). On failure nothing is left behind."""
+    import shutil
+
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise InputFileError(path, f"output folder {folder} {what}")
+    if path.exists() and not path.is_dir():
+        raise InputFileError(path, "exists and is a file; give a folder name (a zarr store)")
+    try:
+        tmp_root = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder))
+    except OSError as exc:
+        raise InputFileError(path, f"cannot write in {folder} ({exc.strerror or exc})") from exc
+    tmp = tmp_root / path.name
+    old = tmp_root / (path.name + ".old")
+    try:
+        write(tmp)
+        apply_umask(tmp, executable=True)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        if old.exists() and not path.exists():
+            os.replace(old, path)
+        shutil.rmtree(tmp_root, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp_root, ignore_errors=True)
+    return path
+
+
 def to_jsonable(value: Any, *, strict: bool = False, nan_to_none: bool = True) -> Any:
     """``value`` as plain JSON types: numpy scalars/arrays, tuples, sets and paths converted.
 

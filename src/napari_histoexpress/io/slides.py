@@ -69,6 +69,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputFileError, MissingResolutionError
 from ..io._tiff_metadata import tiff_mpp, truncation_problem
+from .ome_zarr_slides import is_ome_zarr_image, open_ome_zarr_levels
 
 __all__ = [
     "MAX_PLAIN_IMAGE_PIXELS",
@@ -108,8 +109,9 @@ _SUPPORTED_PHOTOMETRIC = (0, 1, 2, 6)
 
 
 def is_slide_path(path: str | PathLike[str]) -> bool:
-    """Whether ``path`` has one of :data:`SLIDE_SUFFIXES` (case-insensitive; no file access)."""
-    return str(path).lower().endswith(SLIDE_SUFFIXES)
+    """Whether ``path`` has one of :data:`SLIDE_SUFFIXES` (case-insensitive; no file access)
+    or is an OME-Zarr multiscale image group (:mod:`.ome_zarr_slides`: reads its metadata)."""
+    return str(path).lower().endswith(SLIDE_SUFFIXES) or is_ome_zarr_image(path)
 
 
 @dataclass
@@ -202,6 +204,19 @@ def open_slide(path: str | PathLike[str], mpp: float | None = None) -> Slide:
             )
     if not path.exists():
         raise InputFileError(path, "file not found")
+    if path.is_dir() and is_ome_zarr_image(path):
+        zlevels, _, zmpp, zsource = open_ome_zarr_levels(path)  # downsamples: size ratios
+        levels, scales, n_stored = _complete_pyramid(zlevels)
+        if mpp is not None:
+            zmpp, zsource = float(mpp), "user"
+        return Slide(
+            path=path,
+            levels=levels,
+            mpp=zmpp,
+            mpp_source=zsource,
+            _scales=scales,
+            _n_stored=n_stored,
+        )
     if not path.is_file():
         raise InputFileError(path, "not a file")
     if not is_slide_path(path):

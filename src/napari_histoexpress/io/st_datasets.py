@@ -25,6 +25,7 @@ from anndata import AnnData
 from ..errors import InputFileError
 from .legacy_st import read_legacy_st
 from .spatial import SPATIAL_KEY, library_ids, microns_per_pixel
+from .spatialdata_import import is_spatialdata_store, read_spatialdata
 from .visium import is_spaceranger_folder, read_visium
 
 __all__ = ["import_summary", "read_h5ad", "read_legacy_st", "read_st_dataset", "read_visium"]
@@ -76,16 +77,20 @@ def read_h5ad(path: str | Path) -> AnnData:
 
 
 def read_st_dataset(path: str | Path) -> AnnData:
-    """Read an ``.h5ad`` file or a Space Ranger folder, whichever ``path`` is."""
+    """Read an ``.h5ad`` file, a Space Ranger folder or a SpatialData store (its only table,
+    :mod:`.spatialdata_import`), whichever ``path`` is."""
     path = Path(path)
     if path.is_file() and path.suffix.lower() == ".h5ad":
         return read_h5ad(path)
     if path.is_dir():
         if is_spaceranger_folder(path):
             return read_visium(path)
+        if is_spatialdata_store(path):
+            return read_spatialdata(path)
         raise InputFileError(
             path,
-            "not a Space Ranger output folder (no filtered_feature_bc_matrix.h5 or spatial/); "
+            "not a Space Ranger output folder (no filtered_feature_bc_matrix.h5 or spatial/) "
+            "nor a SpatialData store; "
             "legacy ST sections are read with read_legacy_st(image, counts, spots)",
         )
     if not path.exists():

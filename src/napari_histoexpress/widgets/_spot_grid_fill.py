@@ -17,6 +17,7 @@ tumour outline. The region's geometry is
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import napari
@@ -87,6 +88,12 @@ class GridBox(QGroupBox):
             "Select the spots (or bins) of the table's layer whose centres lie in the region"
         )
         self.select_region_button.clicked.connect(self.select_in_region)
+        self.load_regions_button = QPushButton("Load regions…")
+        self.load_regions_button.setToolTip(
+            "Load QuPath annotations (GeoJSON) as a regions layer on the slide; select "
+            "annotations there to fill them with a grid"
+        )
+        self.load_regions_button.clicked.connect(lambda: self.load_regions())
 
         form = QFormLayout(self)
         form.addRow("Lattice", self.lattice_combo)
@@ -96,6 +103,7 @@ class GridBox(QGroupBox):
         row.addWidget(self.fill_button)
         row.addWidget(self.select_region_button)
         form.addRow(row)
+        form.addRow(self.load_regions_button)
 
     def set_diameter(self, diameter_um: float) -> None:
         """Set the pitch and lattice that suit spots of this diameter."""
@@ -139,6 +147,8 @@ class GridBox(QGroupBox):
         Shapes layer (not a spots layer), else the grid-region layer's selected or all."""
         candidates = []
         active = self.viewer.layers.selection.active
+        if _is_regions_layer(active) and len(active.data):
+            return _regions_layer_region(active)
         if (
             isinstance(_spot_layer.unwrap(active), napari.layers.Shapes)
             and not _spot_layer.is_spots_layer(active)
@@ -157,6 +167,42 @@ class GridBox(QGroupBox):
             for layer, idx in candidates
             for i in idx
         )
+
+    def load_regions(self, path: str | None = None) -> Any | None:
+        """Add a QuPath GeoJSON's annotations as a regions layer on the current slide (at
+        its µm/px); select annotations there and *Fill with grid* fills them (holes kept)."""
+        slide = self._current_slide()
+        if slide is None:
+            _common.notify_error("Open a slide first: the regions are placed on a slide.")
+            return None
+        if path is None:
+            from qtpy.QtWidgets import QFileDialog
+
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Load QuPath annotations", "", "GeoJSON (*.geojson *.json)"
+            )
+            if not path:
+                return None
+        from napari.layers import Layer
+
+        from .._region_layers import regions_layer_data
+        from ..io.geojson import read_annotations
+
+        try:
+            annotations = read_annotations(path)
+        except Exception as exc:  # InputFileError: the file and what is wrong
+            _common.notify_error(exc)
+            return None
+        data, kwargs, kind = regions_layer_data(
+            annotations,
+            mpp=_common.slide_mpp(slide),
+            slide_name=slide.name,
+            name=f"{Path(path).name} regions",
+            path=str(path),
+        )
+        layer = self.viewer.add_layer(Layer.create(data, kwargs, kind))
+        _common.notify_info(f"Loaded {len(annotations)} annotations from {path}.")
+        return layer
 
     def fill_grid(self) -> None:
         """Fill the drawn region with a lattice of spots (source ``grid``): circles of the
@@ -230,3 +276,32 @@ class GridBox(QGroupBox):
         layer.mode = "select"
         layer.selected_data = set(inside.tolist())
         _common.notify_info(f"Selected {len(inside)} of {len(table)} spots of '{layer.name}'.")
+
+
+def _is_regions_layer(layer: Any) -> bool:
+    from .._region_layers import REGIONS_KIND
+
+    md = getattr(layer, "metadata", None) or {}
+    return isinstance(layer, napari.layers.Shapes) and md.get("histoexpress") == REGIONS_KIND
+
+
+def _regions_layer_region(layer: Any) -> Any | None:
+    """The union (world µm) of a regions layer's selected annotations (all when none is
+    selected), holes kept (:func:`.._region_layers.layer_regions`)."""
+    import shapely
+
+    from .._region_layers import layer_regions
+    from ..io.geojson import qupath_to_world_um
+
+    mpp = float(layer.scale[-1])
+    selected = sorted(layer.selected_data) or None
+    anns = layer_regions(
+        [np.array([layer.data_to_world(v) for v in shape], dtype=float) for shape in layer.data],
+        layer.features,
+        mpp=mpp,
+        indices=selected,
+        metadata=layer.metadata,
+    )
+    if not anns:
+        return None
+    return shapely.union_all([qupath_to_world_um(a.geometry, mpp) for a in anns])
