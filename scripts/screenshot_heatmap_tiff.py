@@ -18,7 +18,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from screenshots import REPO, _close, _grab_window, _show_dock, _wait_until, _widget_viewer
+from screenshots import (
+    REPO,
+    _close,
+    _grab_window,
+    _predict_with_demo_run,
+    _show_dock,
+    _wait_until,
+    _widget_viewer,
+)
 
 
 def heatmap_tiff_screenshot(out: Path, work: Path) -> Path:
@@ -33,13 +41,7 @@ def heatmap_tiff_screenshot(out: Path, work: Path) -> Path:
         layers = viewer.open(str(image), plugin="napari-histoexpress")
         (slide,) = [layer for layer in layers if _common.is_slide_layer(layer)]
         viewer.reset_view()
-        _show_dock(docks, "Predict")
-        w["Predict"].demo_button.click()
-        w["Predict"].device_combo.setCurrentText("cpu")
-        w["Predict"].predict_button.click()
-        _wait_until(lambda: not w["Predict"].busy, "the prediction")
-        if _common.slide_map(slide) is None:
-            raise RuntimeError(f"prediction failed: {w['Predict'].status_label.text()}")
+        _predict_with_demo_run(w, docks, slide)
 
         _show_dock(docks, "Export")
         export = w["Export"]

@@ -20,7 +20,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from screenshots import REPO, _close, _frame, _grab_window, _show_dock, _wait_until, _widget_viewer
+from screenshots import (
+    REPO,
+    _close,
+    _frame,
+    _grab_window,
+    _predict_with_demo_run,
+    _show_dock,
+    _widget_viewer,
+)
 
 
 def qupath_regions_screenshot(out: Path, work: Path) -> Path:
@@ -39,14 +47,7 @@ def qupath_regions_screenshot(out: Path, work: Path) -> Path:
         layers = viewer.open(str(image), plugin="napari-histoexpress")
         (slide,) = [layer for layer in layers if _common.is_slide_layer(layer)]
         viewer.reset_view()
-        _show_dock(docks, "Predict")
-        w["Predict"].demo_button.click()
-        w["Predict"].device_combo.setCurrentText("cpu")
-        w["Predict"].predict_button.click()
-        _wait_until(lambda: not w["Predict"].busy, "the prediction")
-        store = _common.slide_map(slide)
-        if store is None:
-            raise RuntimeError(f"prediction failed: {w['Predict'].status_label.text()}")
+        store = _predict_with_demo_run(w, docks, slide)
         mpp = _common.slide_mpp(slide)
         s = 1.0 / mpp  # QuPath pixels per µm
         tumour = Polygon(

@@ -19,7 +19,16 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from screenshots import REPO, _close, _frame, _grab_window, _show_dock, _wait_until, _widget_viewer
+from screenshots import (
+    REPO,
+    _close,
+    _frame,
+    _grab_window,
+    _predict_with_demo_run,
+    _show_dock,
+    _wait_until,
+    _widget_viewer,
+)
 
 
 def spot_bins_screenshot(out: Path, work: Path) -> Path:
@@ -34,13 +43,7 @@ def spot_bins_screenshot(out: Path, work: Path) -> Path:
         layers = viewer.open(str(image), plugin="napari-histoexpress")
         (slide,) = [layer for layer in layers if _common.is_slide_layer(layer)]
         viewer.reset_view()
-        _show_dock(docks, "Predict")
-        w["Predict"].demo_button.click()
-        w["Predict"].device_combo.setCurrentText("cpu")
-        w["Predict"].predict_button.click()
-        _wait_until(lambda: not w["Predict"].busy, "the prediction")
-        if _common.slide_map(slide) is None:
-            raise RuntimeError(f"prediction failed: {w['Predict'].status_label.text()}")
+        _predict_with_demo_run(w, docks, slide)
 
         _show_dock(docks, "Spots")
         spots = w["Spots"]

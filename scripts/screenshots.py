@@ -152,6 +152,22 @@ def _save_small_png(image: Any, path: Path, max_bytes: int = MAX_PNG_BYTES) -> P
         scale *= 0.85
 
 
+def _predict_with_demo_run(w: dict[str, Any], docks: dict[str, Any], slide: Any) -> Any:
+    """The Predict widget on ``slide`` with the bundled demo run on the CPU (one click);
+    returns the slide's map store (raises when the prediction failed)."""
+    from napari_histoexpress.widgets import _common
+
+    _show_dock(docks, "Predict")
+    w["Predict"].demo_button.click()
+    w["Predict"].device_combo.setCurrentText("cpu")
+    w["Predict"].predict_button.click()
+    _wait_until(lambda: not w["Predict"].busy, "the prediction")
+    store = _common.slide_map(slide)
+    if store is None:
+        raise RuntimeError(f"prediction failed: {w['Predict'].status_label.text()}")
+    return store
+
+
 def _grab_window(viewer: Any, path: Path) -> Path:
     """The whole napari window (canvas + dock widgets) as a PNG under the size limit."""
     from napari._qt.dialogs.qt_notification import NapariQtNotification
@@ -284,13 +300,7 @@ def sample_widget_screenshots(out: Path, work: Path) -> list[Path]:
         viewer.reset_view()
 
         # Predict: the bundled demo run, one click
-        _show_dock(docks, "Predict")
-        w["Predict"].demo_button.click()
-        w["Predict"].device_combo.setCurrentText("cpu")
-        w["Predict"].predict_button.click()
-        _wait_until(lambda: not w["Predict"].busy, "the prediction")
-        if _common.slide_map(slide) is None:
-            raise RuntimeError(f"prediction failed: {w['Predict'].status_label.text()}")
+        _predict_with_demo_run(w, docks, slide)
         paths.append(_grab_window(viewer, out / "widget_predict.png"))
 
         # Genes: search HER2, click ERBB2; measured spots coloured by it, PCC shown

@@ -2,7 +2,8 @@
 ``pythonpath``): :class:`ToyDense`, the DenseModel boilerplate, and :class:`TinyDense`, a
 random stride-2 conv net with a 13 px receptive field (so tiling seams would show); and
 :data:`TINY_HAGE`, :data:`TINY_DKAN` and :data:`TINY_ALIGN_ST`, the settings of a tiny HAGE,
-DKAN and ALIGN-ST; :func:`save_tiny_pixnet_run`, a random-init PixNet run folder."""
+DKAN and ALIGN-ST; :func:`save_tiny_pixnet_run`, a random-init PixNet run folder;
+:func:`random_slide_store`, a random map store over a slide."""
 
 from __future__ import annotations
 
@@ -172,3 +173,34 @@ def align_st_sample_run(root, epochs: int = 20):  # type: ignore[no-untyped-def]
     train([section], root / "run", cfg, genes=ALIGN_ST_SEEN, progress=False, log=lambda _: None)
     predict_with_run(root / "run", sample_paths()["image"], root / "map.zarr", device="cpu")
     return section
+
+
+def random_slide_store(
+    folder: Path,
+    slide: dict,
+    genes: list[str],
+    *,
+    map_mpp: float = 8.0,
+    c: int = 4,
+    provenance: dict | None = None,
+    unpredicted_corner: bool = False,
+):  # type: ignore[no-untyped-def]
+    """A complete random store ``folder/m.zarr`` covering ``slide`` (``{"path", "shape",
+    "mpp"}``, kept in its attrs), chunks of 64 px; with ``unpredicted_corner`` the top-left
+    5 × 7 map pixels are NaN (never predicted)."""
+    from napari_histoexpress.inference.map_store import DenseMapStore
+
+    rng = np.random.default_rng(0)
+    h, w = (int(np.ceil(s * slide["mpp"] / map_mpp)) for s in slide["shape"])
+    store = DenseMapStore.create(
+        folder / "m.zarr", map_shape=(h, w), feature_dim=c, genes=genes,
+        head_W=rng.normal(size=(c, len(genes))), head_b=rng.normal(size=len(genes)),
+        map_mpp=map_mpp, chunk=64,
+        attrs={"slide": slide, "provenance": provenance or {"run_dir": "/runs/r1",
+                                                            "model": "pixnet"}},
+    )  # fmt: skip
+    feats = rng.normal(size=(h, w, c)).astype(np.float32)
+    if unpredicted_corner:
+        feats[:5, :7] = np.nan
+    store.write_all(feats)
+    return store

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dense_toys import random_slide_store
 from napari_histoexpress.errors import HistoExpressError, MissingExtraError
 from napari_histoexpress.inference.map_store import DenseMapStore
 from napari_histoexpress.inference.spot_export import export_spots
@@ -32,24 +33,9 @@ def slide_info() -> dict:
         return {"path": str(path), "shape": list(slide.shape), "mpp": float(slide.mpp)}
 
 
-def _store(folder: Path, slide: dict, *, map_mpp: float = 8.0, c: int = 4) -> DenseMapStore:
-    rng = np.random.default_rng(0)
-    h, w = (int(np.ceil(s * slide["mpp"] / map_mpp)) for s in slide["shape"])
-    store = DenseMapStore.create(
-        folder / "m.zarr", map_shape=(h, w), feature_dim=c, genes=GENES,
-        head_W=rng.normal(size=(c, len(GENES))), head_b=rng.normal(size=len(GENES)),
-        map_mpp=map_mpp, chunk=64,
-        attrs={"slide": slide, "provenance": {"run_dir": "/runs/r1", "model": "pixnet"}},
-    )  # fmt: skip
-    feats = rng.normal(size=(h, w, c)).astype(np.float32)
-    feats[:5, :7] = np.nan  # a corner never predicted
-    store.write_all(feats)
-    return store
-
-
 @pytest.fixture
 def store(tmp_path: Path, slide_info: dict) -> DenseMapStore:
-    return _store(tmp_path, slide_info)
+    return random_slide_store(tmp_path, slide_info, GENES, unpredicted_corner=True)
 
 
 def _spots() -> pd.DataFrame:

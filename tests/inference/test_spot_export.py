@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dense_toys import random_slide_store
 from napari_histoexpress.errors import InputFileError
 from napari_histoexpress.inference.map_store import DenseMapStore
 from napari_histoexpress.inference.spot_export import (
@@ -37,19 +38,8 @@ def slide_info() -> dict:
 
 def _store(folder: Path, slide: dict, *, map_mpp: float = 8.0, c: int = 4) -> DenseMapStore:
     """A complete random store covering the slide (the sample slide's path in its attrs)."""
-    rng = np.random.default_rng(0)
-    h, w = (int(np.ceil(s * slide["mpp"] / map_mpp)) for s in slide["shape"])
-    chunk = 64
-    store = DenseMapStore.create(
-        folder / "m.zarr", map_shape=(h, w), feature_dim=c, genes=GENES,
-        head_W=rng.normal(size=(c, len(GENES))), head_b=rng.normal(size=len(GENES)),
-        map_mpp=map_mpp, chunk=chunk,
-        attrs={"slide": slide, "provenance": {"run_dir": "/runs/r1", "model": "pixnet",
-                                              "created": "2025-01-01T00:00:00+00:00"}},
-    )  # fmt: skip
-    feats = rng.normal(size=(h, w, c)).astype(np.float32)
-    store.write_all(feats)
-    return store
+    prov = {"run_dir": "/runs/r1", "model": "pixnet", "created": "2025-01-01T00:00:00+00:00"}
+    return random_slide_store(folder, slide, GENES, map_mpp=map_mpp, c=c, provenance=prov)
 
 
 @pytest.fixture

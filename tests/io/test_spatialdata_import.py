@@ -143,3 +143,21 @@ def test_bad_stores_are_clear_errors(tmp_path: Path) -> None:
         read_spatialdata(store, table="other")
     with pytest.raises(InputFileError, match="no image 'x'"):
         read_spatialdata(store, image="x")
+
+
+def test_an_imported_store_is_a_training_section(tmp_path: Path) -> None:
+    """import → .h5ad → load_section (the image read from the store) → spot crops."""
+    from napari_histoexpress.io.export import write_h5ad_atomic
+    from napari_histoexpress.training.sections import load_section
+    from napari_histoexpress.training.spot_crops import SpotCropDataset
+
+    store = tmp_path / "vis.zarr"
+    _write_visium_like(store)
+    h5 = write_h5ad_atomic(read_spatialdata(store, spot_diameter_um=55.0), tmp_path / "v.h5ad")
+    section = load_section(h5)
+    assert section.slide.mpp == pytest.approx(55.0 / 80.0)
+    assert section.slide.shape == (600, 800)
+    data = SpotCropDataset([section.pair()], ["G0", "G1"], mpp=2.0, crop_um=200.0,
+                           jitter_um=0.0, augment=False)  # fmt: skip
+    item = data[0]
+    assert tuple(item["image"].shape) == (3, 100, 100) and item["targets"].shape[1] == 2

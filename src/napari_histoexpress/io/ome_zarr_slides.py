@@ -84,15 +84,19 @@ def _scale_of(transforms: Any, n_axes: int) -> list[float] | None:
     return None
 
 
-def ome_zarr_mpp(path: str | Path) -> tuple[float | None, str]:
-    """``(µm/px of level 0, source)`` of an OME-Zarr image group (module docstring)."""
-    path = Path(path)
-    attrs = _group_attrs(path)
-    ms_list = _multiscales(attrs or {})
+def _first_multiscale(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """The group's first ``multiscales`` entry and its axis names (lower case)."""
+    ms_list = _multiscales(_group_attrs(path) or {})
     if not ms_list:
         raise InputFileError(path, "not an OME-Zarr multiscale image (no 'multiscales')")
     ms = ms_list[0]
-    names = [str(a.get("name", "")).lower() for a in _axes(ms)]
+    return ms, [str(a.get("name", "")).lower() for a in _axes(ms)]
+
+
+def ome_zarr_mpp(path: str | Path) -> tuple[float | None, str]:
+    """``(µm/px of level 0, source)`` of an OME-Zarr image group (module docstring)."""
+    path = Path(path)
+    ms, names = _first_multiscale(path)
     yx = [names.index("y"), names.index("x")] if {"y", "x"} <= set(names) else None
     if yx is None:
         return None, "unknown"
@@ -133,12 +137,7 @@ def open_ome_zarr_levels(
     from .slides import _ZarrRGB  # the TIFF levels' RGB view (same conversions)
 
     path = Path(path)
-    attrs = _group_attrs(path)
-    ms_list = _multiscales(attrs or {})
-    if not ms_list:
-        raise InputFileError(path, "not an OME-Zarr multiscale image (no 'multiscales')")
-    ms = ms_list[0]
-    names = [str(a.get("name", "")).lower() for a in _axes(ms)]
+    ms, names = _first_multiscale(path)
     if not {"y", "x"} <= set(names):
         raise InputFileError(path, f"OME-Zarr image without y and x axes (axes {names})")
     letters = {"y": "Y", "x": "X", "c": "C"}

@@ -204,39 +204,11 @@ def open_slide(path: str | PathLike[str], mpp: float | None = None) -> Slide:
             )
     if not path.exists():
         raise InputFileError(path, "file not found")
-    if path.is_dir() and is_ome_zarr_image(path):
-        zlevels, _, zmpp, zsource = open_ome_zarr_levels(path)  # downsamples: size ratios
-        levels, scales, n_stored = _complete_pyramid(zlevels)
-        if mpp is not None:
-            zmpp, zsource = float(mpp), "user"
-        return Slide(
-            path=path,
-            levels=levels,
-            mpp=zmpp,
-            mpp_source=zsource,
-            _scales=scales,
-            _n_stored=n_stored,
-        )
-    if not path.is_file():
-        raise InputFileError(path, "not a file")
-    if not is_slide_path(path):
-        raise InputFileError(
-            path,
-            f"unsupported slide format {''.join(path.suffixes[-2:]) or '(no suffix)'!r}; "
-            f"expected one of {', '.join(SLIDE_SUFFIXES)}",
-        )
-    if path.stat().st_size == 0:
-        raise InputFileError(path, "empty file (0 bytes)")
-
-    name = path.name.lower()
     closers: list[Callable[[], None]] = []
-    if name.endswith(_PLAIN_SUFFIXES):
-        level0 = _open_plain(path)
-        file_levels = [level0]
-        file_mpp, source = None, "unknown"
+    if path.is_dir() and is_ome_zarr_image(path):
+        file_levels, _, file_mpp, source = open_ome_zarr_levels(path)  # size-ratio downsamples
     else:
-        file_levels, file_mpp, source, closers = _open_tiff(path)
-
+        file_levels, file_mpp, source, closers = _open_slide_file(path)
     levels, scales, n_stored = _complete_pyramid(file_levels)
     if mpp is not None:
         file_mpp, source = float(mpp), "user"
@@ -249,6 +221,25 @@ def open_slide(path: str | PathLike[str], mpp: float | None = None) -> Slide:
         _n_stored=n_stored,
         _closers=closers,
     )
+
+
+def _open_slide_file(
+    path: Path,
+) -> tuple[list[da.Array], float | None, str, list[Callable[[], None]]]:
+    """The stored levels, µm/px, its source and closers of a slide *file* (TIFF or plain)."""
+    if not path.is_file():
+        raise InputFileError(path, "not a file")
+    if not is_slide_path(path):
+        raise InputFileError(
+            path,
+            f"unsupported slide format {''.join(path.suffixes[-2:]) or '(no suffix)'!r}; "
+            f"expected one of {', '.join(SLIDE_SUFFIXES)}",
+        )
+    if path.stat().st_size == 0:
+        raise InputFileError(path, "empty file (0 bytes)")
+    if path.name.lower().endswith(_PLAIN_SUFFIXES):
+        return [_open_plain(path)], None, "unknown", []
+    return _open_tiff(path)
 
 
 def _check_size(path: Path, shape: tuple[int, ...]) -> None:
