@@ -10,17 +10,15 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import spatialdata  # the [spatialdata] extra, in the test extras: no skip
 
 from dense_toys import random_slide_store
 from napari_histoexpress.errors import HistoExpressError, MissingExtraError
+from napari_histoexpress.inference import spatialdata_export as sx
 from napari_histoexpress.inference.map_store import DenseMapStore
 from napari_histoexpress.inference.spot_export import export_spots
 from napari_histoexpress.io.slides import open_slide
 from napari_histoexpress.io.synthetic import sample_paths
-
-spatialdata = pytest.importorskip("spatialdata", reason="the [spatialdata] extra is not installed")
-
-from napari_histoexpress.inference import spatialdata_export as sx  # noqa: E402
 
 GENES = ["ERBB2", "PTPRC", "COL1A1"]
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
+import spatialdata  # the [spatialdata] extra, in the test extras: no skip
 from anndata import AnnData
 
 from napari_histoexpress.errors import InputFileError
 from napari_histoexpress.io import spatial
 from napari_histoexpress.io.slides import open_slide
-
-spatialdata = pytest.importorskip("spatialdata", reason="the [spatialdata] extra is not installed")
-gpd = pytest.importorskip("geopandas")
-
-from napari_histoexpress.io.spatialdata_import import (  # noqa: E402
+from napari_histoexpress.io.spatialdata_import import (
     is_spatialdata_store,
     read_spatialdata,
 )

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import spatialdata  # the [spatialdata] extra, in the test extras: no skip
 
 from napari_histoexpress import project
 from napari_histoexpress._layers import gene_heatmap_layer_data
@@ -15,7 +16,6 @@ from napari_histoexpress.inference.map_store import DenseMapStore
 from napari_histoexpress.widgets import _common, _export, _spot_layer
 from napari_histoexpress.widgets._export import ExportWidget
 
-spatialdata = pytest.importorskip("spatialdata", reason="the [spatialdata] extra is not installed")
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning",
                                         "ignore::DeprecationWarning")  # fmt: skip
 
@@ -75,7 +75,8 @@ def test_export_widget_writes_a_spatialdata_store_that_opens_in_napari(
 def test_napari_spatialdata_opens_an_exported_store(
     make_napari_viewer, qtbot, slide_copy: Path, sample_map: Path, tmp_path: Path
 ) -> None:
-    napari_spatialdata = pytest.importorskip("napari_spatialdata")
+    import napari_spatialdata  # the test extras install it: a broken install fails here
+
     from napari_histoexpress.inference.spatialdata_export import export_spatialdata
 
     viewer = make_napari_viewer()
